@@ -1,0 +1,147 @@
+// Fused GEMM, portable variant: output = act(activations · weightsᵀ + bias [+ residual]).
+//
+// Runs on every adapter (no optional feature). It shares its weight layout and work split with
+// gemm_subgroup.wgsl, which is faster where subgroups exist; see that file for the layouts.
+//
+// Layouts (rows = M, cols = N, inner = K):
+//   activations  [rows, inner] f32, row-major.
+//   weights      [ceil(cols/16)][inner_padded][16] f32 (inner padded to a multiple of 8).
+//   bias         [ceil(cols/16) * 16] f32 as vec4, zero-padded.
+//   residual     [rows, cols] f32, read only when ADD_RESIDUAL.
+//   output       [rows, cols] f32.
+//
+// Each invocation keeps 4 rows x 16 columns of outputs in registers (register blocking): every
+// loaded weight feeds 4 FMAs and every loaded activation 16.
+
+struct GemmParams {
+    rows: u32,
+    cols: u32,
+    inner: u32,
+    inner_padded: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: GemmParams;
+@group(0) @binding(1) var<storage, read> activations: array<f32>;
+@group(0) @binding(2) var<storage, read> weights: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> bias: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> residual: array<f32>;
+@group(0) @binding(5) var<storage, read_write> output: array<f32>;
+
+// The epilogue, fixed per pipeline so that the driver removes the branches it does not take.
+override APPLY_RELU: bool = false;
+override ADD_RESIDUAL: bool = false;
+// Invocations per workgroup; a multiple of 8.
+override WORKGROUP_SIZE: u32 = 64u;
+
+@compute @workgroup_size(WORKGROUP_SIZE, 1, 1)
+fn gemm(
+    @builtin(workgroup_id) workgroup: vec3<u32>,
+    @builtin(local_invocation_id) local: vec3<u32>,
+) {
+    let lane = local.x % 8u;
+    let group_base = (workgroup.x * WORKGROUP_SIZE + (local.x - lane)) * 4u;
+    if (group_base >= params.rows) {
+        // The whole group of 8 is past the last row (small batches): nothing to compute.
+        return;
+    }
+    let block = workgroup.y;
+    let inner = params.inner;
+    // Rows past the end read the last row again so that every load stays in bounds; their
+    // results are never stored.
+    let last_row = params.rows - 1u;
+    let row0 = group_base + 0u + lane;
+    let row1 = group_base + 8u + lane;
+    let row2 = group_base + 16u + lane;
+    let row3 = group_base + 24u + lane;
+    let x_base0 = min(row0, last_row) * inner;
+    let x_base1 = min(row1, last_row) * inner;
+    let x_base2 = min(row2, last_row) * inner;
+    let x_base3 = min(row3, last_row) * inner;
+    var acc0_0 = vec4<f32>(0.0);
+    var acc0_1 = vec4<f32>(0.0);
+    var acc0_2 = vec4<f32>(0.0);
+    var acc0_3 = vec4<f32>(0.0);
+    var acc1_0 = vec4<f32>(0.0);
+    var acc1_1 = vec4<f32>(0.0);
+    var acc1_2 = vec4<f32>(0.0);
+    var acc1_3 = vec4<f32>(0.0);
+    var acc2_0 = vec4<f32>(0.0);
+    var acc2_1 = vec4<f32>(0.0);
+    var acc2_2 = vec4<f32>(0.0);
+    var acc2_3 = vec4<f32>(0.0);
+    var acc3_0 = vec4<f32>(0.0);
+    var acc3_1 = vec4<f32>(0.0);
+    var acc3_2 = vec4<f32>(0.0);
+    var acc3_3 = vec4<f32>(0.0);
+    var w_index = block * params.inner_padded * 4u;
+    for (var k = 0u; k < inner; k = k + 1u) {
+        let w0 = weights[w_index];
+        let w1 = weights[w_index + 1u];
+        let w2 = weights[w_index + 2u];
+        let w3 = weights[w_index + 3u];
+        w_index = w_index + 4u;
+        let x0 = vec4<f32>(activations[x_base0 + k]);
+        let x1 = vec4<f32>(activations[x_base1 + k]);
+        let x2 = vec4<f32>(activations[x_base2 + k]);
+        let x3 = vec4<f32>(activations[x_base3 + k]);
+        acc0_0 = fma(x0, w0, acc0_0);
+        acc0_1 = fma(x0, w1, acc0_1);
+        acc0_2 = fma(x0, w2, acc0_2);
+        acc0_3 = fma(x0, w3, acc0_3);
+        acc1_0 = fma(x1, w0, acc1_0);
+        acc1_1 = fma(x1, w1, acc1_1);
+        acc1_2 = fma(x1, w2, acc1_2);
+        acc1_3 = fma(x1, w3, acc1_3);
+        acc2_0 = fma(x2, w0, acc2_0);
+        acc2_1 = fma(x2, w1, acc2_1);
+        acc2_2 = fma(x2, w2, acc2_2);
+        acc2_3 = fma(x2, w3, acc2_3);
+        acc3_0 = fma(x3, w0, acc3_0);
+        acc3_1 = fma(x3, w1, acc3_1);
+        acc3_2 = fma(x3, w2, acc3_2);
+        acc3_3 = fma(x3, w3, acc3_3);
+    }
+
+    let col0 = block * 16u;
+    let b0 = bias[block * 4u];
+    let b1 = bias[block * 4u + 1u];
+    let b2 = bias[block * 4u + 2u];
+    let b3 = bias[block * 4u + 3u];
+    store4(row0, col0 + 0u, acc0_0 + b0);
+    store4(row0, col0 + 4u, acc0_1 + b1);
+    store4(row0, col0 + 8u, acc0_2 + b2);
+    store4(row0, col0 + 12u, acc0_3 + b3);
+    store4(row1, col0 + 0u, acc1_0 + b0);
+    store4(row1, col0 + 4u, acc1_1 + b1);
+    store4(row1, col0 + 8u, acc1_2 + b2);
+    store4(row1, col0 + 12u, acc1_3 + b3);
+    store4(row2, col0 + 0u, acc2_0 + b0);
+    store4(row2, col0 + 4u, acc2_1 + b1);
+    store4(row2, col0 + 8u, acc2_2 + b2);
+    store4(row2, col0 + 12u, acc2_3 + b3);
+    store4(row3, col0 + 0u, acc3_0 + b0);
+    store4(row3, col0 + 4u, acc3_1 + b1);
+    store4(row3, col0 + 8u, acc3_2 + b2);
+    store4(row3, col0 + 12u, acc3_3 + b3);
+}
+
+// Adds the residual, applies the activation and stores those of 4 outputs that lie inside the
+// matrix.
+fn store4(row: u32, col0: u32, value: vec4<f32>) {
+    if (row >= params.rows) {
+        return;
+    }
+    let base = row * params.cols + col0;
+    for (var c = 0u; c < 4u; c = c + 1u) {
+        if (col0 + c < params.cols) {
+            var v = value[c];
+            if (ADD_RESIDUAL) {
+                v = v + residual[base + c];
+            }
+            if (APPLY_RELU) {
+                v = max(v, 0.0);
+            }
+            output[base + c] = v;
+        }
+    }
+}

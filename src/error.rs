@@ -1,0 +1,161 @@
+//! The crate-wide error type.
+//!
+//! Every fallible public function returns [`Result`]. Variants carry structured fields so that a
+//! caller can react to the kind of failure (a missing adapter, a shape that does not fit, a size
+//! past a device limit) without parsing messages, and the `Display` text is a full sentence that a
+//! command-line user can act on.
+
+/// The crate-wide result alias.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in resgraph.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    // ----- Finding a device -------------------------------------------------------------------
+    /// wgpu found no adapter at all for the requested backends.
+    #[error(
+        "no GPU adapter found for backends {backends}; install a GPU driver, or Mesa's software \
+         Vulkan driver (Debian/Ubuntu: `apt-get install mesa-vulkan-drivers`) for a CPU adapter"
+    )]
+    NoAdapter {
+        /// The backends that were searched, as wgpu prints them.
+        backends: String,
+    },
+
+    /// Adapters exist, but none matched the name the user asked for.
+    #[error("no GPU adapter matches {requested:?}; available adapters: {available}")]
+    AdapterNotFound {
+        /// The name substring the user gave (`--adapter` or `RESGRAPH_ADAPTER`).
+        requested: String,
+        /// The adapters that were found, one `name (backend)` per entry.
+        available: String,
+    },
+
+    /// A backend name in `WGPU_BACKEND` or on the command line was not recognised.
+    #[error("unknown backend {name:?}; expected one of vulkan, metal, dx12, gl")]
+    UnknownBackend {
+        /// The name as the user spelled it.
+        name: String,
+    },
+
+    /// The adapter refused to create a device.
+    #[error("the adapter {adapter:?} could not create a device: {reason}")]
+    RequestDevice {
+        /// The adapter's name.
+        adapter: String,
+        /// wgpu's explanation.
+        reason: String,
+    },
+
+    // ----- Shapes and sizes -------------------------------------------------------------------
+    /// A dimension that must be at least one was zero.
+    #[error("{what} has a zero-sized dimension {dimension}; every dimension must be at least 1")]
+    ZeroSized {
+        /// What was being built or run, e.g. `gemm input`.
+        what: String,
+        /// Which dimension was zero, e.g. `rows`.
+        dimension: &'static str,
+    },
+
+    /// Two shapes that must agree did not.
+    #[error("shape mismatch in {what}: expected {expected}, got {actual}")]
+    ShapeMismatch {
+        /// What was being built or run.
+        what: String,
+        /// The shape or length that was required.
+        expected: String,
+        /// The shape or length that was given.
+        actual: String,
+    },
+
+    /// A buffer would exceed one of the device's limits.
+    #[error(
+        "{what} needs {requested} bytes, past the device limit {limit_name} = {limit} bytes \
+         on adapter {adapter:?}"
+    )]
+    BufferTooLarge {
+        /// The buffer's role, e.g. `weights of a 1024x40000 linear layer`.
+        what: String,
+        /// The bytes it would need.
+        requested: u64,
+        /// The wgpu limit it exceeds.
+        limit_name: &'static str,
+        /// The limit's value on this device.
+        limit: u64,
+        /// The adapter's name.
+        adapter: String,
+    },
+
+    /// A dispatch would need more workgroups than the device allows in one dimension.
+    #[error(
+        "{what} needs {requested} workgroups in one dimension, past the device limit \
+         max_compute_workgroups_per_dimension = {limit}"
+    )]
+    DispatchTooLarge {
+        /// What was being dispatched.
+        what: String,
+        /// The workgroup count it would need.
+        requested: u64,
+        /// The device's limit.
+        limit: u32,
+    },
+
+    /// The engine needs a device feature that this device was not created with.
+    #[error("{what} needs the device feature {feature}, which adapter {adapter:?} does not have")]
+    MissingFeature {
+        /// What needed it.
+        what: String,
+        /// The wgpu feature's name.
+        feature: &'static str,
+        /// The adapter's name.
+        adapter: String,
+    },
+
+    // ----- Running on the device --------------------------------------------------------------
+    /// wgpu reported a validation, out-of-memory or internal error inside one of our error scopes.
+    #[error("the GPU rejected {operation}: {message}")]
+    Gpu {
+        /// What resgraph was doing, e.g. `creating the gemm pipeline`.
+        operation: String,
+        /// wgpu's message, with its source chain.
+        message: String,
+    },
+
+    /// Mapping a buffer for readback failed, or the device was lost while waiting.
+    #[error("reading results back from the GPU failed: {reason}")]
+    Readback {
+        /// What went wrong.
+        reason: String,
+    },
+
+    /// The device did not finish its work.
+    #[error("waiting for the GPU failed: {reason}")]
+    DeviceWait {
+        /// wgpu's explanation.
+        reason: String,
+    },
+}
+
+impl Error {
+    /// Builds a [`Error::ZeroSized`] error.
+    pub(crate) fn zero_sized(what: impl Into<String>, dimension: &'static str) -> Self {
+        Error::ZeroSized {
+            what: what.into(),
+            dimension,
+        }
+    }
+
+    /// Builds a [`Error::ShapeMismatch`] error.
+    pub(crate) fn shape_mismatch(
+        what: impl Into<String>,
+        expected: impl ToString,
+        actual: impl ToString,
+    ) -> Self {
+        Error::ShapeMismatch {
+            what: what.into(),
+            expected: expected.to_string(),
+            actual: actual.to_string(),
+        }
+    }
+}

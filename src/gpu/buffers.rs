@@ -1,0 +1,218 @@
+//! Device buffers by role: creation with the device's limits checked first, upload, and readback
+//! through a staging buffer.
+
+use crate::error::{Error, Result};
+use crate::gpu::context::GpuContext;
+
+/// The usages of a buffer that kernels bind as storage and the host may fill or read.
+pub const STORAGE_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::COPY_DST)
+    .union(wgpu::BufferUsages::COPY_SRC);
+
+/// Checks that a storage buffer of `bytes` can be created and bound whole on this device.
+pub fn check_storage_size(context: &GpuContext, what: &str, bytes: u64) -> Result<()> {
+    let limits = context.limits();
+    let checks = [
+        (
+            "max_storage_buffer_binding_size",
+            limits.max_storage_buffer_binding_size,
+        ),
+        ("max_buffer_size", limits.max_buffer_size),
+    ];
+    for (limit_name, limit) in checks {
+        if bytes > limit {
+            return Err(Error::BufferTooLarge {
+                what: what.to_string(),
+                requested: bytes,
+                limit_name,
+                limit,
+                adapter: context.adapter_info().name.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Creates a storage buffer of `bytes` (rounded up to a multiple of 4, at least 4) after checking
+/// the device's limits, inside an error scope.
+pub fn create_storage_buffer(
+    context: &GpuContext,
+    label: &str,
+    bytes: u64,
+    usage: wgpu::BufferUsages,
+) -> Result<wgpu::Buffer> {
+    let size = bytes.max(4).next_multiple_of(4);
+    check_storage_size(context, label, size)?;
+    context.scoped(&format!("creating buffer {label}"), || {
+        context.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage,
+            mapped_at_creation: false,
+        })
+    })
+}
+
+/// Creates a storage buffer holding `data`.
+pub fn upload_storage_buffer(
+    context: &GpuContext,
+    label: &str,
+    data: &[u8],
+) -> Result<wgpu::Buffer> {
+    let buffer = create_storage_buffer(context, label, data.len() as u64, STORAGE_USAGE)?;
+    context.scoped(&format!("uploading {label}"), || {
+        context.queue().write_buffer(&buffer, 0, data);
+    })?;
+    Ok(buffer)
+}
+
+/// Copies the first `len` f32 values of `buffer` back to the host and waits for them.
+pub fn read_f32(context: &GpuContext, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
+    let bytes = (len * size_of::<f32>()) as u64;
+    let staging = context.scoped("creating a readback buffer", || {
+        context.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some("resgraph readback"),
+            size: bytes.max(4),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    })?;
+    context.scoped("copying results to the readback buffer", || {
+        let mut encoder =
+            context
+                .device()
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("resgraph readback"),
+                });
+        encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, bytes);
+        context.queue().submit([encoder.finish()]);
+    })?;
+    map_and_read_f32(context, &staging, len)
+}
+
+/// Maps a `MAP_READ` buffer whose copy has been submitted, waits, and returns its first `len`
+/// f32 values. The buffer is unmapped again before returning.
+pub fn map_and_read_f32(
+    context: &GpuContext,
+    staging: &wgpu::Buffer,
+    len: usize,
+) -> Result<Vec<f32>> {
+    let bytes = (len * size_of::<f32>()) as u64;
+    let slice = staging.slice(..bytes.max(4));
+    let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
+    slice.map_async(wgpu::MapMode::Read, move |result| {
+        // The receiver only disappears if the caller is gone; nothing is left to tell then.
+        let _ = sender.send(result);
+    });
+    context.wait_idle()?;
+    match pollster::block_on(receiver.receive()) {
+        Some(Ok(())) => {}
+        Some(Err(error)) => {
+            return Err(Error::Readback {
+                reason: error.to_string(),
+            });
+        }
+        None => {
+            return Err(Error::Readback {
+                reason: "the map callback was dropped without running".to_string(),
+            });
+        }
+    }
+    let values = {
+        let view = slice.get_mapped_range().map_err(|error| Error::Readback {
+            reason: error.to_string(),
+        })?;
+        bytemuck::cast_slice::<u8, f32>(&view[..bytes as usize]).to_vec()
+    };
+    staging.unmap();
+    Ok(values)
+}
+
+/// A row-major matrix of f32 values in a device storage buffer.
+#[derive(Debug)]
+pub struct DeviceMatrix {
+    buffer: wgpu::Buffer,
+    rows: usize,
+    cols: usize,
+}
+
+impl DeviceMatrix {
+    /// Allocates an uninitialised `rows` × `cols` matrix (checked against the device's limits).
+    pub fn new(context: &GpuContext, label: &str, rows: usize, cols: usize) -> Result<Self> {
+        if rows == 0 {
+            return Err(Error::zero_sized(label, "rows"));
+        }
+        if cols == 0 {
+            return Err(Error::zero_sized(label, "cols"));
+        }
+        let bytes = (rows as u64)
+            .saturating_mul(cols as u64)
+            .saturating_mul(size_of::<f32>() as u64);
+        let buffer = create_storage_buffer(context, label, bytes, STORAGE_USAGE)?;
+        Ok(DeviceMatrix { buffer, rows, cols })
+    }
+
+    /// Allocates a `rows` × `cols` matrix holding `data` (row-major).
+    pub fn from_host(
+        context: &GpuContext,
+        label: &str,
+        rows: usize,
+        cols: usize,
+        data: &[f32],
+    ) -> Result<Self> {
+        let matrix = Self::new(context, label, rows, cols)?;
+        matrix.write(context, data)?;
+        Ok(matrix)
+    }
+
+    /// Overwrites the whole matrix with `data` (row-major, `rows * cols` values).
+    pub fn write(&self, context: &GpuContext, data: &[f32]) -> Result<()> {
+        if data.len() != self.len() {
+            return Err(Error::shape_mismatch(
+                "matrix upload",
+                format!("{} values ({}x{})", self.len(), self.rows, self.cols),
+                format!("{} values", data.len()),
+            ));
+        }
+        context.scoped("uploading a matrix", || {
+            context
+                .queue()
+                .write_buffer(&self.buffer, 0, bytemuck::cast_slice(data));
+        })
+    }
+
+    /// Sets every element to `value` (tests poison outputs with NaN this way).
+    pub fn fill(&self, context: &GpuContext, value: f32) -> Result<()> {
+        self.write(context, &vec![value; self.len()])
+    }
+
+    /// Copies the matrix back to the host.
+    pub fn read(&self, context: &GpuContext) -> Result<Vec<f32>> {
+        read_f32(context, &self.buffer, self.len())
+    }
+
+    /// The number of rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// The number of columns.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The number of elements.
+    pub fn len(&self) -> usize {
+        self.rows * self.cols
+    }
+
+    /// Always false: a matrix has at least one row and one column.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The storage buffer.
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+}

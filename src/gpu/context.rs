@@ -1,0 +1,418 @@
+//! The device context: which adapter resgraph runs on, the device and queue it talks to, and the
+//! error scopes that turn wgpu's complaints into [`Error`] values.
+//!
+//! There are two ways in. Headless users call [`GpuContext::new`] with [`AdapterOptions`] and
+//! resgraph picks and opens an adapter. Host applications that already own a `wgpu::Device` and
+//! `wgpu::Queue` call [`GpuContext::from_device`], and resgraph then uses exactly the features and
+//! limits the host created the device with.
+
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+use crate::gpu::pipelines::PipelineCache;
+
+/// Optional device features resgraph uses when an adapter has them. Requesting them costs
+/// nothing when present, and every kernel checks the device's features before relying on one.
+pub const ENGINE_OPTIONAL_FEATURES: wgpu::Features = wgpu::Features::SHADER_F16
+    .union(wgpu::Features::SUBGROUP)
+    .union(wgpu::Features::TIMESTAMP_QUERY)
+    .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS);
+
+/// How to choose an adapter when resgraph creates its own device.
+#[derive(Clone, Debug)]
+pub struct AdapterOptions {
+    /// The backends to search. `WGPU_BACKEND` sets this from the environment.
+    pub backends: wgpu::Backends,
+    /// A case-insensitive substring of the adapter's name (`--adapter`, `RESGRAPH_ADAPTER`).
+    pub name_contains: Option<String>,
+    /// Which kind of adapter to prefer when no name is given (`WGPU_POWER_PREF`: `high`, `low`).
+    pub power_preference: wgpu::PowerPreference,
+}
+
+impl Default for AdapterOptions {
+    fn default() -> Self {
+        AdapterOptions {
+            backends: wgpu::Backends::all(),
+            name_contains: None,
+            power_preference: wgpu::PowerPreference::HighPerformance,
+        }
+    }
+}
+
+impl AdapterOptions {
+    /// Reads `WGPU_BACKEND`, `RESGRAPH_ADAPTER` and `WGPU_POWER_PREF`. Unknown backend names are an
+    /// error rather than silently ignored, so that a typo never runs on an unexpected adapter.
+    pub fn from_env() -> Result<Self> {
+        let mut options = AdapterOptions::default();
+        if let Ok(list) = std::env::var("WGPU_BACKEND") {
+            options.backends = parse_backends(&list)?;
+        }
+        if let Ok(name) = std::env::var("RESGRAPH_ADAPTER")
+            && !name.trim().is_empty()
+        {
+            options.name_contains = Some(name);
+        }
+        if let Some(preference) = wgpu::PowerPreference::from_env() {
+            options.power_preference = preference;
+        }
+        Ok(options)
+    }
+}
+
+/// Parses a comma-separated backend list such as `vulkan,gl`. Unlike wgpu's own parser it
+/// rejects names it does not know.
+pub fn parse_backends(list: &str) -> Result<wgpu::Backends> {
+    let mut backends = wgpu::Backends::empty();
+    for name in list
+        .split(',')
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+    {
+        backends |= match name.to_ascii_lowercase().as_str() {
+            "vulkan" | "vk" => wgpu::Backends::VULKAN,
+            "metal" | "mtl" => wgpu::Backends::METAL,
+            "dx12" | "d3d12" => wgpu::Backends::DX12,
+            "gl" | "gles" | "opengl" => wgpu::Backends::GL,
+            "all" => wgpu::Backends::all(),
+            _ => {
+                return Err(Error::UnknownBackend {
+                    name: name.to_string(),
+                });
+            }
+        };
+    }
+    if backends.is_empty() {
+        return Err(Error::UnknownBackend {
+            name: list.to_string(),
+        });
+    }
+    Ok(backends)
+}
+
+/// Creates a wgpu instance for the given backends, honouring wgpu's other environment variables.
+pub fn create_instance(backends: wgpu::Backends) -> wgpu::Instance {
+    let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    descriptor.backends = backends;
+    wgpu::Instance::new(descriptor)
+}
+
+/// Every adapter wgpu finds on the given backends.
+pub fn enumerate_adapters(
+    instance: &wgpu::Instance,
+    backends: wgpu::Backends,
+) -> Vec<wgpu::Adapter> {
+    pollster::block_on(instance.enumerate_adapters(backends))
+}
+
+/// What adapter choice looks at: an adapter's name, backend and device type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdapterIdentity {
+    /// The adapter's name, e.g. `llvmpipe (LLVM 15.0.6, 256 bits)`.
+    pub name: String,
+    /// The backend it is reached through.
+    pub backend: wgpu::Backend,
+    /// Discrete, integrated, virtual, CPU or other.
+    pub device_type: wgpu::DeviceType,
+}
+
+impl From<&wgpu::AdapterInfo> for AdapterIdentity {
+    fn from(info: &wgpu::AdapterInfo) -> Self {
+        AdapterIdentity {
+            name: info.name.clone(),
+            backend: info.backend,
+            device_type: info.device_type,
+        }
+    }
+}
+
+/// Picks the adapter resgraph would use among `adapters` (in wgpu's order),
+/// or says why none fits. A name filter, when given, must match; among the candidates the best
+/// device type for the power preference wins, then the backend with the better compute path
+/// (Vulkan, Metal and DX12 before GL), then wgpu's own order.
+pub fn choose_adapter(adapters: &[AdapterIdentity], options: &AdapterOptions) -> Result<usize> {
+    if adapters.is_empty() {
+        return Err(Error::NoAdapter {
+            backends: format!("{:?}", options.backends),
+        });
+    }
+    let wanted = options
+        .name_contains
+        .as_ref()
+        .map(|name| name.to_lowercase());
+    let candidates = adapters
+        .iter()
+        .enumerate()
+        .filter(|(_, info)| match &wanted {
+            Some(name) => info.name.to_lowercase().contains(name.as_str()),
+            None => true,
+        });
+    let best = candidates.min_by_key(|(index, info)| {
+        (
+            device_type_rank(info.device_type, options.power_preference),
+            backend_rank(info.backend),
+            *index,
+        )
+    });
+    match best {
+        Some((index, _)) => Ok(index),
+        None => Err(Error::AdapterNotFound {
+            requested: options.name_contains.clone().unwrap_or_default(),
+            available: adapters
+                .iter()
+                .map(|info| format!("{} ({})", info.name, info.backend))
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
+    }
+}
+
+fn device_type_rank(device_type: wgpu::DeviceType, preference: wgpu::PowerPreference) -> u8 {
+    use wgpu::DeviceType::{Cpu, DiscreteGpu, IntegratedGpu, Other, VirtualGpu};
+    match (preference, device_type) {
+        (wgpu::PowerPreference::LowPower, IntegratedGpu) => 0,
+        (wgpu::PowerPreference::LowPower, DiscreteGpu) => 1,
+        (_, DiscreteGpu) => 0,
+        (_, IntegratedGpu) => 1,
+        (_, VirtualGpu) => 2,
+        (_, Cpu) => 3,
+        (_, Other) => 4,
+    }
+}
+
+fn backend_rank(backend: wgpu::Backend) -> u8 {
+    match backend {
+        wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 => 0,
+        wgpu::Backend::Gl => 1,
+        _ => 2,
+    }
+}
+
+/// The device resgraph runs on, with its queue, what it can do, and the pipelines built for it.
+///
+/// A context is cheap to share: wrap it in an `Arc` and use it from any thread.
+pub struct GpuContext {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    adapter_info: wgpu::AdapterInfo,
+    pipelines: PipelineCache,
+    /// Errors that escaped every error scope, recorded by the handler installed on devices that
+    /// resgraph created itself (a host's device keeps the host's own handler).
+    uncaptured_errors: Arc<Mutex<Vec<String>>>,
+    /// A small storage buffer bound where a kernel declares an optional input that a dispatch
+    /// does not use, so that one pipeline layout serves every epilogue.
+    placeholder_storage: wgpu::Buffer,
+}
+
+impl GpuContext {
+    /// Picks an adapter as `options` says and opens a device on it with the adapter's own limits
+    /// and every feature in [`ENGINE_OPTIONAL_FEATURES`] that it has.
+    pub fn new(options: &AdapterOptions) -> Result<Self> {
+        let instance = create_instance(options.backends);
+        let adapters = enumerate_adapters(&instance, options.backends);
+        let identities: Vec<AdapterIdentity> = adapters
+            .iter()
+            .map(|adapter| AdapterIdentity::from(&adapter.get_info()))
+            .collect();
+        let index = choose_adapter(&identities, options)?;
+        Self::from_adapter(&adapters[index])
+    }
+
+    /// Opens a device on `adapter` with the adapter's own limits (not wgpu's conservative
+    /// defaults: lavapipe's storage bindings go to 128 MiB, for instance) and every optional
+    /// feature resgraph can use.
+    pub fn from_adapter(adapter: &wgpu::Adapter) -> Result<Self> {
+        let info = adapter.get_info();
+        let descriptor = wgpu::DeviceDescriptor {
+            label: Some("resgraph device"),
+            required_features: adapter.features() & ENGINE_OPTIONAL_FEATURES,
+            required_limits: adapter.limits(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        };
+        let (device, queue) =
+            pollster::block_on(adapter.request_device(&descriptor)).map_err(|error| {
+                Error::RequestDevice {
+                    adapter: info.name.clone(),
+                    reason: error.to_string(),
+                }
+            })?;
+        let uncaptured_errors = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&uncaptured_errors);
+        device.on_uncaptured_error(Arc::new(move |error: wgpu::Error| {
+            if let Ok(mut errors) = sink.lock() {
+                errors.push(error.to_string());
+            }
+        }));
+        Ok(Self::assemble(device, queue, info, uncaptured_errors))
+    }
+
+    /// Wraps a device and queue that a host application created. resgraph uses the features and
+    /// limits the device was created with, and leaves the host's error handler alone: every
+    /// operation resgraph performs runs inside its own error scopes.
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Self {
+        let info = device.adapter_info();
+        Self::assemble(device, queue, info, Arc::new(Mutex::new(Vec::new())))
+    }
+
+    fn assemble(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        adapter_info: wgpu::AdapterInfo,
+        uncaptured_errors: Arc<Mutex<Vec<String>>>,
+    ) -> Self {
+        let placeholder_storage = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("resgraph placeholder storage"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        GpuContext {
+            device,
+            queue,
+            adapter_info,
+            pipelines: PipelineCache::default(),
+            uncaptured_errors,
+            placeholder_storage,
+        }
+    }
+
+    /// The wgpu device.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    /// The wgpu queue.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+
+    /// The adapter this context runs on.
+    pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
+        &self.adapter_info
+    }
+
+    /// The limits the device was created with.
+    pub fn limits(&self) -> wgpu::Limits {
+        self.device.limits()
+    }
+
+    /// The features the device was created with.
+    pub fn features(&self) -> wgpu::Features {
+        self.device.features()
+    }
+
+    /// The cache of shader modules and pipelines built on this device.
+    pub fn pipelines(&self) -> &PipelineCache {
+        &self.pipelines
+    }
+
+    /// The buffer bound in place of an optional storage input that a dispatch does not read.
+    pub(crate) fn placeholder_storage(&self) -> &wgpu::Buffer {
+        &self.placeholder_storage
+    }
+
+    /// Runs `work` inside validation, out-of-memory and internal error scopes and turns the first
+    /// error wgpu reports into [`Error::Gpu`], so that wgpu's default handler never panics on
+    /// resgraph's behalf.
+    pub fn scoped<T>(&self, operation: &str, work: impl FnOnce() -> T) -> Result<T> {
+        let internal = self.device.push_error_scope(wgpu::ErrorFilter::Internal);
+        let out_of_memory = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let value = work();
+        let errors = [
+            pollster::block_on(validation.pop()),
+            pollster::block_on(out_of_memory.pop()),
+            pollster::block_on(internal.pop()),
+        ];
+        if let Some(error) = errors.into_iter().flatten().next() {
+            return Err(Error::Gpu {
+                operation: operation.to_string(),
+                message: error_chain(&error),
+            });
+        }
+        let escaped: Vec<String> = match self.uncaptured_errors.lock() {
+            Ok(mut errors) => errors.drain(..).collect(),
+            Err(_) => Vec::new(),
+        };
+        if !escaped.is_empty() {
+            return Err(Error::Gpu {
+                operation: operation.to_string(),
+                message: escaped.join("; "),
+            });
+        }
+        Ok(value)
+    }
+
+    /// Blocks until the queue has finished all submitted work.
+    pub fn wait_idle(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map(|_| ())
+            .map_err(|error| Error::DeviceWait {
+                reason: error.to_string(),
+            })
+    }
+}
+
+/// wgpu's error message followed by its chain of sources, on one line.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message.replace('\n', " ")
+}
+
+/// What `resgraph info` says about one adapter.
+#[derive(Clone, Debug)]
+pub struct AdapterReport {
+    /// wgpu's description of the adapter.
+    pub info: wgpu::AdapterInfo,
+    /// Whether the adapter has `SHADER_F16` (f16 storage and arithmetic in WGSL).
+    pub shader_f16: bool,
+    /// Whether the adapter has `SUBGROUP` operations.
+    pub subgroups: bool,
+    /// Whether the adapter has `TIMESTAMP_QUERY` (GPU-side timing).
+    pub timestamps: bool,
+    /// The cooperative-matrix (tensor core) shapes the adapter offers, as `MxNxK ab->cr`.
+    pub cooperative_matrix: Vec<String>,
+    /// The adapter's limits.
+    pub limits: wgpu::Limits,
+}
+
+impl AdapterReport {
+    /// Reads the report off an adapter.
+    pub fn of(adapter: &wgpu::Adapter) -> Self {
+        let features = adapter.features();
+        let cooperative_matrix =
+            if features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) {
+                adapter
+                    .cooperative_matrix_properties()
+                    .iter()
+                    .map(|shape| {
+                        format!(
+                            "{}x{}x{} {:?}->{:?}",
+                            shape.m_size, shape.n_size, shape.k_size, shape.ab_type, shape.cr_type
+                        )
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+        AdapterReport {
+            info: adapter.get_info(),
+            shader_f16: features.contains(wgpu::Features::SHADER_F16),
+            subgroups: features.contains(wgpu::Features::SUBGROUP),
+            timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            cooperative_matrix,
+            limits: adapter.limits(),
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! Shader modules, bind group layouts and compute pipelines, each built once per device and
+//! reused: building a pipeline costs milliseconds to seconds (the driver compiles the shader),
+//! so nothing on a per-run path may build one.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::error::Result;
+use crate::gpu::context::GpuContext;
+
+/// How a kernel binds one of its buffers, in binding order within group 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BindingKind {
+    /// A small uniform block of parameters.
+    Uniform,
+    /// A storage buffer the kernel only reads.
+    StorageRead,
+    /// A storage buffer the kernel writes.
+    StorageReadWrite,
+}
+
+/// A WGSL shader and the shape of its one bind group.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelSource {
+    /// A name unique among resgraph's shaders; it keys the shader module cache.
+    pub name: &'static str,
+    /// The WGSL text (from `shaders/`, included at compile time).
+    pub wgsl: &'static str,
+    /// The compute entry point.
+    pub entry_point: &'static str,
+    /// The bindings of group 0, in binding-number order.
+    pub bindings: &'static [BindingKind],
+}
+
+/// Identifies one compute pipeline: a shader, its entry point and the values of its WGSL
+/// `override` constants (booleans as 0 or 1).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct KernelKey {
+    /// The shader's [`KernelSource::name`].
+    pub shader: &'static str,
+    /// The entry point.
+    pub entry_point: &'static str,
+    /// Pipeline-overridable constants, sorted by name so that equal keys hash equally.
+    pub constants: Vec<(&'static str, u32)>,
+}
+
+/// A built compute pipeline and the layout of its bind group.
+#[derive(Debug)]
+pub struct CachedPipeline {
+    /// The pipeline.
+    pub pipeline: wgpu::ComputePipeline,
+    /// The layout its group 0 bind groups must be created with.
+    pub bind_group_layout: wgpu::BindGroupLayout,
+}
+
+/// Caches shader modules by shader name and pipelines by [`KernelKey`].
+#[derive(Default)]
+pub struct PipelineCache {
+    modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
+    pipelines: Mutex<HashMap<KernelKey, Arc<CachedPipeline>>>,
+}
+
+impl PipelineCache {
+    /// Returns the pipeline for `key`, building it (and its shader module) on first use.
+    pub fn get_or_create(
+        &self,
+        context: &GpuContext,
+        kernel: &KernelSource,
+        key: &KernelKey,
+    ) -> Result<Arc<CachedPipeline>> {
+        // Holding the lock while building means two threads asking for the same new pipeline
+        // build it once; builds of different pipelines are rare enough to serialise.
+        let mut pipelines = self
+            .pipelines
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(cached) = pipelines.get(key) {
+            return Ok(Arc::clone(cached));
+        }
+        let module = self.module(context, kernel)?;
+        let built = context.scoped(&format!("building the {} pipeline", kernel.name), || {
+            build_pipeline(context.device(), kernel, key, &module)
+        })?;
+        let built = Arc::new(built);
+        pipelines.insert(key.clone(), Arc::clone(&built));
+        Ok(built)
+    }
+
+    /// How many distinct pipelines have been built on this device.
+    pub fn pipeline_count(&self) -> usize {
+        self.pipelines
+            .lock()
+            .map(|pipelines| pipelines.len())
+            .unwrap_or(0)
+    }
+
+    fn module(&self, context: &GpuContext, kernel: &KernelSource) -> Result<wgpu::ShaderModule> {
+        let mut modules = self
+            .modules
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(module) = modules.get(kernel.name) {
+            return Ok(module.clone());
+        }
+        let module = context.scoped(&format!("compiling shader {}", kernel.name), || {
+            context
+                .device()
+                .create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(kernel.name),
+                    source: wgpu::ShaderSource::Wgsl(kernel.wgsl.into()),
+                })
+        })?;
+        modules.insert(kernel.name, module.clone());
+        Ok(module)
+    }
+}
+
+fn build_pipeline(
+    device: &wgpu::Device,
+    kernel: &KernelSource,
+    key: &KernelKey,
+    module: &wgpu::ShaderModule,
+) -> CachedPipeline {
+    let entries: Vec<wgpu::BindGroupLayoutEntry> = kernel
+        .bindings
+        .iter()
+        .enumerate()
+        .map(|(binding, kind)| wgpu::BindGroupLayoutEntry {
+            binding: binding as u32,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: match kind {
+                    BindingKind::Uniform => wgpu::BufferBindingType::Uniform,
+                    BindingKind::StorageRead => {
+                        wgpu::BufferBindingType::Storage { read_only: true }
+                    }
+                    BindingKind::StorageReadWrite => {
+                        wgpu::BufferBindingType::Storage { read_only: false }
+                    }
+                },
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        })
+        .collect();
+    let bind_group_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some(kernel.name),
+        entries: &entries,
+    });
+    let layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some(kernel.name),
+        bind_group_layouts: &[Some(&bind_group_layout)],
+        immediate_size: 0,
+    });
+    let constants: Vec<(&str, f64)> = key
+        .constants
+        .iter()
+        .map(|(name, value)| (*name, f64::from(*value)))
+        .collect();
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(kernel.name),
+        layout: Some(&layout),
+        module,
+        entry_point: Some(key.entry_point),
+        compilation_options: wgpu::PipelineCompilationOptions {
+            constants: &constants,
+            // Every kernel writes the workgroup memory it reads, so zero-filling it first would
+            // only cost time.
+            zero_initialize_workgroup_memory: false,
+        },
+        cache: None,
+    });
+    CachedPipeline {
+        pipeline,
+        bind_group_layout,
+    }
+}

@@ -1,0 +1,3 @@
+//! Host-side glue of the WGSL kernels in `shaders/`: how each is keyed, bound and dispatched.
+
+pub mod gemm;

@@ -1,0 +1,168 @@
+//! Shader portability without the hardware: every WGSL file in `shaders/` is parsed and validated
+//! by naga, its overrides resolved for every combination of its boolean `override` constants, and
+//! translated to SPIR-V (Vulkan), MSL (Metal), HLSL (DX12) and GLSL (GL), so that a construct one
+//! backend cannot express fails here rather than on a user's machine.
+
+use std::path::PathBuf;
+
+use naga::back::PipelineConstants;
+use naga::valid::{Capabilities, ModuleInfo, ValidationFlags, Validator};
+
+fn shader_files() -> Vec<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("shaders");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("the shaders/ folder")
+        .map(|entry| entry.expect("a directory entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "wgsl"))
+        .collect();
+    files.sort();
+    assert!(
+        !files.is_empty(),
+        "no WGSL files found in {}",
+        dir.display()
+    );
+    files
+}
+
+fn validate(module: &naga::Module) -> ModuleInfo {
+    Validator::new(ValidationFlags::all(), Capabilities::all())
+        .validate(module)
+        .unwrap_or_else(|error| panic!("validation failed: {error:?}"))
+}
+
+/// Every assignment of true/false to the module's boolean overrides (others keep defaults).
+fn override_combinations(module: &naga::Module) -> Vec<PipelineConstants> {
+    let booleans: Vec<String> = module
+        .overrides
+        .iter()
+        .filter(|(_, o)| {
+            matches!(
+                module.types[o.ty].inner,
+                naga::TypeInner::Scalar(naga::Scalar::BOOL)
+            )
+        })
+        .filter_map(|(_, o)| o.name.clone())
+        .collect();
+    (0..1u32 << booleans.len())
+        .map(|bits| {
+            let mut constants = PipelineConstants::default();
+            for (index, name) in booleans.iter().enumerate() {
+                constants.insert(name.clone(), f64::from((bits >> index) & 1));
+            }
+            constants
+        })
+        .collect()
+}
+
+#[test]
+fn every_shader_validates_and_translates_to_every_backend_language() {
+    let mut translated = 0;
+    for path in shader_files() {
+        let name = path.display().to_string();
+        let source = std::fs::read_to_string(&path).expect("read shader");
+        let module = naga::front::wgsl::parse_str(&source)
+            .unwrap_or_else(|error| panic!("{name}: {}", error.emit_to_string(&source)));
+        let info = validate(&module);
+        for entry in &module.entry_points {
+            for constants in override_combinations(&module) {
+                let (resolved, resolved_info) = naga::back::pipeline_constants::process_overrides(
+                    &module,
+                    &info,
+                    Some((entry.stage, &entry.name)),
+                    &constants,
+                )
+                .unwrap_or_else(|error| panic!("{name}: overrides {constants:?}: {error}"));
+                let context = format!("{name} entry {} overrides {constants:?}", entry.name);
+                translate_all(&resolved, &resolved_info, entry, &context);
+                translated += 1;
+            }
+        }
+    }
+    assert!(translated > 0, "no entry point was translated");
+}
+
+fn translate_all(
+    module: &naga::Module,
+    info: &ModuleInfo,
+    entry: &naga::EntryPoint,
+    context: &str,
+) {
+    let spirv = naga::back::spv::write_vec(
+        module,
+        info,
+        &naga::back::spv::Options::default(),
+        Some(&naga::back::spv::PipelineOptions {
+            shader_stage: entry.stage,
+            entry_point: entry.name.clone(),
+        }),
+    )
+    .unwrap_or_else(|error| panic!("{context}: SPIR-V: {error}"));
+    assert!(!spirv.is_empty(), "{context}: empty SPIR-V");
+
+    let (msl, _) = naga::back::msl::write_string(
+        module,
+        info,
+        &naga::back::msl::Options::default(),
+        &naga::back::msl::PipelineOptions {
+            entry_point: Some((entry.stage, entry.name.clone())),
+            ..Default::default()
+        },
+    )
+    .unwrap_or_else(|error| panic!("{context}: MSL: {error}"));
+    assert!(msl.contains("kernel"), "{context}: MSL has no kernel");
+
+    let mut hlsl = String::new();
+    let hlsl_options = naga::back::hlsl::Options {
+        shader_model: naga::back::hlsl::ShaderModel::V6_0,
+        ..Default::default()
+    };
+    let hlsl_pipeline = naga::back::hlsl::PipelineOptions {
+        entry_point: Some((entry.stage, entry.name.clone())),
+    };
+    naga::back::hlsl::Writer::new(&mut hlsl, &hlsl_options, &hlsl_pipeline)
+        .write(module, info, None)
+        .unwrap_or_else(|error| panic!("{context}: HLSL: {error}"));
+    assert!(
+        hlsl.contains("numthreads"),
+        "{context}: HLSL has no entry point"
+    );
+
+    let mut glsl = String::new();
+    let glsl_options = naga::back::glsl::Options {
+        version: naga::back::glsl::Version::new_gles(310),
+        ..Default::default()
+    };
+    let glsl_pipeline = naga::back::glsl::PipelineOptions {
+        shader_stage: entry.stage,
+        entry_point: entry.name.clone(),
+        multiview: None,
+    };
+    naga::back::glsl::Writer::new(
+        &mut glsl,
+        module,
+        info,
+        &glsl_options,
+        &glsl_pipeline,
+        naga::proc::BoundsCheckPolicies::default(),
+    )
+    .and_then(|mut writer| writer.write())
+    .unwrap_or_else(|error| panic!("{context}: GLSL: {error}"));
+    assert!(
+        glsl.contains("local_size_x"),
+        "{context}: GLSL has no workgroup size"
+    );
+}
+
+#[test]
+fn a_broken_shader_is_rejected() {
+    // The check above must be able to fail: a type error does not validate.
+    let source = "@compute @workgroup_size(1) fn main() { let x: u32 = 1.5; }";
+    let parsed = naga::front::wgsl::parse_str(source);
+    let rejected = match parsed {
+        Err(_) => true,
+        Ok(module) => Validator::new(ValidationFlags::all(), Capabilities::all())
+            .validate(&module)
+            .is_err(),
+    };
+    assert!(rejected);
+}
