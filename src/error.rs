@@ -69,6 +69,37 @@ pub enum Error {
         actual: String,
     },
 
+    /// A graph node's operands do not fit together.
+    #[error("node {node:?}: expected {expected}, got {actual}")]
+    GraphShape {
+        /// The node's name.
+        node: String,
+        /// What its inputs required.
+        expected: String,
+        /// What it was given.
+        actual: String,
+    },
+
+    /// A graph is malformed in a way other than a shape (no input, a foreign node id).
+    #[error("invalid graph at node {node:?}: {reason}")]
+    InvalidGraph {
+        /// The node's name.
+        node: String,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A run's input does not fit the compiled model.
+    #[error("input of {len} values does not fit {what}: {reason}")]
+    BadInput {
+        /// The model, e.g. `a model compiled for batch 1..=64 of width 512`.
+        what: String,
+        /// The number of values given.
+        len: usize,
+        /// Why it does not fit.
+        reason: String,
+    },
+
     /// A buffer would exceed one of the device's limits.
     #[error(
         "{what} needs {requested} bytes, past the device limit {limit_name} = {limit} bytes \

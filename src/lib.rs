@@ -25,8 +25,11 @@
 
 pub mod epilogue;
 pub mod error;
+pub mod exec;
 pub mod gpu;
+pub mod graph;
 pub mod kernels;
+pub mod plan;
 pub mod reference;
 
 pub use error::{Error, Result};

@@ -9,7 +9,7 @@ use crate::epilogue::Epilogue;
 pub struct LinearRef<'a> {
     /// Row-major `[out_features, in_features]`.
     pub weight: &'a [f32],
-    /// `[out_features]`.
+    /// `[out_features]`, or empty for a layer without bias.
     pub bias: &'a [f32],
     /// The input width K.
     pub in_features: usize,
@@ -38,7 +38,8 @@ pub fn linear_f64(
         let x = &input[row * k..(row + 1) * k];
         for col in 0..n {
             let w = &layer.weight[col * k..(col + 1) * k];
-            let mut sum = f64::from(layer.bias[col]);
+            // An empty bias slice means the layer has none.
+            let mut sum = layer.bias.get(col).copied().map_or(0.0, f64::from);
             for (a, b) in x.iter().zip(w) {
                 sum += a * f64::from(*b);
             }
@@ -80,4 +81,44 @@ pub fn relative_error(out: &[f32], reference: &[f64]) -> f64 {
     } else {
         (diff / norm).sqrt()
     }
+}
+
+/// The whole graph's forward pass for `batch` rows of `input` (`batch × input_width`, row-major),
+/// node by node, in f64. Returns `batch × output_width` values.
+///
+/// # Panics
+/// If `input` is not `batch × input_width` long.
+pub fn forward_f64(graph: &crate::graph::Graph, input: &[f32], batch: usize) -> Vec<f64> {
+    use crate::graph::Op;
+    assert_eq!(
+        input.len(),
+        batch * graph.input_width(),
+        "reference input length"
+    );
+    let mut values: Vec<Vec<f64>> = Vec::with_capacity(graph.nodes().len());
+    for node in graph.nodes() {
+        let value = match &node.op {
+            Op::Input => to_f64(input),
+            Op::Linear { input, params } => linear_f64(
+                &values[input.index()],
+                batch,
+                LinearRef {
+                    weight: params.weight(),
+                    bias: params.bias().unwrap_or(&[]),
+                    in_features: params.in_features(),
+                    out_features: params.out_features(),
+                },
+                None,
+                Epilogue::default(),
+            ),
+            Op::Relu { input } => values[input.index()].iter().map(|v| v.max(0.0)).collect(),
+            Op::Add { left, right } => values[left.index()]
+                .iter()
+                .zip(&values[right.index()])
+                .map(|(a, b)| a + b)
+                .collect(),
+        };
+        values.push(value);
+    }
+    values.swap_remove(graph.output().index())
 }

@@ -152,6 +152,35 @@ impl DeviceMatrix {
         Ok(DeviceMatrix { buffer, rows, cols })
     }
 
+    /// Views an existing storage buffer as a `rows` × `cols` matrix in its first
+    /// `rows * cols * 4` bytes. The buffer must be that large and have storage usage.
+    pub fn from_buffer(buffer: wgpu::Buffer, rows: usize, cols: usize) -> Result<Self> {
+        if rows == 0 {
+            return Err(Error::zero_sized("matrix view", "rows"));
+        }
+        if cols == 0 {
+            return Err(Error::zero_sized("matrix view", "cols"));
+        }
+        let needed = (rows as u64)
+            .saturating_mul(cols as u64)
+            .saturating_mul(size_of::<f32>() as u64);
+        if buffer.size() < needed {
+            return Err(Error::shape_mismatch(
+                "matrix view",
+                format!("a buffer of at least {needed} bytes ({rows}x{cols} f32)"),
+                format!("{} bytes", buffer.size()),
+            ));
+        }
+        if !buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
+            return Err(Error::shape_mismatch(
+                "matrix view",
+                "a buffer with STORAGE usage",
+                format!("usage {:?}", buffer.usage()),
+            ));
+        }
+        Ok(DeviceMatrix { buffer, rows, cols })
+    }
+
     /// Allocates a `rows` × `cols` matrix holding `data` (row-major).
     pub fn from_host(
         context: &GpuContext,

@@ -310,12 +310,16 @@ impl GemmOperands<'_> {
 }
 
 /// A GEMM with its pipeline, parameters and bind group ready: recording it allocates nothing.
+///
+/// It is prepared for the operands' full row count; [`PreparedGemm::set_rows`] and
+/// [`PreparedGemm::record_rows`] run it on fewer rows (a smaller batch) without rebuilding.
 #[derive(Debug)]
 pub struct PreparedGemm {
     pipeline: std::sync::Arc<CachedPipeline>,
     bind_group: wgpu::BindGroup,
-    workgroups: [u32; 3],
-    flops: u64,
+    params_buffer: wgpu::Buffer,
+    params: GemmParams,
+    column_blocks: u32,
 }
 
 impl PreparedGemm {
@@ -344,11 +348,8 @@ impl PreparedGemm {
             operands.weights.in_features(),
             operands.weights.out_features(),
         );
-        let workgroups = [
-            dispatch_size("gemm rows", rows, ROWS_PER_WORKGROUP as usize, context)?,
-            dispatch_size("gemm columns", n, COLUMN_BLOCK, context)?,
-            1,
-        ];
+        dispatch_size("gemm rows", rows, ROWS_PER_WORKGROUP as usize, context)?;
+        let column_blocks = dispatch_size("gemm columns", n, COLUMN_BLOCK, context)?;
         let params = GemmParams {
             rows: to_u32("gemm rows", rows)?,
             cols: to_u32("gemm columns", n)?,
@@ -363,7 +364,7 @@ impl PreparedGemm {
         let residual = operands
             .residual
             .map_or(context.placeholder_storage(), DeviceMatrix::buffer);
-        let bind_group = context.scoped("binding the gemm operands", || {
+        let (bind_group, params_buffer) = context.scoped("binding the gemm operands", || {
             let params_buffer = context.device().create_buffer(&wgpu::BufferDescriptor {
                 label: Some("gemm params"),
                 size: size_of::<GemmParams>() as u64,
@@ -389,28 +390,69 @@ impl PreparedGemm {
                     resource: buffer.as_entire_binding(),
                 })
                 .collect();
-            context
+            let bind_group = context
                 .device()
                 .create_bind_group(&wgpu::BindGroupDescriptor {
                     label: Some("gemm operands"),
                     layout: &pipeline.bind_group_layout,
                     entries: &entries,
-                })
+                });
+            (bind_group, params_buffer)
         })?;
         Ok(PreparedGemm {
             pipeline,
             bind_group,
-            workgroups,
-            flops: 2 * rows as u64 * n as u64 * k as u64,
+            params_buffer,
+            params,
+            column_blocks,
         })
     }
 
-    /// Records the dispatch into a compute pass.
+    /// The row count the dispatch was prepared for (the most it can run).
+    pub fn max_rows(&self) -> usize {
+        self.params.rows as usize
+    }
+
+    /// Makes later submissions compute only the first `rows` rows (at most [`Self::max_rows`]).
+    /// The write is queued, so it takes effect for command buffers submitted after this call.
+    pub fn set_rows(&self, context: &GpuContext, rows: usize) -> Result<()> {
+        let rows = self.checked_rows(rows)?;
+        let params = GemmParams {
+            rows,
+            ..self.params
+        };
+        context.scoped("updating gemm rows", || {
+            context
+                .queue()
+                .write_buffer(&self.params_buffer, 0, bytemuck::bytes_of(&params));
+        })
+    }
+
+    /// Records the dispatch for all prepared rows into a compute pass.
     pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
+        self.record_rows(pass, self.max_rows());
+    }
+
+    /// Records the dispatch for the first `rows` rows, which must match the last
+    /// [`Self::set_rows`] (or the prepared count): only the workgroups those rows need are
+    /// launched. `rows` is clamped to [`Self::max_rows`].
+    pub fn record_rows(&self, pass: &mut wgpu::ComputePass<'_>, rows: usize) {
+        let rows = rows.clamp(1, self.max_rows());
         pass.set_pipeline(&self.pipeline.pipeline);
         pass.set_bind_group(0, &self.bind_group, &[]);
-        let [x, y, z] = self.workgroups;
-        pass.dispatch_workgroups(x, y, z);
+        let row_groups = rows.div_ceil(ROWS_PER_WORKGROUP as usize) as u32;
+        pass.dispatch_workgroups(row_groups, self.column_blocks, 1);
+    }
+
+    fn checked_rows(&self, rows: usize) -> Result<u32> {
+        if rows == 0 || rows > self.max_rows() {
+            return Err(Error::shape_mismatch(
+                "gemm rows",
+                format!("1..={}", self.max_rows()),
+                rows,
+            ));
+        }
+        Ok(rows as u32)
     }
 
     /// Records the dispatch in a compute pass of its own, into `encoder`.
@@ -436,14 +478,9 @@ impl PreparedGemm {
         })
     }
 
-    /// Floating-point operations of one dispatch (`2·M·N·K`).
+    /// Floating-point operations of one dispatch over all prepared rows (`2·M·N·K`).
     pub fn flops(&self) -> u64 {
-        self.flops
-    }
-
-    /// The workgroup counts of the dispatch.
-    pub fn workgroups(&self) -> [u32; 3] {
-        self.workgroups
+        2 * u64::from(self.params.rows) * u64::from(self.params.cols) * u64::from(self.params.inner)
     }
 }
 

@@ -1,0 +1,587 @@
+//! The executor: a [`Plan`] compiled onto a device for a maximum batch size.
+//!
+//! Compiling uploads the weights once and creates every buffer, bind group and pipeline a run
+//! needs. A run then writes the input, records every step into **one compute pass**, copies the
+//! output to a readback buffer, and submits **once**; nothing is allocated per run.
+//!
+//! Runs on one model are serialised by a lock (they share the activation buffers), so a
+//! `CompiledModel` can be used from many threads at once.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::gpu::buffers::{self, DeviceMatrix, STORAGE_USAGE};
+use crate::gpu::context::GpuContext;
+use crate::graph::Graph;
+use crate::kernels::elementwise::{ElementwiseOperands, PreparedElementwise};
+use crate::kernels::gemm::{GemmOperands, GemmVariant, LinearWeights, PreparedGemm};
+use crate::plan::{ElementwiseOp, Plan, StepKind, Storage, ValueId};
+
+/// How to compile a model.
+#[derive(Clone, Debug)]
+pub struct CompileOptions {
+    /// The largest batch a run may use; activation buffers are sized for it.
+    pub max_batch: usize,
+    /// Measure GPU time with timestamp queries, where the device has them.
+    pub gpu_timestamps: bool,
+    /// Force a GEMM variant instead of the device's best (for tests and benchmarks).
+    pub gemm_variant: Option<GemmVariant>,
+}
+
+impl CompileOptions {
+    /// Options for batches of up to `max_batch` rows, without GPU timing.
+    pub fn new(max_batch: usize) -> Self {
+        CompileOptions {
+            max_batch,
+            gpu_timestamps: false,
+            gemm_variant: None,
+        }
+    }
+}
+
+/// Timing of one run, from [`CompiledModel::run_profiled`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunProfile {
+    /// Host time spent recording the command buffer.
+    pub encode: Duration,
+    /// GPU time of the compute pass from timestamp queries, when compiled with them and the
+    /// device has them.
+    pub gpu: Option<Duration>,
+}
+
+enum PreparedStep {
+    Gemm(PreparedGemm),
+    Elementwise(PreparedElementwise),
+}
+
+impl PreparedStep {
+    fn set_rows(&self, context: &GpuContext, rows: usize) -> Result<()> {
+        match self {
+            PreparedStep::Gemm(gemm) => gemm.set_rows(context, rows),
+            PreparedStep::Elementwise(elementwise) => elementwise.set_rows(context, rows),
+        }
+    }
+
+    fn record_rows(&self, pass: &mut wgpu::ComputePass<'_>, rows: usize) {
+        match self {
+            PreparedStep::Gemm(gemm) => gemm.record_rows(pass, rows),
+            PreparedStep::Elementwise(elementwise) => elementwise.record_rows(pass, rows),
+        }
+    }
+}
+
+struct TimestampQueries {
+    query_set: wgpu::QuerySet,
+    resolve: wgpu::Buffer,
+    readback: wgpu::Buffer,
+}
+
+/// What the run lock protects: the row count the step parameters were last written for.
+struct RunState {
+    prepared_rows: usize,
+}
+
+/// A graph compiled onto a device.
+pub struct CompiledModel {
+    context: Arc<GpuContext>,
+    plan: Plan,
+    max_batch: usize,
+    input_width: usize,
+    output_width: usize,
+    weight_bytes: u64,
+    input: DeviceMatrix,
+    output_buffer: wgpu::Buffer,
+    steps: Vec<PreparedStep>,
+    readback: wgpu::Buffer,
+    timestamps: Option<TimestampQueries>,
+    run_lock: futures_intrusive::sync::Mutex<RunState>,
+}
+
+impl CompiledModel {
+    /// Plans `graph`, uploads its weights and prepares every step for batches of up to
+    /// `options.max_batch` rows.
+    pub fn compile(
+        context: Arc<GpuContext>,
+        graph: &Graph,
+        options: &CompileOptions,
+    ) -> Result<Self> {
+        let max_batch = options.max_batch;
+        if max_batch == 0 {
+            return Err(Error::zero_sized("compiled model", "max_batch"));
+        }
+        let plan = Plan::new(graph)?;
+        let variant = options
+            .gemm_variant
+            .unwrap_or_else(|| GemmVariant::best_for(&context));
+
+        let layers = plan
+            .layers
+            .iter()
+            .map(|params| {
+                LinearWeights::upload(
+                    &context,
+                    params.out_features(),
+                    params.in_features(),
+                    params.weight(),
+                    params.bias(),
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let weight_bytes = layers.iter().map(LinearWeights::device_bytes).sum();
+
+        let input_width = graph.input_width();
+        let input = DeviceMatrix::new(&context, "model input", max_batch, input_width)?;
+        let slots = plan
+            .slot_widths
+            .iter()
+            .enumerate()
+            .map(|(index, &width)| {
+                let bytes = (max_batch as u64) * (width as u64) * size_of::<f32>() as u64;
+                buffers::create_storage_buffer(
+                    &context,
+                    &format!("activation slot {index} ({max_batch}x{width})"),
+                    bytes,
+                    STORAGE_USAGE,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let matrix = |value: ValueId| -> Result<DeviceMatrix> {
+            let width = plan.value_widths[value.0];
+            let buffer = match plan.value_storage[value.0] {
+                Storage::Input => input.buffer().clone(),
+                Storage::Slot(slot) => slots[slot].clone(),
+            };
+            DeviceMatrix::from_buffer(buffer, max_batch, width)
+        };
+
+        let mut steps = Vec::with_capacity(plan.steps.len());
+        for step in &plan.steps {
+            let output = matrix(step.output)?;
+            let prepared = match &step.kind {
+                StepKind::Gemm {
+                    layer,
+                    input,
+                    residual,
+                    activation,
+                } => {
+                    let input = matrix(*input)?;
+                    let residual = residual.map(&matrix).transpose()?;
+                    PreparedStep::Gemm(PreparedGemm::with_variant(
+                        &context,
+                        &GemmOperands {
+                            input: &input,
+                            weights: &layers[*layer],
+                            residual: residual.as_ref(),
+                            output: &output,
+                            activation: *activation,
+                        },
+                        variant,
+                    )?)
+                }
+                StepKind::Elementwise { op, left, right } => {
+                    let left = matrix(*left)?;
+                    let right = right.map(&matrix).transpose()?;
+                    PreparedStep::Elementwise(PreparedElementwise::new(
+                        &context,
+                        &ElementwiseOperands {
+                            left: &left,
+                            right: right.as_ref(),
+                            output: &output,
+                            relu: *op == ElementwiseOp::Relu,
+                        },
+                    )?)
+                }
+            };
+            steps.push(prepared);
+        }
+        let output_width = graph.output_width();
+        let output_buffer = matrix(plan.output)?.buffer().clone();
+        let readback_bytes = (max_batch * output_width * size_of::<f32>()) as u64;
+        let readback = context.scoped("creating the model's readback buffer", || {
+            context.device().create_buffer(&wgpu::BufferDescriptor {
+                label: Some("model readback"),
+                size: readback_bytes,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        })?;
+        let timestamps = if options.gpu_timestamps
+            && context.features().contains(wgpu::Features::TIMESTAMP_QUERY)
+        {
+            Some(context.scoped("creating timestamp queries", || {
+                TimestampQueries {
+                    query_set: context
+                        .device()
+                        .create_query_set(&wgpu::QuerySetDescriptor {
+                            label: Some("model pass timestamps"),
+                            ty: wgpu::QueryType::Timestamp,
+                            count: 2,
+                        }),
+                    resolve: context.device().create_buffer(&wgpu::BufferDescriptor {
+                        label: Some("timestamp resolve"),
+                        size: 16,
+                        usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                        mapped_at_creation: false,
+                    }),
+                    readback: context.device().create_buffer(&wgpu::BufferDescriptor {
+                        label: Some("timestamp readback"),
+                        size: 16,
+                        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                        mapped_at_creation: false,
+                    }),
+                }
+            })?)
+        } else {
+            None
+        };
+        Ok(CompiledModel {
+            context,
+            plan,
+            max_batch,
+            input_width,
+            output_width,
+            weight_bytes,
+            input,
+            output_buffer,
+            steps,
+            readback,
+            timestamps,
+            run_lock: futures_intrusive::sync::Mutex::new(
+                RunState {
+                    prepared_rows: max_batch,
+                },
+                true,
+            ),
+        })
+    }
+
+    /// Runs the model on `input` (`batch × input_width` values, row-major, any batch from 1 to
+    /// the compiled maximum) and returns `batch × output_width` values. One submit, one readback.
+    pub fn run(&self, input: &[f32]) -> Result<Vec<f32>> {
+        self.run_profiled(input).map(|(output, _)| output)
+    }
+
+    /// As [`Self::run`], also returning the host encode time and, when compiled with
+    /// `gpu_timestamps` on a device that has them, the GPU time of the pass.
+    pub fn run_profiled(&self, input: &[f32]) -> Result<(Vec<f32>, RunProfile)> {
+        let batch = self.batch_of(input)?;
+        let mut state = pollster::block_on(self.run_lock.lock());
+        let encode = self.submit_run(&mut state, input, batch)?;
+        let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
+        self.request_maps(sender);
+        self.context.wait_idle()?;
+        let mapped = pollster::block_on(receiver.receive());
+        let (output, gpu) = self.finish_run(mapped, batch)?;
+        Ok((output, RunProfile { encode, gpu }))
+    }
+
+    /// As [`Self::run`], as a future. The future drives the device itself (it polls wgpu each
+    /// time it is polled), so any executor can await it.
+    pub async fn run_async(&self, input: &[f32]) -> Result<Vec<f32>> {
+        {
+            let batch = self.batch_of(input)?;
+            let mut state = self.run_lock.lock().await;
+            self.submit_run(&mut state, input, batch)?;
+            let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
+            self.request_maps(sender);
+            let mut receive = std::pin::pin!(receiver.receive());
+            let mapped = std::future::poll_fn(|cx| {
+                if let Err(error) = self.context.device().poll(wgpu::PollType::Poll) {
+                    return Poll::Ready(Err(Error::DeviceWait {
+                        reason: error.to_string(),
+                    }));
+                }
+                match receive.as_mut().poll(cx) {
+                    Poll::Ready(value) => Poll::Ready(Ok(value)),
+                    Poll::Pending => {
+                        // wgpu only runs map callbacks when polled, so ask to be polled again.
+                        cx.waker().wake_by_ref();
+                        Poll::Pending
+                    }
+                }
+            })
+            .await?;
+            self.finish_run(mapped, batch).map(|(output, _)| output)
+        }
+    }
+
+    /// Records the inference into a host application's encoder: `input` (`batch × input_width`
+    /// f32, `COPY_SRC`) is copied in, every step is recorded in one compute pass, and the result
+    /// is copied to `output` (`batch × output_width` f32, `COPY_DST`), which stays on the GPU.
+    ///
+    /// The batch's parameters are written to the queue now and apply to command buffers submitted
+    /// afterwards: submit one batch size per submission, and do not interleave with [`Self::run`]
+    /// on another thread between this call and the host's submit (they share activation buffers).
+    pub fn encode(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        input: &wgpu::Buffer,
+        output: &wgpu::Buffer,
+        batch: usize,
+    ) -> Result<()> {
+        self.check_batch(batch)?;
+        let input_bytes = (batch * self.input_width * size_of::<f32>()) as u64;
+        let output_bytes = (batch * self.output_width * size_of::<f32>()) as u64;
+        if input.size() < input_bytes || !input.usage().contains(wgpu::BufferUsages::COPY_SRC) {
+            return Err(Error::shape_mismatch(
+                "encoded model input",
+                format!("a COPY_SRC buffer of at least {input_bytes} bytes"),
+                format!("{} bytes, usage {:?}", input.size(), input.usage()),
+            ));
+        }
+        if output.size() < output_bytes || !output.usage().contains(wgpu::BufferUsages::COPY_DST) {
+            return Err(Error::shape_mismatch(
+                "encoded model output",
+                format!("a COPY_DST buffer of at least {output_bytes} bytes"),
+                format!("{} bytes, usage {:?}", output.size(), output.usage()),
+            ));
+        }
+        let mut state = pollster::block_on(self.run_lock.lock());
+        self.prepare_rows(&mut state, batch)?;
+        self.context.scoped("recording the model", || {
+            encoder.copy_buffer_to_buffer(input, 0, self.input.buffer(), 0, input_bytes);
+            self.record_pass(encoder, batch, None);
+            encoder.copy_buffer_to_buffer(&self.output_buffer, 0, output, 0, output_bytes);
+        })
+    }
+
+    /// The plan the model runs.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// The largest batch a run accepts.
+    pub fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
+    /// The input width.
+    pub fn input_width(&self) -> usize {
+        self.input_width
+    }
+
+    /// The output width.
+    pub fn output_width(&self) -> usize {
+        self.output_width
+    }
+
+    /// Dispatches per run.
+    pub fn dispatches_per_run(&self) -> usize {
+        self.steps.len()
+    }
+
+    /// Bytes of the activation slots (the input buffer not counted).
+    pub fn activation_bytes(&self) -> u64 {
+        self.plan.activation_bytes(self.max_batch)
+    }
+
+    /// Bytes of the uploaded weights and biases, in the kernels' padded layout.
+    pub fn weight_bytes(&self) -> u64 {
+        self.weight_bytes
+    }
+
+    /// Whether runs measure GPU time.
+    pub fn has_gpu_timestamps(&self) -> bool {
+        self.timestamps.is_some()
+    }
+
+    /// The context the model runs on.
+    pub fn context(&self) -> &Arc<GpuContext> {
+        &self.context
+    }
+
+    fn check_batch(&self, batch: usize) -> Result<()> {
+        if batch == 0 || batch > self.max_batch {
+            return Err(Error::BadInput {
+                what: self.describe(),
+                len: batch * self.input_width,
+                reason: format!("a batch of {batch} rows is outside 1..={}", self.max_batch),
+            });
+        }
+        Ok(())
+    }
+
+    fn batch_of(&self, input: &[f32]) -> Result<usize> {
+        if input.is_empty() || !input.len().is_multiple_of(self.input_width) {
+            return Err(Error::BadInput {
+                what: self.describe(),
+                len: input.len(),
+                reason: format!(
+                    "the length must be a positive multiple of the input width {}",
+                    self.input_width
+                ),
+            });
+        }
+        let batch = input.len() / self.input_width;
+        self.check_batch(batch)?;
+        Ok(batch)
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "a model compiled for batch 1..={} of width {}",
+            self.max_batch, self.input_width
+        )
+    }
+
+    fn prepare_rows(&self, state: &mut RunState, batch: usize) -> Result<()> {
+        if state.prepared_rows != batch {
+            for step in &self.steps {
+                step.set_rows(&self.context, batch)?;
+            }
+            state.prepared_rows = batch;
+        }
+        Ok(())
+    }
+
+    fn record_pass(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        batch: usize,
+        timed: Option<&TimestampQueries>,
+    ) {
+        let timestamp_writes = timed.map(|queries| wgpu::ComputePassTimestampWrites {
+            query_set: &queries.query_set,
+            beginning_of_pass_write_index: Some(0),
+            end_of_pass_write_index: Some(1),
+        });
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("resgraph model"),
+            timestamp_writes,
+        });
+        for step in &self.steps {
+            step.record_rows(&mut pass, batch);
+        }
+    }
+
+    /// Writes the input, records and submits one command buffer; returns the encode time.
+    fn submit_run(&self, state: &mut RunState, input: &[f32], batch: usize) -> Result<Duration> {
+        self.prepare_rows(state, batch)?;
+        let output_bytes = (batch * self.output_width * size_of::<f32>()) as u64;
+        self.context.scoped("running the model", || {
+            self.context
+                .queue()
+                .write_buffer(self.input.buffer(), 0, bytemuck::cast_slice(input));
+            let started = Instant::now();
+            let mut encoder =
+                self.context
+                    .device()
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                        label: Some("resgraph run"),
+                    });
+            self.record_pass(&mut encoder, batch, self.timestamps.as_ref());
+            encoder.copy_buffer_to_buffer(&self.output_buffer, 0, &self.readback, 0, output_bytes);
+            if let Some(queries) = &self.timestamps {
+                encoder.resolve_query_set(&queries.query_set, 0..2, &queries.resolve, 0);
+                encoder.copy_buffer_to_buffer(&queries.resolve, 0, &queries.readback, 0, 16);
+            }
+            let commands = encoder.finish();
+            let encode = started.elapsed();
+            self.context.queue().submit([commands]);
+            encode
+        })
+    }
+
+    /// Asks for the readback (and timestamp) buffers to be mapped; `sender` receives the first
+    /// failure or success once every map has completed.
+    fn request_maps(
+        &self,
+        sender: futures_intrusive::channel::shared::OneshotSender<
+            std::result::Result<(), wgpu::BufferAsyncError>,
+        >,
+    ) {
+        let sender = Arc::new(sender);
+        let pending = Arc::new(std::sync::atomic::AtomicUsize::new(
+            1 + usize::from(self.timestamps.is_some()),
+        ));
+        let buffers =
+            std::iter::once(&self.readback).chain(self.timestamps.as_ref().map(|q| &q.readback));
+        for buffer in buffers {
+            let sender = Arc::clone(&sender);
+            let pending = Arc::clone(&pending);
+            buffer
+                .slice(..)
+                .map_async(wgpu::MapMode::Read, move |result| {
+                    let last = pending.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1;
+                    if result.is_err() || last {
+                        // Only the first send counts; a closed channel has no one left to tell.
+                        let _ = sender.send(result);
+                    }
+                });
+        }
+    }
+
+    /// Reads the mapped output (and timestamps) and unmaps them.
+    fn finish_run(
+        &self,
+        mapped: Option<std::result::Result<(), wgpu::BufferAsyncError>>,
+        batch: usize,
+    ) -> Result<(Vec<f32>, Option<Duration>)> {
+        let unmap_all = || {
+            self.readback.unmap();
+            if let Some(queries) = &self.timestamps {
+                queries.readback.unmap();
+            }
+        };
+        match mapped {
+            Some(Ok(())) => {}
+            Some(Err(error)) => {
+                unmap_all();
+                return Err(Error::Readback {
+                    reason: error.to_string(),
+                });
+            }
+            None => {
+                unmap_all();
+                return Err(Error::Readback {
+                    reason: "the map callback was dropped without running".to_string(),
+                });
+            }
+        }
+        let len = batch * self.output_width;
+        let output = {
+            let view = self
+                .readback
+                .slice(..)
+                .get_mapped_range()
+                .map_err(|error| Error::Readback {
+                    reason: error.to_string(),
+                })?;
+            bytemuck::cast_slice::<u8, f32>(&view)[..len].to_vec()
+        };
+        let gpu = match &self.timestamps {
+            Some(queries) => {
+                let view = queries
+                    .readback
+                    .slice(..)
+                    .get_mapped_range()
+                    .map_err(|error| Error::Readback {
+                        reason: error.to_string(),
+                    })?;
+                let ticks: &[u64] = bytemuck::cast_slice(&view);
+                let period = f64::from(self.context.queue().get_timestamp_period());
+                let nanos = ticks[1].saturating_sub(ticks[0]) as f64 * period;
+                Some(Duration::from_nanos(nanos as u64))
+            }
+            None => None,
+        };
+        unmap_all();
+        Ok((output, gpu))
+    }
+}
+
+impl std::fmt::Debug for CompiledModel {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("CompiledModel")
+            .field("adapter", &self.context.adapter_info().name)
+            .field("max_batch", &self.max_batch)
+            .field("input_width", &self.input_width)
+            .field("output_width", &self.output_width)
+            .field("dispatches_per_run", &self.steps.len())
+            .finish()
+    }
+}

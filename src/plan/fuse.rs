@@ -1,0 +1,253 @@
+//! Fusion: `linear → relu` becomes one GEMM with a ReLU epilogue, and `linear → add(·, r) → relu`
+//! one GEMM with a residual-and-ReLU epilogue. A node can only be folded into its consumer when it
+//! has exactly one consumer and is not the graph's output, since otherwise its value is needed on
+//! its own.
+
+use std::collections::HashMap;
+
+use crate::epilogue::Activation;
+use crate::error::Result;
+use crate::graph::{Graph, LinearParams, NodeId, Op};
+use crate::plan::{ElementwiseOp, Step, StepKind, ValueId};
+
+/// The steps before memory planning.
+#[derive(Debug)]
+pub struct Fused {
+    /// Linear layers, indexed by the GEMM steps.
+    pub layers: Vec<LinearParams>,
+    /// Steps in order.
+    pub steps: Vec<Step>,
+    /// Width of each value.
+    pub value_widths: Vec<usize>,
+    /// The graph input's value.
+    pub input: ValueId,
+    /// The graph output's value.
+    pub output: ValueId,
+}
+
+/// A node not yet emitted because it may fold into its consumer.
+#[derive(Clone, Debug)]
+enum Pending {
+    /// A linear layer waiting for a ReLU or an add.
+    Linear { node: NodeId },
+    /// A linear layer plus a residual add, waiting for a ReLU.
+    LinearAdd {
+        linear: NodeId,
+        add: NodeId,
+        residual: ValueId,
+    },
+}
+
+struct Fuser<'g> {
+    graph: &'g Graph,
+    consumers: Vec<usize>,
+    values: HashMap<NodeId, ValueId>,
+    pending: HashMap<NodeId, Pending>,
+    fused: Fused,
+}
+
+/// Fuses `graph` into steps.
+pub fn fuse(graph: &Graph) -> Result<Fused> {
+    let input_width = graph.input_width();
+    let mut fuser = Fuser {
+        graph,
+        consumers: graph.consumer_counts(),
+        values: HashMap::new(),
+        pending: HashMap::new(),
+        fused: Fused {
+            layers: Vec::new(),
+            steps: Vec::new(),
+            value_widths: vec![input_width],
+            input: ValueId(0),
+            output: ValueId(0),
+        },
+    };
+    fuser.values.insert(graph.input(), ValueId(0));
+    for index in 0..graph.nodes().len() {
+        fuser.visit(NodeId(index));
+    }
+    let output = fuser.materialize(graph.output());
+    fuser.fused.output = output;
+    Ok(fuser.fused)
+}
+
+impl Fuser<'_> {
+    /// The single consumer of `node`, if it has exactly one and is not the graph output.
+    fn sole_consumer(&self, node: NodeId) -> Option<NodeId> {
+        if self.consumers[node.0] != 1 || node == self.graph.output() {
+            return None;
+        }
+        self.graph
+            .nodes()
+            .iter()
+            .enumerate()
+            .skip(node.0 + 1)
+            .find(|(_, candidate)| candidate.op.inputs().contains(&node))
+            .map(|(index, _)| NodeId(index))
+    }
+
+    fn visit(&mut self, id: NodeId) {
+        let node = &self.graph.nodes()[id.0];
+        match &node.op {
+            Op::Input => {}
+            Op::Linear { .. } => {
+                let foldable = self.sole_consumer(id).is_some_and(|consumer| {
+                    match &self.graph.node(consumer).op {
+                        Op::Relu { .. } => true,
+                        Op::Add { left, right } => left != right,
+                        _ => false,
+                    }
+                });
+                if foldable {
+                    self.pending.insert(id, Pending::Linear { node: id });
+                } else {
+                    self.emit_gemm(&[id], id, None, Activation::Identity);
+                }
+            }
+            Op::Relu { input } => match self.pending.remove(input) {
+                Some(Pending::Linear { node: linear }) => {
+                    self.emit_gemm(&[linear, id], linear, None, Activation::Relu);
+                }
+                Some(Pending::LinearAdd {
+                    linear,
+                    add,
+                    residual,
+                }) => {
+                    self.emit_gemm(&[linear, add, id], linear, Some(residual), Activation::Relu);
+                }
+                None => {
+                    let left = self.materialize(*input);
+                    self.emit_elementwise(id, ElementwiseOp::Relu, left, None);
+                }
+            },
+            Op::Add { left, right } => {
+                let (linear, other) =
+                    if matches!(self.pending.get(left), Some(Pending::Linear { .. })) {
+                        (Some(*left), *right)
+                    } else if matches!(self.pending.get(right), Some(Pending::Linear { .. })) {
+                        (Some(*right), *left)
+                    } else {
+                        (None, *right)
+                    };
+                match linear {
+                    Some(linear) => {
+                        self.pending.remove(&linear);
+                        let residual = self.materialize(other);
+                        let relu_follows = self.sole_consumer(id).is_some_and(|consumer| {
+                            matches!(self.graph.node(consumer).op, Op::Relu { .. })
+                        });
+                        if relu_follows {
+                            self.pending.insert(
+                                id,
+                                Pending::LinearAdd {
+                                    linear,
+                                    add: id,
+                                    residual,
+                                },
+                            );
+                        } else {
+                            self.emit_gemm(
+                                &[linear, id],
+                                linear,
+                                Some(residual),
+                                Activation::Identity,
+                            );
+                        }
+                    }
+                    None => {
+                        let left_value = self.materialize(*left);
+                        let right_value = self.materialize(other);
+                        self.emit_elementwise(
+                            id,
+                            ElementwiseOp::Add,
+                            left_value,
+                            Some(right_value),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// The value of `node`, emitting it first if it is still pending.
+    fn materialize(&mut self, node: NodeId) -> ValueId {
+        if let Some(value) = self.values.get(&node) {
+            return *value;
+        }
+        match self.pending.remove(&node) {
+            Some(Pending::Linear { node: linear }) => {
+                self.emit_gemm(&[linear], linear, None, Activation::Identity)
+            }
+            Some(Pending::LinearAdd {
+                linear,
+                add,
+                residual,
+            }) => self.emit_gemm(&[linear, add], linear, Some(residual), Activation::Identity),
+            // Every node is visited before anything reads it (the graph is in topological
+            // order), so a node with neither a value nor a pending entry cannot be read.
+            None => unreachable!("node #{} read before it was visited", node.0),
+        }
+    }
+
+    fn new_value(&mut self, width: usize) -> ValueId {
+        self.fused.value_widths.push(width);
+        ValueId(self.fused.value_widths.len() - 1)
+    }
+
+    fn emit_gemm(
+        &mut self,
+        covered: &[NodeId],
+        linear: NodeId,
+        residual: Option<ValueId>,
+        activation: Activation,
+    ) -> ValueId {
+        let Op::Linear { input, params } = &self.graph.node(linear).op else {
+            unreachable!("emit_gemm is only called with linear nodes");
+        };
+        let (input, params) = (*input, params.clone());
+        let input = self.materialize(input);
+        let layer = self.fused.layers.len();
+        self.fused.layers.push(params);
+        let last = *covered.last().unwrap_or(&linear);
+        let output = self.new_value(self.graph.node(last).width);
+        self.fused.steps.push(Step {
+            kind: StepKind::Gemm {
+                layer,
+                input,
+                residual,
+                activation,
+            },
+            output,
+            name: self.names(covered),
+        });
+        for node in covered {
+            self.values.insert(*node, output);
+        }
+        output
+    }
+
+    fn emit_elementwise(
+        &mut self,
+        node: NodeId,
+        op: ElementwiseOp,
+        left: ValueId,
+        right: Option<ValueId>,
+    ) -> ValueId {
+        let output = self.new_value(self.graph.node(node).width);
+        self.fused.steps.push(Step {
+            kind: StepKind::Elementwise { op, left, right },
+            output,
+            name: self.names(&[node]),
+        });
+        self.values.insert(node, output);
+        output
+    }
+
+    fn names(&self, nodes: &[NodeId]) -> String {
+        nodes
+            .iter()
+            .map(|node| self.graph.node(*node).name.as_str())
+            .collect::<Vec<_>>()
+            .join("+")
+    }
+}

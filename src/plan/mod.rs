@@ -1,0 +1,137 @@
+//! The planner: turns a [`Graph`] into the steps the executor records, with fusion and a memory
+//! plan. Pure Rust, like the graph: no GPU type appears here, so plans are tested without a device.
+//!
+//! - [`fuse`] folds `linear → relu` and `linear → add → relu` into one GEMM with an epilogue, so a
+//!   residual block is two dispatches.
+//! - [`memory`] assigns every intermediate value to an activation slot by liveness, so a stack of
+//!   any depth uses a fixed set of slots.
+
+pub mod fuse;
+pub mod memory;
+
+use crate::epilogue::Activation;
+use crate::error::Result;
+use crate::graph::{Graph, LinearParams};
+
+/// A value the steps pass between them: the graph input or one step's output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ValueId(pub usize);
+
+/// Where a value lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Storage {
+    /// The model's input buffer.
+    Input,
+    /// Activation slot `n` of the memory plan.
+    Slot(usize),
+}
+
+/// An elementwise operation left over after fusion (a ReLU or an add that follows no linear layer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ElementwiseOp {
+    /// `max(left, 0)`.
+    Relu,
+    /// `left + right`.
+    Add,
+}
+
+/// What one step computes.
+#[derive(Clone, Debug)]
+pub enum StepKind {
+    /// `act(input · Wᵀ + b [+ residual])` for linear layer `layer` of [`Plan::layers`].
+    Gemm {
+        /// Index into [`Plan::layers`].
+        layer: usize,
+        /// X.
+        input: ValueId,
+        /// R, when an add was fused.
+        residual: Option<ValueId>,
+        /// The activation applied last.
+        activation: Activation,
+    },
+    /// An elementwise operation.
+    Elementwise {
+        /// Which one.
+        op: ElementwiseOp,
+        /// The first operand.
+        left: ValueId,
+        /// The second operand (for `Add`).
+        right: Option<ValueId>,
+    },
+}
+
+/// One dispatch of the executor.
+#[derive(Clone, Debug)]
+pub struct Step {
+    /// What it computes.
+    pub kind: StepKind,
+    /// The value it writes.
+    pub output: ValueId,
+    /// The graph nodes it covers, joined with `+` (e.g. `blocks.0.fc2+blocks.0.add+blocks.0.relu2`).
+    pub name: String,
+}
+
+impl Step {
+    /// The values the step reads.
+    pub fn reads(&self) -> Vec<ValueId> {
+        match &self.kind {
+            StepKind::Gemm {
+                input, residual, ..
+            } => std::iter::once(*input).chain(*residual).collect(),
+            StepKind::Elementwise { left, right, .. } => {
+                std::iter::once(*left).chain(*right).collect()
+            }
+        }
+    }
+}
+
+/// A compiled-for-execution view of a graph: fused steps in order, where each value lives, and how
+/// wide each activation slot must be.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// The linear layers the GEMM steps use.
+    pub layers: Vec<LinearParams>,
+    /// The steps, in execution order.
+    pub steps: Vec<Step>,
+    /// The width of every value.
+    pub value_widths: Vec<usize>,
+    /// Where every value lives.
+    pub value_storage: Vec<Storage>,
+    /// The widest value assigned to each slot: a slot holds `max_batch × width` floats.
+    pub slot_widths: Vec<usize>,
+    /// The graph input.
+    pub input: ValueId,
+    /// The graph output.
+    pub output: ValueId,
+}
+
+impl Plan {
+    /// Fuses and plans memory for `graph`.
+    pub fn new(graph: &Graph) -> Result<Self> {
+        let fused = fuse::fuse(graph)?;
+        let (value_storage, slot_widths) =
+            memory::assign_slots(&fused.steps, &fused.value_widths, fused.input, fused.output);
+        Ok(Plan {
+            layers: fused.layers,
+            steps: fused.steps,
+            value_widths: fused.value_widths,
+            value_storage,
+            slot_widths,
+            input: fused.input,
+            output: fused.output,
+        })
+    }
+
+    /// Dispatches per run.
+    pub fn dispatch_count(&self) -> usize {
+        self.steps.len()
+    }
+
+    /// Activation bytes for a batch of `max_batch` rows (the slots; the input buffer not counted).
+    pub fn activation_bytes(&self, max_batch: usize) -> u64 {
+        self.slot_widths
+            .iter()
+            .map(|&width| (width * max_batch * size_of::<f32>()) as u64)
+            .sum()
+    }
+}
