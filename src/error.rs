@@ -160,6 +160,15 @@ pub enum Error {
         reason: String,
     },
 
+    /// `--check` found the GPU's answer too far from the f64 reference.
+    #[error("check failed: max relative error {max_rel_err:.3e} exceeds {tolerance:.0e}")]
+    CheckFailed {
+        /// The largest per-row relative error.
+        max_rel_err: f64,
+        /// The tolerance it had to meet.
+        tolerance: f64,
+    },
+
     /// The device did not finish its work.
     #[error("waiting for the GPU failed: {reason}")]
     DeviceWait {

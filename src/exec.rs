@@ -18,6 +18,7 @@ use crate::gpu::context::GpuContext;
 use crate::graph::Graph;
 use crate::kernels::elementwise::{ElementwiseOperands, PreparedElementwise};
 use crate::kernels::gemm::{GemmOperands, GemmVariant, LinearWeights, PreparedGemm};
+use crate::kernels::gemv::{self, GEMV_MAX_BATCH, GemvOperands, PreparedGemv, TextureWeights};
 use crate::plan::{ElementwiseOp, Plan, StepKind, Storage, ValueId};
 
 /// How to compile a model.
@@ -29,6 +30,9 @@ pub struct CompileOptions {
     pub gpu_timestamps: bool,
     /// Force a GEMM variant instead of the device's best (for tests and benchmarks).
     pub gemm_variant: Option<GemmVariant>,
+    /// Use the texture GEMV for layers of models compiled for at most
+    /// [`GEMV_MAX_BATCH`] rows, where the device supports it.
+    pub small_batch_kernel: bool,
 }
 
 impl CompileOptions {
@@ -38,6 +42,7 @@ impl CompileOptions {
             max_batch,
             gpu_timestamps: false,
             gemm_variant: None,
+            small_batch_kernel: true,
         }
     }
 }
@@ -52,8 +57,26 @@ pub struct RunProfile {
     pub gpu: Option<Duration>,
 }
 
+/// A layer's weights in the form its kernel reads.
+enum LayerWeights {
+    /// The blocked buffer layout of the tiled GEMM kernels.
+    Blocked(LinearWeights),
+    /// The texture of the small-batch GEMV kernel.
+    Texture(TextureWeights),
+}
+
+impl LayerWeights {
+    fn device_bytes(&self) -> u64 {
+        match self {
+            LayerWeights::Blocked(weights) => weights.device_bytes(),
+            LayerWeights::Texture(weights) => weights.device_bytes(),
+        }
+    }
+}
+
 enum PreparedStep {
     Gemm(PreparedGemm),
+    Gemv(PreparedGemv),
     Elementwise(PreparedElementwise),
 }
 
@@ -61,13 +84,23 @@ impl PreparedStep {
     fn set_rows(&self, context: &GpuContext, rows: usize) -> Result<()> {
         match self {
             PreparedStep::Gemm(gemm) => gemm.set_rows(context, rows),
+            PreparedStep::Gemv(gemv) => gemv.set_rows(context, rows),
             PreparedStep::Elementwise(elementwise) => elementwise.set_rows(context, rows),
+        }
+    }
+
+    fn kernel_name(&self) -> &'static str {
+        match self {
+            PreparedStep::Gemm(gemm) => gemm.variant().kernel().name,
+            PreparedStep::Gemv(_) => crate::kernels::gemv::GEMV_TEXTURE_KERNEL.name,
+            PreparedStep::Elementwise(_) => crate::kernels::elementwise::ELEMENTWISE_KERNEL.name,
         }
     }
 
     fn record_rows(&self, pass: &mut wgpu::ComputePass<'_>, rows: usize) {
         match self {
             PreparedStep::Gemm(gemm) => gemm.record_rows(pass, rows),
+            PreparedStep::Gemv(gemv) => gemv.record_rows(pass, rows),
             PreparedStep::Elementwise(elementwise) => elementwise.record_rows(pass, rows),
         }
     }
@@ -117,20 +150,26 @@ impl CompiledModel {
             .gemm_variant
             .unwrap_or_else(|| GemmVariant::best_for(&context));
 
+        // Small batches read weights from textures (see kernels::gemv); a model compiled for
+        // larger batches keeps the tiled GEMM's buffer layout for every run.
+        let small_batch = options.small_batch_kernel
+            && max_batch <= GEMV_MAX_BATCH
+            && gemv::supported_by(&context);
         let layers = plan
             .layers
             .iter()
             .map(|params| {
-                LinearWeights::upload(
-                    &context,
-                    params.out_features(),
-                    params.in_features(),
-                    params.weight(),
-                    params.bias(),
-                )
+                let (out, inp) = (params.out_features(), params.in_features());
+                if small_batch && TextureWeights::fits(&context, out, inp) {
+                    TextureWeights::upload(&context, out, inp, params.weight(), params.bias())
+                        .map(LayerWeights::Texture)
+                } else {
+                    LinearWeights::upload(&context, out, inp, params.weight(), params.bias())
+                        .map(LayerWeights::Blocked)
+                }
             })
             .collect::<Result<Vec<_>>>()?;
-        let weight_bytes = layers.iter().map(LinearWeights::device_bytes).sum();
+        let weight_bytes = layers.iter().map(LayerWeights::device_bytes).sum();
 
         let input_width = graph.input_width();
         let input = DeviceMatrix::new(&context, "model input", max_batch, input_width)?;
@@ -169,17 +208,31 @@ impl CompiledModel {
                 } => {
                     let input = matrix(*input)?;
                     let residual = residual.map(&matrix).transpose()?;
-                    PreparedStep::Gemm(PreparedGemm::with_variant(
-                        &context,
-                        &GemmOperands {
-                            input: &input,
-                            weights: &layers[*layer],
-                            residual: residual.as_ref(),
-                            output: &output,
-                            activation: *activation,
-                        },
-                        variant,
-                    )?)
+                    match &layers[*layer] {
+                        LayerWeights::Blocked(weights) => {
+                            PreparedStep::Gemm(PreparedGemm::with_variant(
+                                &context,
+                                &GemmOperands {
+                                    input: &input,
+                                    weights,
+                                    residual: residual.as_ref(),
+                                    output: &output,
+                                    activation: *activation,
+                                },
+                                variant,
+                            )?)
+                        }
+                        LayerWeights::Texture(weights) => PreparedStep::Gemv(PreparedGemv::new(
+                            &context,
+                            &GemvOperands {
+                                input: &input,
+                                weights,
+                                residual: residual.as_ref(),
+                                output: &output,
+                                activation: *activation,
+                            },
+                        )?),
+                    }
                 }
                 StepKind::Elementwise { op, left, right } => {
                     let left = matrix(*left)?;
@@ -371,6 +424,11 @@ impl CompiledModel {
     /// Dispatches per run.
     pub fn dispatches_per_run(&self) -> usize {
         self.steps.len()
+    }
+
+    /// The shader each step runs, in order (e.g. `gemm_subgroup`, `gemv_texture`).
+    pub fn step_kernels(&self) -> Vec<&'static str> {
+        self.steps.iter().map(PreparedStep::kernel_name).collect()
     }
 
     /// Bytes of the activation slots (the input buffer not counted).

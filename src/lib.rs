@@ -23,6 +23,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod bench;
 pub mod epilogue;
 pub mod error;
 pub mod exec;
@@ -33,3 +34,8 @@ pub mod plan;
 pub mod reference;
 
 pub use error::{Error, Result};
+
+/// The README's Rust examples, compiled and run as doctests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -2,12 +2,19 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use std::sync::Arc;
+use std::time::Duration;
 
+use clap::{Parser, Subcommand, ValueEnum};
+
+use resgraph::bench::{BenchResult, max_row_relative_error, measure};
+use resgraph::exec::{CompileOptions, CompiledModel};
 use resgraph::gpu::context::{
-    AdapterIdentity, AdapterOptions, AdapterReport, choose_adapter, create_instance,
+    AdapterIdentity, AdapterOptions, AdapterReport, GpuContext, choose_adapter, create_instance,
     enumerate_adapters, parse_backends,
 };
+use resgraph::graph::synthetic::{MlpShape, mlp, random_input};
+use resgraph::reference::forward_f64;
 
 /// Residual networks on any GPU.
 #[derive(Parser, Debug)]
@@ -29,6 +36,46 @@ struct Cli {
 enum Command {
     /// List every adapter wgpu finds, what it can do, and which one resgraph would pick.
     Info,
+    /// Benchmark a synthetic residual MLP (PyTorch Linear initialisation, fixed seed).
+    Bench(BenchArgs),
+}
+
+/// Storage precision of weights and activations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Precision {
+    /// 32-bit floats throughout.
+    F32,
+}
+
+#[derive(clap::Args, Debug)]
+struct BenchArgs {
+    /// Width of every block.
+    #[arg(long, default_value_t = 1024)]
+    width: usize,
+    /// Number of residual blocks.
+    #[arg(long, default_value_t = 8)]
+    depth: usize,
+    /// Rows per run.
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    /// Timed runs.
+    #[arg(long, default_value_t = 20)]
+    iters: usize,
+    /// Untimed runs first (pipelines, caches, clocks).
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// Storage precision.
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    precision: Precision,
+    /// Compare the output with the f64 CPU reference first.
+    #[arg(long)]
+    check: bool,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Seed of the weights and the input.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
 }
 
 fn main() -> ExitCode {
@@ -50,8 +97,9 @@ fn run(cli: &Cli) -> resgraph::Result<()> {
     if let Some(adapter) = &cli.adapter {
         options.name_contains = Some(adapter.clone());
     }
-    match cli.command {
+    match &cli.command {
         Command::Info => info(&options),
+        Command::Bench(args) => bench(&options, args),
     }
 }
 
@@ -130,6 +178,177 @@ fn info(options: &AdapterOptions) -> resgraph::Result<()> {
         }
         Err(error) => Err(error),
     }
+}
+
+fn bench(options: &AdapterOptions, args: &BenchArgs) -> resgraph::Result<()> {
+    let context = Arc::new(GpuContext::new(options)?);
+    let graph = mlp(MlpShape::square(args.width, args.depth), 1.0, args.seed)?;
+    let compile = CompileOptions {
+        gpu_timestamps: true,
+        ..CompileOptions::new(args.batch)
+    };
+    let model = CompiledModel::compile(Arc::clone(&context), &graph, &compile)?;
+    let input = random_input(args.batch * args.width, args.seed.wrapping_add(1));
+
+    let max_rel_err = if args.check {
+        let output = model.run(&input)?;
+        let reference = forward_f64(&graph, &input, args.batch);
+        Some(max_row_relative_error(
+            &output,
+            &reference,
+            model.output_width(),
+        ))
+    } else {
+        None
+    };
+
+    let progress = if args.json {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(args.iters.max(1) as u64)
+    };
+    progress.set_style(
+        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} runs {elapsed}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    progress.set_prefix("bench");
+    let result = measure(&model, &input, args.warmup, args.iters, || progress.inc(1))?;
+    progress.finish_and_clear();
+
+    let flops = graph.flops_per_row() as f64 * args.batch as f64;
+    let gflops = flops / result.latency.median.as_secs_f64() / 1e9;
+    let info = context.adapter_info();
+    if args.json {
+        let mut object = serde_json::json!({
+            "adapter": {
+                "name": info.name,
+                "backend": info.backend.to_str(),
+                "device_type": format!("{:?}", info.device_type),
+                "driver": format!("{} {}", info.driver, info.driver_info).trim().to_string(),
+            },
+            "precision": "f32",
+            "width": args.width,
+            "depth": args.depth,
+            "batch": args.batch,
+            "iters": result.iterations,
+            "warmup": args.warmup,
+            "median_ms": millis(result.latency.median),
+            "p10_ms": millis(result.latency.p10),
+            "p90_ms": millis(result.latency.p90),
+            "min_ms": millis(result.latency.min),
+            "max_ms": millis(result.latency.max),
+            "gflops": gflops,
+            "gpu_median_ms": result.gpu.map(|gpu| millis(gpu.median)),
+            "encode_median_ms": millis(result.encode.median),
+            "dispatches_per_run": model.dispatches_per_run(),
+            "kernels": kernel_summary(&model),
+            "activation_bytes": model.activation_bytes(),
+            "weight_bytes": model.weight_bytes(),
+            "flops_per_run": flops,
+        });
+        if let Some(error) = max_rel_err {
+            object["max_rel_err"] = serde_json::json!(error);
+        }
+        println!("{object}");
+    } else {
+        print_bench_table(args, &model, &result, gflops, max_rel_err, &context);
+    }
+    match max_rel_err {
+        Some(error) if error.is_nan() || error > 1e-5 => Err(resgraph::Error::CheckFailed {
+            max_rel_err: error,
+            tolerance: 1e-5,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The distinct kernels a model runs, in first-use order.
+fn kernel_summary(model: &CompiledModel) -> Vec<&'static str> {
+    let mut kernels: Vec<&'static str> = Vec::new();
+    for kernel in model.step_kernels() {
+        if !kernels.contains(&kernel) {
+            kernels.push(kernel);
+        }
+    }
+    kernels
+}
+
+fn millis(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1e3
+}
+
+fn print_bench_table(
+    args: &BenchArgs,
+    model: &CompiledModel,
+    result: &BenchResult,
+    gflops: f64,
+    max_rel_err: Option<f64>,
+    context: &GpuContext,
+) {
+    let info = context.adapter_info();
+    println!(
+        "resgraph bench: residual MLP width {} depth {} batch {} (f32), {} timed runs after {} warm-up",
+        args.width, args.depth, args.batch, result.iterations, args.warmup
+    );
+    println!(
+        "adapter: {} ({:?}, {} {})",
+        info.name, info.backend, info.driver, info.driver_info
+    );
+    if let Some(error) = max_rel_err {
+        let verdict = if error <= 1e-5 { "ok" } else { "FAILED" };
+        println!(
+            "check: max relative error vs f64 reference {error:.2e} (tolerance 1e-5) {verdict}"
+        );
+    }
+    println!();
+    let row = |name: &str, value: String| println!("  {name:<28} {value}");
+    row(
+        "latency median (full run)",
+        format!("{:.3} ms", millis(result.latency.median)),
+    );
+    row(
+        "latency p10 / p90",
+        format!(
+            "{:.3} / {:.3} ms",
+            millis(result.latency.p10),
+            millis(result.latency.p90)
+        ),
+    );
+    row("throughput", format!("{gflops:.2} GFLOP/s"));
+    row(
+        "GPU time median",
+        match &result.gpu {
+            Some(gpu) => format!("{:.3} ms (timestamp queries)", millis(gpu.median)),
+            None => "n/a (no timestamp queries on this adapter)".to_string(),
+        },
+    );
+    row(
+        "host encode median",
+        format!("{:.1} us", result.encode.median.as_secs_f64() * 1e6),
+    );
+    row(
+        "dispatches per run",
+        format!(
+            "{} ({})",
+            model.dispatches_per_run(),
+            kernel_summary(model).join(", ")
+        ),
+    );
+    row(
+        "activation memory",
+        format!(
+            "{:.2} MiB",
+            model.activation_bytes() as f64 / (1u64 << 20) as f64
+        ),
+    );
+    row(
+        "weight memory",
+        format!(
+            "{:.2} MiB",
+            model.weight_bytes() as f64 / (1u64 << 20) as f64
+        ),
+    );
 }
 
 fn yes_no(value: bool) -> &'static str {

@@ -42,3 +42,71 @@ fn an_unknown_backend_is_refused() {
     assert!(!output.status.success());
     assert!(stderr.contains("unknown backend \"opengles4\""), "{stderr}");
 }
+
+#[test]
+fn bench_json_check_reports_every_key_and_a_small_error() {
+    let output = resgraph(&[
+        "bench", "--width", "33", "--depth", "2", "--batch", "3", "--iters", "3", "--warmup", "1",
+        "--check", "--json",
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "bench failed: {stdout} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    for key in [
+        "precision",
+        "width",
+        "depth",
+        "batch",
+        "iters",
+        "median_ms",
+        "p10_ms",
+        "p90_ms",
+        "gflops",
+        "dispatches_per_run",
+        "activation_bytes",
+        "weight_bytes",
+        "max_rel_err",
+    ] {
+        assert!(report.get(key).is_some(), "missing {key} in {report}");
+    }
+    assert!(report["adapter"]["name"].is_string() && report["adapter"]["backend"].is_string());
+    assert_eq!(report["dispatches_per_run"], 4);
+    assert_eq!(report["width"], 33);
+    let error = report["max_rel_err"].as_f64().expect("a number");
+    assert!(error <= 1e-5, "max_rel_err {error}");
+    assert!(report["p10_ms"].as_f64() <= report["median_ms"].as_f64());
+    assert!(report["median_ms"].as_f64() <= report["p90_ms"].as_f64());
+}
+
+#[test]
+fn bench_prints_a_table_by_default() {
+    let output = resgraph(&[
+        "bench", "--width", "16", "--depth", "1", "--batch", "2", "--iters", "2",
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    for line in [
+        "latency median (full run)",
+        "GFLOP/s",
+        "dispatches per run",
+        "weight memory",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?} in {stdout}");
+    }
+}
+
+#[test]
+fn bench_rejects_a_zero_batch_with_one_line() {
+    let output = resgraph(&["bench", "--width", "16", "--depth", "1", "--batch", "0"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("resgraph: error:") && stderr.contains("max_batch"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -270,3 +270,43 @@ fn inputs_that_do_not_fit_are_typed_errors() {
     }
     assert!(model.run(&[0.0; 8 * 4]).is_ok());
 }
+
+#[test]
+fn every_kernel_path_of_the_executor_matches_the_reference() {
+    use resgraph::kernels::gemm::GemmVariant;
+    let context = shared(common::primary_context());
+    let shape = MlpShape {
+        input_width: 21,
+        width: 40,
+        hidden_width: 72,
+        depth: 3,
+        output_width: 9,
+        residual: true,
+    };
+    let graph = mlp(shape, 1.0, 77).expect("graph");
+    let mut seen = std::collections::BTreeSet::new();
+    for small_batch_kernel in [true, false] {
+        for gemm_variant in [None, Some(GemmVariant::Portable)] {
+            let options = CompileOptions {
+                small_batch_kernel,
+                gemm_variant,
+                ..CompileOptions::new(8)
+            };
+            let model =
+                CompiledModel::compile(Arc::clone(&context), &graph, &options).expect("compile");
+            let kernels = model.step_kernels();
+            seen.extend(kernels.iter().copied());
+            for batch in [1, 3, 8] {
+                let what = format!("{kernels:?} batch {batch}");
+                check_model(&model, &graph, batch, 5, &what);
+            }
+        }
+    }
+    if resgraph::kernels::gemv::supported_by(&context) {
+        let expected = ["gemm", "gemm_subgroup", "gemv_texture"];
+        assert!(
+            expected.iter().all(|name| seen.contains(name)),
+            "paths run: {seen:?}"
+        );
+    }
+}

@@ -17,6 +17,8 @@ pub enum BindingKind {
     StorageRead,
     /// A storage buffer the kernel writes.
     StorageReadWrite,
+    /// A 2-D texture of unfilterable floats (`rgba32float`), read with `textureLoad`.
+    FloatTexture2d,
 }
 
 /// A WGSL shader and the shape of its one bind group.
@@ -115,6 +117,26 @@ impl PipelineCache {
     }
 }
 
+fn binding_type(kind: BindingKind) -> wgpu::BindingType {
+    let buffer = |ty| wgpu::BindingType::Buffer {
+        ty,
+        has_dynamic_offset: false,
+        min_binding_size: None,
+    };
+    match kind {
+        BindingKind::Uniform => buffer(wgpu::BufferBindingType::Uniform),
+        BindingKind::StorageRead => buffer(wgpu::BufferBindingType::Storage { read_only: true }),
+        BindingKind::StorageReadWrite => {
+            buffer(wgpu::BufferBindingType::Storage { read_only: false })
+        }
+        BindingKind::FloatTexture2d => wgpu::BindingType::Texture {
+            sample_type: wgpu::TextureSampleType::Float { filterable: false },
+            view_dimension: wgpu::TextureViewDimension::D2,
+            multisampled: false,
+        },
+    }
+}
+
 fn build_pipeline(
     device: &wgpu::Device,
     kernel: &KernelSource,
@@ -128,19 +150,7 @@ fn build_pipeline(
         .map(|(binding, kind)| wgpu::BindGroupLayoutEntry {
             binding: binding as u32,
             visibility: wgpu::ShaderStages::COMPUTE,
-            ty: wgpu::BindingType::Buffer {
-                ty: match kind {
-                    BindingKind::Uniform => wgpu::BufferBindingType::Uniform,
-                    BindingKind::StorageRead => {
-                        wgpu::BufferBindingType::Storage { read_only: true }
-                    }
-                    BindingKind::StorageReadWrite => {
-                        wgpu::BufferBindingType::Storage { read_only: false }
-                    }
-                },
-                has_dynamic_offset: false,
-                min_binding_size: None,
-            },
+            ty: binding_type(*kind),
             count: None,
         })
         .collect();

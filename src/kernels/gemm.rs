@@ -315,6 +315,7 @@ impl GemmOperands<'_> {
 /// [`PreparedGemm::record_rows`] run it on fewer rows (a smaller batch) without rebuilding.
 #[derive(Debug)]
 pub struct PreparedGemm {
+    variant: GemmVariant,
     pipeline: std::sync::Arc<CachedPipeline>,
     bind_group: wgpu::BindGroup,
     params_buffer: wgpu::Buffer,
@@ -400,6 +401,7 @@ impl PreparedGemm {
             (bind_group, params_buffer)
         })?;
         Ok(PreparedGemm {
+            variant,
             pipeline,
             bind_group,
             params_buffer,
@@ -411,6 +413,11 @@ impl PreparedGemm {
     /// The row count the dispatch was prepared for (the most it can run).
     pub fn max_rows(&self) -> usize {
         self.params.rows as usize
+    }
+
+    /// The shader variant the dispatch runs.
+    pub fn variant(&self) -> GemmVariant {
+        self.variant
     }
 
     /// Makes later submissions compute only the first `rows` rows (at most [`Self::max_rows`]).

@@ -2,3 +2,4 @@
 
 pub mod elementwise;
 pub mod gemm;
+pub mod gemv;

@@ -1,0 +1,415 @@
+//! Host side of `shaders/gemv_texture.wgsl`: the fused GEMM for small batches, with a layer's
+//! weights in an `rgba32float` texture.
+//!
+//! With one or a few rows a GEMM has no weight reuse across rows, and the tiled GEMM kernels
+//! waste most of their 256-row workgroups; this kernel assigns one invocation to 4 output columns
+//! and loads weights as texels, the fastest load path on CPU adapters (see the shader).
+
+use std::sync::Arc;
+
+use crate::epilogue::{Activation, Epilogue};
+use crate::error::{Error, Result};
+use crate::gpu::buffers::{self, DeviceMatrix};
+use crate::gpu::context::GpuContext;
+use crate::gpu::pipelines::{BindingKind, CachedPipeline, KernelKey, KernelSource};
+use crate::kernels::gemm::INNER_CHUNK;
+
+/// The texture GEMV shader and its binding table.
+pub const GEMV_TEXTURE_KERNEL: KernelSource = KernelSource {
+    name: "gemv_texture",
+    wgsl: include_str!("../../shaders/gemv_texture.wgsl"),
+    entry_point: "gemv",
+    bindings: &[
+        BindingKind::Uniform,          // 0: params
+        BindingKind::StorageRead,      // 1: activations X [rows, inner]
+        BindingKind::FloatTexture2d,   // 2: weights, rgba32float [inner_padded, cols4]
+        BindingKind::StorageRead,      // 3: bias, padded
+        BindingKind::StorageRead,      // 4: residual R [rows, cols]
+        BindingKind::StorageReadWrite, // 5: output [rows, cols]
+    ],
+};
+
+/// Invocations per workgroup (`WORKGROUP_SIZE` in the shader).
+pub const GEMV_WORKGROUP_SIZE: u32 = 32;
+/// Rows per workgroup of the multi-row pipeline (`GEMV_ROWS`).
+pub const GEMV_ROWS: u32 = 4;
+/// The largest batch for which the executor prefers this kernel to the tiled GEMM (measured on
+/// lavapipe: see BENCHMARKS.md).
+pub const GEMV_MAX_BATCH: usize = 16;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct GemvParams {
+    rows: u32,
+    cols: u32,
+    inner: u32,
+    cols4: u32,
+}
+
+/// Whether `context` can run the texture GEMV at all (subgroups of at least 8 invocations).
+pub fn supported_by(context: &GpuContext) -> bool {
+    context.features().contains(wgpu::Features::SUBGROUP)
+        && context.adapter_info().subgroup_min_size >= INNER_CHUNK as u32
+}
+
+/// Converts a PyTorch `[out, in]` weight into texel rows: `[in_padded][ceil(out/4)][4]`, where
+/// texel `(c, k)` holds columns `4c..4c+3` at `k`, zero-padded.
+pub fn weights_to_texture_layout(
+    weight: &[f32],
+    out_features: usize,
+    in_features: usize,
+) -> Vec<f32> {
+    let cols4 = out_features.div_ceil(4);
+    let inner_padded = in_features.next_multiple_of(INNER_CHUNK);
+    let mut texels = vec![0.0f32; inner_padded * cols4 * 4];
+    for (col, row) in weight.chunks_exact(in_features).enumerate() {
+        for (k, &value) in row.iter().enumerate() {
+            texels[k * cols4 * 4 + col] = value;
+        }
+    }
+    texels
+}
+
+/// A linear layer's weight as a texture and its bias as a buffer.
+#[derive(Debug)]
+pub struct TextureWeights {
+    texture: wgpu::Texture,
+    view: wgpu::TextureView,
+    bias: wgpu::Buffer,
+    in_features: usize,
+    out_features: usize,
+}
+
+impl TextureWeights {
+    /// Whether an `out` × `in` layer fits the device's largest 2-D texture.
+    pub fn fits(context: &GpuContext, out_features: usize, in_features: usize) -> bool {
+        let limit = context.limits().max_texture_dimension_2d as usize;
+        out_features.div_ceil(4) <= limit && in_features.next_multiple_of(INNER_CHUNK) <= limit
+    }
+
+    /// Uploads a layer given in PyTorch's layout (`weight` `[out, in]`, `bias` `[out]`).
+    pub fn upload(
+        context: &GpuContext,
+        out_features: usize,
+        in_features: usize,
+        weight: &[f32],
+        bias: Option<&[f32]>,
+    ) -> Result<Self> {
+        let what = format!("linear layer {out_features}x{in_features}");
+        if out_features == 0 || in_features == 0 {
+            return Err(Error::zero_sized(
+                what,
+                if out_features == 0 {
+                    "out_features"
+                } else {
+                    "in_features"
+                },
+            ));
+        }
+        if weight.len() != out_features * in_features
+            || bias.is_some_and(|bias| bias.len() != out_features)
+        {
+            return Err(Error::shape_mismatch(
+                format!("{what} parameters"),
+                format!(
+                    "{} weights and {out_features} biases",
+                    out_features * in_features
+                ),
+                format!(
+                    "{} weights and {:?} biases",
+                    weight.len(),
+                    bias.map(<[f32]>::len)
+                ),
+            ));
+        }
+        if !Self::fits(context, out_features, in_features) {
+            return Err(Error::BufferTooLarge {
+                what: format!("{what} weights as a texture"),
+                requested: out_features.div_ceil(4).max(in_features) as u64,
+                limit_name: "max_texture_dimension_2d",
+                limit: u64::from(context.limits().max_texture_dimension_2d),
+                adapter: context.adapter_info().name.clone(),
+            });
+        }
+        let cols4 = out_features.div_ceil(4) as u32;
+        let inner_padded = in_features.next_multiple_of(INNER_CHUNK) as u32;
+        let texels = weights_to_texture_layout(weight, out_features, in_features);
+        let size = wgpu::Extent3d {
+            width: cols4,
+            height: inner_padded,
+            depth_or_array_layers: 1,
+        };
+        let (texture, view) = context.scoped(&format!("uploading {what} as a texture"), || {
+            let texture = context.device().create_texture(&wgpu::TextureDescriptor {
+                label: Some(&what),
+                size,
+                mip_level_count: 1,
+                sample_count: 1,
+                dimension: wgpu::TextureDimension::D2,
+                format: wgpu::TextureFormat::Rgba32Float,
+                usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+                view_formats: &[],
+            });
+            context.queue().write_texture(
+                wgpu::TexelCopyTextureInfo {
+                    texture: &texture,
+                    mip_level: 0,
+                    origin: wgpu::Origin3d::ZERO,
+                    aspect: wgpu::TextureAspect::All,
+                },
+                bytemuck::cast_slice(&texels),
+                wgpu::TexelCopyBufferLayout {
+                    offset: 0,
+                    bytes_per_row: Some(cols4 * 16),
+                    rows_per_image: Some(inner_padded),
+                },
+                size,
+            );
+            let view = texture.create_view(&wgpu::TextureViewDescriptor::default());
+            (texture, view)
+        })?;
+        let mut padded_bias = vec![0.0f32; out_features.next_multiple_of(16)];
+        if let Some(bias) = bias {
+            padded_bias[..out_features].copy_from_slice(bias);
+        }
+        let bias = buffers::upload_storage_buffer(
+            context,
+            &format!("{what} bias"),
+            bytemuck::cast_slice(&padded_bias),
+        )?;
+        Ok(TextureWeights {
+            texture,
+            view,
+            bias,
+            in_features,
+            out_features,
+        })
+    }
+
+    /// The input width K.
+    pub fn in_features(&self) -> usize {
+        self.in_features
+    }
+
+    /// The output width N.
+    pub fn out_features(&self) -> usize {
+        self.out_features
+    }
+
+    /// Bytes on the device (texture and bias, padded).
+    pub fn device_bytes(&self) -> u64 {
+        let size = self.texture.size();
+        u64::from(size.width) * u64::from(size.height) * 16 + self.bias.size()
+    }
+}
+
+/// The operands of one texture GEMV.
+#[derive(Clone, Copy, Debug)]
+pub struct GemvOperands<'a> {
+    /// X, `[rows, in_features]`.
+    pub input: &'a DeviceMatrix,
+    /// W and b.
+    pub weights: &'a TextureWeights,
+    /// R, `[rows, out_features]`, when present.
+    pub residual: Option<&'a DeviceMatrix>,
+    /// The result; must not alias the input or the residual.
+    pub output: &'a DeviceMatrix,
+    /// The activation applied last.
+    pub activation: Activation,
+}
+
+/// A texture GEMV with its pipeline, parameters and bind group ready.
+#[derive(Debug)]
+pub struct PreparedGemv {
+    pipeline: Arc<CachedPipeline>,
+    bind_group: wgpu::BindGroup,
+    params_buffer: wgpu::Buffer,
+    params: GemvParams,
+    rows_per_workgroup: u32,
+}
+
+impl PreparedGemv {
+    /// Validates the operands and builds the dispatch for `input.rows()` rows.
+    pub fn new(context: &GpuContext, operands: &GemvOperands<'_>) -> Result<Self> {
+        if !supported_by(context) {
+            return Err(Error::MissingFeature {
+                what: "the texture gemv kernel".to_string(),
+                feature: "SUBGROUP (with subgroups of at least 8 invocations)",
+                adapter: context.adapter_info().name.clone(),
+            });
+        }
+        let (rows, k, n) = (
+            operands.input.rows(),
+            operands.weights.in_features(),
+            operands.weights.out_features(),
+        );
+        let shapes_agree = operands.input.cols() == k
+            && (operands.output.rows(), operands.output.cols()) == (rows, n)
+            && operands
+                .residual
+                .is_none_or(|residual| (residual.rows(), residual.cols()) == (rows, n));
+        if !shapes_agree {
+            return Err(Error::shape_mismatch(
+                "gemv operands",
+                format!("input [{rows}, {k}], residual and output [{rows}, {n}]"),
+                format!(
+                    "input [{}, {}], output [{}, {}]",
+                    operands.input.rows(),
+                    operands.input.cols(),
+                    operands.output.rows(),
+                    operands.output.cols()
+                ),
+            ));
+        }
+        let aliased = operands.input.buffer() == operands.output.buffer()
+            || operands
+                .residual
+                .is_some_and(|residual| residual.buffer() == operands.output.buffer());
+        if aliased {
+            return Err(Error::shape_mismatch(
+                "gemv output",
+                "a buffer distinct from the input and residual",
+                "an operand's buffer",
+            ));
+        }
+        let rows_per_workgroup = if rows == 1 { 1 } else { GEMV_ROWS };
+        let epilogue = Epilogue {
+            activation: operands.activation,
+            add_residual: operands.residual.is_some(),
+        };
+        let key = KernelKey {
+            shader: GEMV_TEXTURE_KERNEL.name,
+            entry_point: GEMV_TEXTURE_KERNEL.entry_point,
+            constants: vec![
+                ("ADD_RESIDUAL", u32::from(epilogue.add_residual)),
+                (
+                    "APPLY_RELU",
+                    u32::from(epilogue.activation == Activation::Relu),
+                ),
+                ("GEMV_ROWS", rows_per_workgroup),
+                ("WORKGROUP_SIZE", GEMV_WORKGROUP_SIZE),
+            ],
+        };
+        let pipeline = context
+            .pipelines()
+            .get_or_create(context, &GEMV_TEXTURE_KERNEL, &key)?;
+        let params = GemvParams {
+            rows: rows as u32,
+            cols: n as u32,
+            inner: k as u32,
+            cols4: n.div_ceil(4) as u32,
+        };
+        let residual = operands
+            .residual
+            .map_or(context.placeholder_storage(), DeviceMatrix::buffer);
+        let (bind_group, params_buffer) = context.scoped("binding the gemv operands", || {
+            let params_buffer = context.device().create_buffer(&wgpu::BufferDescriptor {
+                label: Some("gemv params"),
+                size: size_of::<GemvParams>() as u64,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            context
+                .queue()
+                .write_buffer(&params_buffer, 0, bytemuck::bytes_of(&params));
+            let entries = [
+                wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: params_buffer.as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 1,
+                    resource: operands.input.buffer().as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 2,
+                    resource: wgpu::BindingResource::TextureView(&operands.weights.view),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 3,
+                    resource: operands.weights.bias.as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 4,
+                    resource: residual.as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 5,
+                    resource: operands.output.buffer().as_entire_binding(),
+                },
+            ];
+            let bind_group = context
+                .device()
+                .create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some("gemv operands"),
+                    layout: &pipeline.bind_group_layout,
+                    entries: &entries,
+                });
+            (bind_group, params_buffer)
+        })?;
+        Ok(PreparedGemv {
+            pipeline,
+            bind_group,
+            params_buffer,
+            params,
+            rows_per_workgroup,
+        })
+    }
+
+    /// The row count the dispatch was prepared for.
+    pub fn max_rows(&self) -> usize {
+        self.params.rows as usize
+    }
+
+    /// Makes later submissions compute only the first `rows` rows.
+    pub fn set_rows(&self, context: &GpuContext, rows: usize) -> Result<()> {
+        if rows == 0 || rows > self.max_rows() {
+            return Err(Error::shape_mismatch(
+                "gemv rows",
+                format!("1..={}", self.max_rows()),
+                rows,
+            ));
+        }
+        let params = GemvParams {
+            rows: rows as u32,
+            ..self.params
+        };
+        context.scoped("updating gemv rows", || {
+            context
+                .queue()
+                .write_buffer(&self.params_buffer, 0, bytemuck::bytes_of(&params));
+        })
+    }
+
+    /// Records the dispatch for the first `rows` rows (as last set).
+    pub fn record_rows(&self, pass: &mut wgpu::ComputePass<'_>, rows: usize) {
+        let rows = rows.clamp(1, self.max_rows()) as u32;
+        pass.set_pipeline(&self.pipeline.pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        pass.dispatch_workgroups(
+            self.params.cols4.div_ceil(GEMV_WORKGROUP_SIZE),
+            rows.div_ceil(self.rows_per_workgroup),
+            1,
+        );
+    }
+
+    /// Submits the dispatch on the context's queue (without waiting).
+    pub fn submit(&self, context: &GpuContext) -> Result<()> {
+        context.scoped("running the gemv", || {
+            let mut encoder =
+                context
+                    .device()
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                        label: Some("resgraph gemv"),
+                    });
+            {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("resgraph gemv"),
+                    timestamp_writes: None,
+                });
+                self.record_rows(&mut pass, self.max_rows());
+            }
+            context.queue().submit([encoder.finish()]);
+        })
+    }
+}

@@ -1,0 +1,195 @@
+//! The small-batch texture GEMV against the f64 reference: every epilogue, batches 1 to 16,
+//! awkward widths, output poisoned with NaN first.
+
+mod common;
+
+use resgraph::epilogue::Epilogue;
+use resgraph::gpu::buffers::DeviceMatrix;
+use resgraph::gpu::context::GpuContext;
+use resgraph::kernels::gemv::{
+    self, GemvOperands, PreparedGemv, TextureWeights, weights_to_texture_layout,
+};
+use resgraph::reference::{LinearRef, linear_f64, to_f64};
+
+fn check_gemv(
+    context: &GpuContext,
+    (m, n, k): (usize, usize, usize),
+    epilogue: Epilogue,
+    seed: u64,
+) -> f64 {
+    let what = format!("gemv m={m} n={n} k={k} {epilogue}");
+    let mut rng = common::rng(seed);
+    let scale = 1.0 / (k as f32).sqrt();
+    let x = common::uniform(&mut rng, m * k, -1.0, 1.0);
+    let w = common::uniform(&mut rng, n * k, -scale, scale);
+    let b = common::uniform(&mut rng, n, -scale, scale);
+    let r = common::uniform(&mut rng, m * n, -1.0, 1.0);
+    let weights = TextureWeights::upload(context, n, k, &w, Some(&b)).expect("weights");
+    let input = DeviceMatrix::from_host(context, "x", m, k, &x).expect("x");
+    let residual = DeviceMatrix::from_host(context, "r", m, n, &r).expect("r");
+    let output = DeviceMatrix::new(context, "out", m, n).expect("out");
+    output.fill(context, f32::NAN).expect("poison");
+    let gemv = PreparedGemv::new(
+        context,
+        &GemvOperands {
+            input: &input,
+            weights: &weights,
+            residual: epilogue.add_residual.then_some(&residual),
+            output: &output,
+            activation: epilogue.activation,
+        },
+    )
+    .unwrap_or_else(|error| panic!("{what}: {error}"));
+    gemv.submit(context).expect("submit");
+    context.wait_idle().expect("wait");
+    let out = output.read(context).expect("read");
+    let reference = linear_f64(
+        &to_f64(&x),
+        m,
+        LinearRef {
+            weight: &w,
+            bias: &b,
+            in_features: k,
+            out_features: n,
+        },
+        Some(&to_f64(&r)),
+        epilogue,
+    );
+    common::assert_close(&out, &reference, 1e-5, &what)
+}
+
+#[test]
+fn the_gemv_runs_where_subgroups_exist_and_is_refused_elsewhere() {
+    for (backend, context) in common::contexts() {
+        let info = context.adapter_info();
+        if info.name.contains("llvmpipe") && info.backend == wgpu::Backend::Vulkan {
+            assert!(gemv::supported_by(context), "lavapipe lost its subgroups");
+        }
+        if gemv::supported_by(context) {
+            check_gemv(context, (2, 9, 11), Epilogue::default(), 1);
+            continue;
+        }
+        let weights = TextureWeights::upload(context, 4, 4, &[0.0; 16], None).expect("weights");
+        let input = DeviceMatrix::new(context, "x", 1, 4).expect("x");
+        let output = DeviceMatrix::new(context, "y", 1, 4).expect("y");
+        let error = PreparedGemv::new(
+            context,
+            &GemvOperands {
+                input: &input,
+                weights: &weights,
+                residual: None,
+                output: &output,
+                activation: resgraph::epilogue::Activation::Identity,
+            },
+        )
+        .expect_err("gemv without subgroups");
+        assert!(
+            matches!(error, resgraph::Error::MissingFeature { .. }),
+            "{backend}: {error}"
+        );
+    }
+}
+
+/// The first test context that has subgroups (lavapipe in CI; asserted above).
+fn subgroup_context() -> &'static GpuContext {
+    common::contexts()
+        .into_iter()
+        .map(|(_, context)| context)
+        .find(|context| gemv::supported_by(context))
+        .expect("a test adapter with subgroups of at least 8 (lavapipe has them)")
+}
+
+#[test]
+fn every_epilogue_and_small_batch_matches_the_reference() {
+    let context = subgroup_context();
+    let shapes = [
+        (1, 1, 1),
+        (1, 3, 17),
+        (2, 17, 3),
+        (3, 127, 1000),
+        (5, 1000, 127),
+        (16, 33, 65),
+        (1, 512, 512),
+        (7, 9, 8),
+    ];
+    for (index, &shape) in shapes.iter().enumerate() {
+        for (number, epilogue) in Epilogue::ALL.into_iter().enumerate() {
+            check_gemv(context, shape, epilogue, (index * 4 + number) as u64);
+        }
+    }
+}
+
+#[test]
+fn fewer_rows_than_prepared_compute_only_those_rows() {
+    let context = subgroup_context();
+    let (m, n, k) = (6, 20, 24);
+    let mut rng = common::rng(9);
+    let x = common::uniform(&mut rng, m * k, -1.0, 1.0);
+    let w = common::uniform(&mut rng, n * k, -0.2, 0.2);
+    let weights = TextureWeights::upload(context, n, k, &w, None).expect("weights");
+    let input = DeviceMatrix::from_host(context, "x", m, k, &x).expect("x");
+    let output = DeviceMatrix::new(context, "out", m, n).expect("out");
+    output.fill(context, f32::NAN).expect("poison");
+    let gemv = PreparedGemv::new(
+        context,
+        &GemvOperands {
+            input: &input,
+            weights: &weights,
+            residual: None,
+            output: &output,
+            activation: resgraph::epilogue::Activation::Identity,
+        },
+    )
+    .expect("prepare");
+    gemv.set_rows(context, 3).expect("set rows");
+    context
+        .scoped("gemv", || {
+            let mut encoder = context.device().create_command_encoder(&Default::default());
+            {
+                let mut pass = encoder.begin_compute_pass(&Default::default());
+                gemv.record_rows(&mut pass, 3);
+            }
+            context.queue().submit([encoder.finish()]);
+        })
+        .expect("run");
+    context.wait_idle().expect("wait");
+    let out = output.read(context).expect("read");
+    let reference = linear_f64(
+        &to_f64(&x[..3 * k]),
+        3,
+        LinearRef {
+            weight: &w,
+            bias: &[],
+            in_features: k,
+            out_features: n,
+        },
+        None,
+        Epilogue::default(),
+    );
+    common::assert_close(&out[..3 * n], &reference, 1e-5, "first 3 rows");
+    assert!(
+        out[3 * n..].iter().all(|v| v.is_nan()),
+        "rows past the batch were written"
+    );
+    assert!(gemv.set_rows(context, 7).is_err());
+}
+
+#[test]
+fn the_texture_layout_is_transposed_into_texels_and_zero_padded() {
+    let (out_features, in_features) = (6, 3);
+    let weight: Vec<f32> = (0..out_features * in_features)
+        .map(|i| i as f32 + 1.0)
+        .collect();
+    let texels = weights_to_texture_layout(&weight, out_features, in_features);
+    // 2 texels (8 columns) wide, inner padded to 8 rows.
+    assert_eq!(texels.len(), 8 * 2 * 4);
+    for col in 0..out_features {
+        for k in 0..in_features {
+            assert_eq!(texels[k * 8 + col], weight[col * in_features + k]);
+        }
+    }
+    assert_eq!(
+        texels.iter().filter(|&&v| v != 0.0).count(),
+        out_features * in_features
+    );
+}
