@@ -5,9 +5,11 @@
 //
 // Layouts (rows = M, cols = N, inner = K):
 //   activations  [rows, inner] f32, row-major.
-//   weights      rgba32float texture, cols4 = ceil(cols/4) texels wide and inner padded to a
-//                multiple of 8 high: texel (c, k) holds the weights of columns 4c..4c+3 for k,
-//                zero-padded.
+//   weights      rgba32float 2-D array texture, 8 texels wide, inner padded to a multiple of 8
+//                high, ceil(cols4 / 8) layers (cols4 = ceil(cols/4)): texel (x, k, layer) holds
+//                the weights of columns 4c..4c+3 for k, where c = 8 * layer + x; zero-padded.
+//                One layer is the columns of 8 consecutive invocations, so each group of 8 (a
+//                SIMD chunk on lavapipe) streams through one contiguous block of memory.
 //   bias         [ceil(cols/16) * 16] f32 as vec4, zero-padded.
 //   residual     [rows, cols] f32, read only when ADD_RESIDUAL.
 //   output       [rows, cols] f32.
@@ -29,7 +31,7 @@ struct GemvParams {
 
 @group(0) @binding(0) var<uniform> params: GemvParams;
 @group(0) @binding(1) var<storage, read> activations: array<f32>;
-@group(0) @binding(2) var weights: texture_2d<f32>;
+@group(0) @binding(2) var weights: texture_2d_array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read> residual: array<f32>;
 @group(0) @binding(5) var<storage, read_write> output: array<f32>;
@@ -47,7 +49,8 @@ fn gemv(
     @builtin(workgroup_id) workgroup: vec3<u32>,
     @builtin(subgroup_invocation_id) subgroup_lane: u32,
 ) {
-    let texel = min(global.x, params.cols4 - 1u);
+    let texel = global.x % 8u;
+    let layer = global.x / 8u;
     let inner = params.inner;
     let last_row = params.rows - 1u;
     let row0 = workgroup.y * GEMV_ROWS;
@@ -78,7 +81,7 @@ fn gemv(
             x3 = select(0.0, activations[x_base3 + k_clamped], in_row);
         }
         {
-            let w = textureLoad(weights, vec2<u32>(texel, k0 + 0u), 0);
+            let w = textureLoad(weights, vec2<u32>(texel, k0 + 0u), layer, 0);
             acc0 = fma(vec4<f32>(subgroupBroadcast(x0, 0u)), w, acc0);
             if (GEMV_ROWS > 1u) {
                 acc1 = fma(vec4<f32>(subgroupBroadcast(x1, 0u)), w, acc1);
@@ -87,7 +90,7 @@ fn gemv(
             }
         }
         {
-            let w = textureLoad(weights, vec2<u32>(texel, k0 + 1u), 0);
+            let w = textureLoad(weights, vec2<u32>(texel, k0 + 1u), layer, 0);
             acc0 = fma(vec4<f32>(subgroupBroadcast(x0, 1u)), w, acc0);
             if (GEMV_ROWS > 1u) {
                 acc1 = fma(vec4<f32>(subgroupBroadcast(x1, 1u)), w, acc1);
@@ -96,7 +99,7 @@ fn gemv(
             }
         }
         {
-            let w = textureLoad(weights, vec2<u32>(texel, k0 + 2u), 0);
+            let w = textureLoad(weights, vec2<u32>(texel, k0 + 2u), layer, 0);
             acc0 = fma(vec4<f32>(subgroupBroadcast(x0, 2u)), w, acc0);
             if (GEMV_ROWS > 1u) {
                 acc1 = fma(vec4<f32>(subgroupBroadcast(x1, 2u)), w, acc1);
@@ -105,7 +108,7 @@ fn gemv(
             }
         }
         {
-            let w = textureLoad(weights, vec2<u32>(texel, k0 + 3u), 0);
+            let w = textureLoad(weights, vec2<u32>(texel, k0 + 3u), layer, 0);
             acc0 = fma(vec4<f32>(subgroupBroadcast(x0, 3u)), w, acc0);
             if (GEMV_ROWS > 1u) {
                 acc1 = fma(vec4<f32>(subgroupBroadcast(x1, 3u)), w, acc1);
@@ -114,7 +117,7 @@ fn gemv(
             }
         }
         {
-            let w = textureLoad(weights, vec2<u32>(texel, k0 + 4u), 0);
+            let w = textureLoad(weights, vec2<u32>(texel, k0 + 4u), layer, 0);
             acc0 = fma(vec4<f32>(subgroupBroadcast(x0, 4u)), w, acc0);
             if (GEMV_ROWS > 1u) {
                 acc1 = fma(vec4<f32>(subgroupBroadcast(x1, 4u)), w, acc1);
@@ -123,7 +126,7 @@ fn gemv(
             }
         }
         {
-            let w = textureLoad(weights, vec2<u32>(texel, k0 + 5u), 0);
+            let w = textureLoad(weights, vec2<u32>(texel, k0 + 5u), layer, 0);
             acc0 = fma(vec4<f32>(subgroupBroadcast(x0, 5u)), w, acc0);
             if (GEMV_ROWS > 1u) {
                 acc1 = fma(vec4<f32>(subgroupBroadcast(x1, 5u)), w, acc1);
@@ -132,7 +135,7 @@ fn gemv(
             }
         }
         {
-            let w = textureLoad(weights, vec2<u32>(texel, k0 + 6u), 0);
+            let w = textureLoad(weights, vec2<u32>(texel, k0 + 6u), layer, 0);
             acc0 = fma(vec4<f32>(subgroupBroadcast(x0, 6u)), w, acc0);
             if (GEMV_ROWS > 1u) {
                 acc1 = fma(vec4<f32>(subgroupBroadcast(x1, 6u)), w, acc1);
@@ -141,7 +144,7 @@ fn gemv(
             }
         }
         {
-            let w = textureLoad(weights, vec2<u32>(texel, k0 + 7u), 0);
+            let w = textureLoad(weights, vec2<u32>(texel, k0 + 7u), layer, 0);
             acc0 = fma(vec4<f32>(subgroupBroadcast(x0, 7u)), w, acc0);
             if (GEMV_ROWS > 1u) {
                 acc1 = fma(vec4<f32>(subgroupBroadcast(x1, 7u)), w, acc1);

@@ -175,17 +175,23 @@ fn fewer_rows_than_prepared_compute_only_those_rows() {
 }
 
 #[test]
-fn the_texture_layout_is_transposed_into_texels_and_zero_padded() {
-    let (out_features, in_features) = (6, 3);
+fn the_texture_layout_is_transposed_into_layers_of_texels_and_zero_padded() {
+    // 37 columns: 10 texels, so 2 layers of 8 texels (32 columns) each; inner 3 pads to 8.
+    let (out_features, in_features) = (37, 3);
     let weight: Vec<f32> = (0..out_features * in_features)
         .map(|i| i as f32 + 1.0)
         .collect();
     let texels = weights_to_texture_layout(&weight, out_features, in_features);
-    // 2 texels (8 columns) wide, inner padded to 8 rows.
-    assert_eq!(texels.len(), 8 * 2 * 4);
+    let (row_floats, layer_floats) = (8 * 4, 8 * 8 * 4);
+    assert_eq!(texels.len(), 2 * layer_floats);
     for col in 0..out_features {
         for k in 0..in_features {
-            assert_eq!(texels[k * 8 + col], weight[col * in_features + k]);
+            let index = (col / row_floats) * layer_floats + k * row_floats + col % row_floats;
+            assert_eq!(
+                texels[index],
+                weight[col * in_features + k],
+                "col {col} k {k}"
+            );
         }
     }
     assert_eq!(

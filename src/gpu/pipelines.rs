@@ -17,8 +17,8 @@ pub enum BindingKind {
     StorageRead,
     /// A storage buffer the kernel writes.
     StorageReadWrite,
-    /// A 2-D texture of unfilterable floats (`rgba32float`), read with `textureLoad`.
-    FloatTexture2d,
+    /// A 2-D array texture of unfilterable floats (`rgba32float`), read with `textureLoad`.
+    FloatTexture2dArray,
 }
 
 /// A WGSL shader and the shape of its one bind group.
@@ -129,9 +129,9 @@ fn binding_type(kind: BindingKind) -> wgpu::BindingType {
         BindingKind::StorageReadWrite => {
             buffer(wgpu::BufferBindingType::Storage { read_only: false })
         }
-        BindingKind::FloatTexture2d => wgpu::BindingType::Texture {
+        BindingKind::FloatTexture2dArray => wgpu::BindingType::Texture {
             sample_type: wgpu::TextureSampleType::Float { filterable: false },
-            view_dimension: wgpu::TextureViewDimension::D2,
+            view_dimension: wgpu::TextureViewDimension::D2Array,
             multisampled: false,
         },
     }

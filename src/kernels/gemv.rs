@@ -20,12 +20,12 @@ pub const GEMV_TEXTURE_KERNEL: KernelSource = KernelSource {
     wgsl: include_str!("../../shaders/gemv_texture.wgsl"),
     entry_point: "gemv",
     bindings: &[
-        BindingKind::Uniform,          // 0: params
-        BindingKind::StorageRead,      // 1: activations X [rows, inner]
-        BindingKind::FloatTexture2d,   // 2: weights, rgba32float [inner_padded, cols4]
-        BindingKind::StorageRead,      // 3: bias, padded
-        BindingKind::StorageRead,      // 4: residual R [rows, cols]
-        BindingKind::StorageReadWrite, // 5: output [rows, cols]
+        BindingKind::Uniform,             // 0: params
+        BindingKind::StorageRead,         // 1: activations X [rows, inner]
+        BindingKind::FloatTexture2dArray, // 2: weights, rgba32float [layers][inner_padded][8]
+        BindingKind::StorageRead,         // 3: bias, padded
+        BindingKind::StorageRead,         // 4: residual R [rows, cols]
+        BindingKind::StorageReadWrite,    // 5: output [rows, cols]
     ],
 };
 
@@ -52,19 +52,31 @@ pub fn supported_by(context: &GpuContext) -> bool {
         && context.adapter_info().subgroup_min_size >= INNER_CHUNK as u32
 }
 
-/// Converts a PyTorch `[out, in]` weight into texel rows: `[in_padded][ceil(out/4)][4]`, where
-/// texel `(c, k)` holds columns `4c..4c+3` at `k`, zero-padded.
+/// Texels per texture row: one per invocation of a group of 8 (one SIMD chunk on lavapipe), so
+/// that each group streams through one contiguous layer.
+const LAYER_TEXELS: usize = 8;
+
+/// Layers of the weight texture of a layer with `out_features` columns.
+fn texture_layers(out_features: usize) -> usize {
+    out_features.div_ceil(4).div_ceil(LAYER_TEXELS)
+}
+
+/// Converts a PyTorch `[out, in]` weight into the texture's layout,
+/// `[layers][in_padded][8 texels][4]`: texel `(x, k, layer)` holds columns `4c..4c+3` at `k`
+/// with `c = 8 * layer + x`, zero-padded.
 pub fn weights_to_texture_layout(
     weight: &[f32],
     out_features: usize,
     in_features: usize,
 ) -> Vec<f32> {
-    let cols4 = out_features.div_ceil(4);
     let inner_padded = in_features.next_multiple_of(INNER_CHUNK);
-    let mut texels = vec![0.0f32; inner_padded * cols4 * 4];
+    let row_floats = LAYER_TEXELS * 4;
+    let layer_floats = inner_padded * row_floats;
+    let mut texels = vec![0.0f32; texture_layers(out_features) * layer_floats];
     for (col, row) in weight.chunks_exact(in_features).enumerate() {
+        let (layer, within) = (col / row_floats, col % row_floats);
         for (k, &value) in row.iter().enumerate() {
-            texels[k * cols4 * 4 + col] = value;
+            texels[layer * layer_floats + k * row_floats + within] = value;
         }
     }
     texels
@@ -81,10 +93,11 @@ pub struct TextureWeights {
 }
 
 impl TextureWeights {
-    /// Whether an `out` × `in` layer fits the device's largest 2-D texture.
+    /// Whether an `out` × `in` layer fits the device's largest 2-D array texture.
     pub fn fits(context: &GpuContext, out_features: usize, in_features: usize) -> bool {
-        let limit = context.limits().max_texture_dimension_2d as usize;
-        out_features.div_ceil(4) <= limit && in_features.next_multiple_of(INNER_CHUNK) <= limit
+        let limits = context.limits();
+        in_features.next_multiple_of(INNER_CHUNK) <= limits.max_texture_dimension_2d as usize
+            && texture_layers(out_features) <= limits.max_texture_array_layers as usize
     }
 
     /// Uploads a layer given in PyTorch's layout (`weight` `[out, in]`, `bias` `[out]`).
@@ -125,19 +138,18 @@ impl TextureWeights {
         if !Self::fits(context, out_features, in_features) {
             return Err(Error::BufferTooLarge {
                 what: format!("{what} weights as a texture"),
-                requested: out_features.div_ceil(4).max(in_features) as u64,
-                limit_name: "max_texture_dimension_2d",
+                requested: in_features as u64,
+                limit_name: "max_texture_dimension_2d / max_texture_array_layers",
                 limit: u64::from(context.limits().max_texture_dimension_2d),
                 adapter: context.adapter_info().name.clone(),
             });
         }
-        let cols4 = out_features.div_ceil(4) as u32;
         let inner_padded = in_features.next_multiple_of(INNER_CHUNK) as u32;
         let texels = weights_to_texture_layout(weight, out_features, in_features);
         let size = wgpu::Extent3d {
-            width: cols4,
+            width: LAYER_TEXELS as u32,
             height: inner_padded,
-            depth_or_array_layers: 1,
+            depth_or_array_layers: texture_layers(out_features) as u32,
         };
         let (texture, view) = context.scoped(&format!("uploading {what} as a texture"), || {
             let texture = context.device().create_texture(&wgpu::TextureDescriptor {
@@ -160,12 +172,15 @@ impl TextureWeights {
                 bytemuck::cast_slice(&texels),
                 wgpu::TexelCopyBufferLayout {
                     offset: 0,
-                    bytes_per_row: Some(cols4 * 16),
+                    bytes_per_row: Some(LAYER_TEXELS as u32 * 16),
                     rows_per_image: Some(inner_padded),
                 },
                 size,
             );
-            let view = texture.create_view(&wgpu::TextureViewDescriptor::default());
+            let view = texture.create_view(&wgpu::TextureViewDescriptor {
+                dimension: Some(wgpu::TextureViewDimension::D2Array),
+                ..Default::default()
+            });
             (texture, view)
         })?;
         let mut padded_bias = vec![0.0f32; out_features.next_multiple_of(16)];
@@ -199,7 +214,8 @@ impl TextureWeights {
     /// Bytes on the device (texture and bias, padded).
     pub fn device_bytes(&self) -> u64 {
         let size = self.texture.size();
-        u64::from(size.width) * u64::from(size.height) * 16 + self.bias.size()
+        u64::from(size.width) * u64::from(size.height) * u64::from(size.depth_or_array_layers) * 16
+            + self.bias.size()
     }
 }
 
