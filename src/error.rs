@@ -143,6 +143,46 @@ pub enum Error {
         adapter: String,
     },
 
+    // ----- Model and data files ---------------------------------------------------------------
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A model file is malformed or describes something resgraph cannot build.
+    #[error("{path}: {reason}")]
+    Model {
+        /// The file (or `<memory>` for bytes given directly).
+        path: String,
+        /// What is wrong, and where in the file.
+        reason: String,
+    },
+
+    /// An ONNX node uses an operator resgraph does not import.
+    #[error("{path}: unsupported ONNX operator {op:?} at node {node:?}")]
+    UnsupportedOp {
+        /// The file.
+        path: String,
+        /// The operator type, e.g. `Conv`.
+        op: String,
+        /// The node's name (or its first output when it has no name).
+        node: String,
+    },
+
+    /// An `.npy` file is malformed or holds something other than what was asked for.
+    #[error("{path}: {reason}")]
+    Npy {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+
     // ----- Running on the device --------------------------------------------------------------
     /// wgpu reported a validation, out-of-memory or internal error inside one of our error scopes.
     #[error("the GPU rejected {operation}: {message}")]

@@ -30,6 +30,7 @@ pub mod exec;
 pub mod gpu;
 pub mod graph;
 pub mod kernels;
+pub mod model;
 pub mod plan;
 pub mod reference;
 

@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,8 +37,38 @@ struct Cli {
 enum Command {
     /// List every adapter wgpu finds, what it can do, and which one resgraph would pick.
     Info,
-    /// Benchmark a synthetic residual MLP (PyTorch Linear initialisation, fixed seed).
+    /// Benchmark a synthetic residual MLP (PyTorch Linear initialisation, fixed seed), or a model
+    /// file with `--model`.
     Bench(BenchArgs),
+    /// Run a model (.onnx or .safetensors) on a float32 .npy input and write a float32 .npy output.
+    Run(RunArgs),
+    /// Describe a model: layers, shapes, parameter count, FLOPs per sample.
+    Inspect {
+        /// The model file (.onnx or .safetensors).
+        model: PathBuf,
+    },
+    /// Convert an ONNX model to resgraph's safetensors format.
+    Convert {
+        /// The ONNX model.
+        input: PathBuf,
+        /// The safetensors file to write (atomically).
+        output: PathBuf,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// The model file (.onnx or .safetensors).
+    model: PathBuf,
+    /// float32 .npy input of shape [batch, in] or [in].
+    #[arg(long)]
+    input: PathBuf,
+    /// Where to write the float32 .npy output (replaced atomically).
+    #[arg(long)]
+    output: PathBuf,
+    /// Storage precision.
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    precision: Precision,
 }
 
 /// Storage precision of weights and activations.
@@ -76,6 +107,10 @@ struct BenchArgs {
     /// Seed of the weights and the input.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Benchmark this model file (.onnx or .safetensors) instead of the synthetic MLP; its input
+    /// width replaces --width and --depth.
+    #[arg(long)]
+    model: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -100,6 +135,9 @@ fn run(cli: &Cli) -> resgraph::Result<()> {
     match &cli.command {
         Command::Info => info(&options),
         Command::Bench(args) => bench(&options, args),
+        Command::Run(args) => run_model(&options, args),
+        Command::Inspect { model } => inspect(model),
+        Command::Convert { input, output } => convert(input, output),
     }
 }
 
@@ -181,14 +219,17 @@ fn info(options: &AdapterOptions) -> resgraph::Result<()> {
 }
 
 fn bench(options: &AdapterOptions, args: &BenchArgs) -> resgraph::Result<()> {
+    let graph = match &args.model {
+        Some(path) => resgraph::model::load_model(path)?,
+        None => mlp(MlpShape::square(args.width, args.depth), 1.0, args.seed)?,
+    };
     let context = Arc::new(GpuContext::new(options)?);
-    let graph = mlp(MlpShape::square(args.width, args.depth), 1.0, args.seed)?;
     let compile = CompileOptions {
         gpu_timestamps: true,
         ..CompileOptions::new(args.batch)
     };
     let model = CompiledModel::compile(Arc::clone(&context), &graph, &compile)?;
-    let input = random_input(args.batch * args.width, args.seed.wrapping_add(1));
+    let input = random_input(args.batch * graph.input_width(), args.seed.wrapping_add(1));
 
     let max_rel_err = if args.check {
         let output = model.run(&input)?;
@@ -228,8 +269,9 @@ fn bench(options: &AdapterOptions, args: &BenchArgs) -> resgraph::Result<()> {
                 "driver": format!("{} {}", info.driver, info.driver_info).trim().to_string(),
             },
             "precision": "f32",
-            "width": args.width,
-            "depth": args.depth,
+            "model": args.model.as_ref().map(|path| path.display().to_string()),
+            "width": graph.input_width(),
+            "depth": if args.model.is_some() { None } else { Some(args.depth) },
             "batch": args.batch,
             "iters": result.iterations,
             "warmup": args.warmup,
@@ -252,7 +294,16 @@ fn bench(options: &AdapterOptions, args: &BenchArgs) -> resgraph::Result<()> {
         }
         println!("{object}");
     } else {
-        print_bench_table(args, &model, &result, gflops, max_rel_err, &context);
+        let title = match &args.model {
+            Some(path) => format!(
+                "model {} (input width {}, {} linear layers)",
+                path.display(),
+                graph.input_width(),
+                graph.linear_layers().count()
+            ),
+            None => format!("residual MLP width {} depth {}", args.width, args.depth),
+        };
+        print_bench_table(&title, args, &model, &result, gflops, max_rel_err, &context);
     }
     match max_rel_err {
         Some(error) if error.is_nan() || error > 1e-5 => Err(resgraph::Error::CheckFailed {
@@ -274,11 +325,102 @@ fn kernel_summary(model: &CompiledModel) -> Vec<&'static str> {
     kernels
 }
 
+fn run_model(options: &AdapterOptions, args: &RunArgs) -> resgraph::Result<()> {
+    let Precision::F32 = args.precision;
+    let graph = resgraph::model::load_model(&args.model)?;
+    let array = resgraph::model::npy::read_npy(&args.input)?;
+    let width = graph.input_width();
+    let input_error = |reason: String| resgraph::Error::Npy {
+        path: args.input.display().to_string(),
+        reason,
+    };
+    let (batch, squeeze) = match array.shape.as_slice() {
+        [features] if *features == width => (1, true),
+        [batch, features] if *features == width && *batch > 0 => (*batch, false),
+        [_] | [_, _] => {
+            return Err(input_error(format!(
+                "shape {:?} does not match the model's input width {width} (expected [batch, {width}] or [{width}])",
+                array.shape
+            )));
+        }
+        _ => {
+            return Err(input_error(format!(
+                "rank {} input; expected [batch, {width}] or [{width}]",
+                array.shape.len()
+            )));
+        }
+    };
+    let context = Arc::new(GpuContext::new(options)?);
+    let model = CompiledModel::compile(context, &graph, &CompileOptions::new(batch))?;
+    let output = model.run(&array.data)?;
+    let shape: Vec<usize> = if squeeze {
+        vec![model.output_width()]
+    } else {
+        vec![batch, model.output_width()]
+    };
+    resgraph::model::npy::write_npy_atomically(&args.output, &shape, &output)
+}
+
+fn inspect(path: &Path) -> resgraph::Result<()> {
+    use resgraph::graph::Op;
+    let graph = resgraph::model::load_model(path)?;
+    println!("model {}", path.display());
+    println!(
+        "  input width {}, output width {}",
+        graph.input_width(),
+        graph.output_width()
+    );
+    println!();
+    println!(
+        "  {:<4} {:<10} {:<32} {:>12} {:>12}",
+        "#", "op", "name", "shape", "parameters"
+    );
+    for (index, node) in graph.nodes().iter().enumerate() {
+        let (op, shape, parameters) = match &node.op {
+            Op::Input => ("input", format!("[B, {}]", node.width), String::new()),
+            Op::Linear { params, .. } => (
+                "linear",
+                format!("{}x{}", params.out_features(), params.in_features()),
+                params.parameter_count().to_string(),
+            ),
+            Op::Relu { .. } => ("relu", format!("[B, {}]", node.width), String::new()),
+            Op::Add { .. } => ("add", format!("[B, {}]", node.width), String::new()),
+        };
+        println!(
+            "  {index:<4} {op:<10} {:<32} {shape:>12} {parameters:>12}",
+            node.name
+        );
+    }
+    let plan = resgraph::plan::Plan::new(&graph)?;
+    println!();
+    println!("  parameters          {}", graph.parameter_count());
+    println!("  FLOPs per sample    {}", graph.flops_per_row());
+    println!(
+        "  dispatches per run  {} (after fusion)",
+        plan.dispatch_count()
+    );
+    Ok(())
+}
+
+fn convert(input: &Path, output: &Path) -> resgraph::Result<()> {
+    let graph = resgraph::model::load_model(input)?;
+    let bytes = resgraph::model::safetensors::export_safetensors(&graph)?;
+    resgraph::model::write_file_atomically(output, &bytes)?;
+    println!(
+        "wrote {} ({} parameters, {} bytes)",
+        output.display(),
+        graph.parameter_count(),
+        bytes.len()
+    );
+    Ok(())
+}
+
 fn millis(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1e3
 }
 
 fn print_bench_table(
+    title: &str,
     args: &BenchArgs,
     model: &CompiledModel,
     result: &BenchResult,
@@ -288,8 +430,8 @@ fn print_bench_table(
 ) {
     let info = context.adapter_info();
     println!(
-        "resgraph bench: residual MLP width {} depth {} batch {} (f32), {} timed runs after {} warm-up",
-        args.width, args.depth, args.batch, result.iterations, args.warmup
+        "resgraph bench: {title}, batch {} (f32), {} timed runs after {} warm-up",
+        args.batch, result.iterations, args.warmup
     );
     println!(
         "adapter: {} ({:?}, {} {})",

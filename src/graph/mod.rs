@@ -249,6 +249,11 @@ impl GraphBuilder {
         Self::default()
     }
 
+    /// The width of a node already added, if `id` belongs to this builder.
+    pub fn width(&self, id: NodeId) -> Option<usize> {
+        self.nodes.get(id.0).map(|node| node.width)
+    }
+
     /// Adds the graph's input, `width` columns wide. A graph has exactly one input.
     pub fn input(&mut self, name: &str, width: usize) -> Result<NodeId> {
         if width == 0 {

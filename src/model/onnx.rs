@@ -1,0 +1,563 @@
+//! ONNX import of MLP-style residual networks, as PyTorch's exporter and `onnx.helper` write them.
+//!
+//! Supported: `Gemm` (alpha, beta, transB; transA = 0), `MatMul` by an initializer (followed by an
+//! `Add` of a bias initializer, which is folded into the layer), `Relu`, `Add` of two activations
+//! (the residual), `Identity`, `Flatten` and `Reshape` to 2-D, `Constant`, `Cast` to float32 (of
+//! float16 weights, or a no-op on activations); initializers in float32 or float16; a symbolic
+//! batch dimension. The result is an ordinary [`Graph`], so the planner's
+//! fusion applies exactly as for a graph built by hand. Anything else is an error naming the
+//! operator and the node.
+
+use std::collections::HashMap;
+
+use prost::Message;
+
+use crate::error::{Error, Result};
+use crate::graph::{Graph, GraphBuilder, LinearParams, NodeId};
+
+/// The protobuf types generated from `proto/onnx.proto` at build time.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod proto {
+    include!(concat!(env!("OUT_DIR"), "/onnx.rs"));
+}
+
+use proto::tensor_proto::DataType;
+
+/// A constant tensor: an initializer or a `Constant` node's value, converted to f32.
+#[derive(Clone, Debug)]
+struct Constant {
+    dims: Vec<i64>,
+    values: Vec<f32>,
+}
+
+/// A linear layer from `MatMul` whose bias add may still follow.
+#[derive(Clone, Debug)]
+struct PendingMatMul {
+    input: NodeId,
+    params: LinearParams,
+    name: String,
+}
+
+/// What an ONNX tensor name refers to while importing.
+#[derive(Clone, Debug)]
+enum Value {
+    Node(NodeId),
+    Constant(Constant),
+    MatMul(PendingMatMul),
+}
+
+/// Parses ONNX bytes into a graph; `path` only names the source in errors.
+pub fn import_onnx(bytes: &[u8], path: &str) -> Result<Graph> {
+    let model = proto::ModelProto::decode(bytes).map_err(|error| Error::Model {
+        path: path.to_string(),
+        reason: format!("not a valid ONNX protobuf: {error}"),
+    })?;
+    let graph = model.graph.ok_or_else(|| Error::Model {
+        path: path.to_string(),
+        reason: "the model has no graph".to_string(),
+    })?;
+    Importer {
+        path,
+        values: HashMap::new(),
+        builder: GraphBuilder::new(),
+    }
+    .import(&graph)
+}
+
+struct Importer<'p> {
+    path: &'p str,
+    values: HashMap<String, Value>,
+    builder: GraphBuilder,
+}
+
+impl Importer<'_> {
+    fn error(&self, reason: impl Into<String>) -> Error {
+        Error::Model {
+            path: self.path.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    fn import(mut self, graph: &proto::GraphProto) -> Result<Graph> {
+        for tensor in &graph.initializer {
+            let name = tensor.name.clone().unwrap_or_default();
+            let constant = self.constant(tensor, &format!("initializer {name:?}"))?;
+            self.values.insert(name, Value::Constant(constant));
+        }
+        let inputs: Vec<&proto::ValueInfoProto> = graph
+            .input
+            .iter()
+            .filter(|input| {
+                !self
+                    .values
+                    .contains_key(input.name.as_deref().unwrap_or_default())
+            })
+            .collect();
+        let [input] = inputs.as_slice() else {
+            return Err(self.error(format!(
+                "resgraph imports graphs with exactly one input, this one has {}",
+                inputs.len()
+            )));
+        };
+        let input_name = input.name.clone().unwrap_or_default();
+        let width = self.input_width(input)?;
+        let id = self.builder.input(&input_name, width)?;
+        self.values.insert(input_name, Value::Node(id));
+
+        for (index, node) in graph.node.iter().enumerate() {
+            self.node(node, index)?;
+        }
+
+        let [output] = graph.output.as_slice() else {
+            return Err(self.error(format!(
+                "resgraph imports graphs with exactly one output, this one has {}",
+                graph.output.len()
+            )));
+        };
+        let output_name = output.name.clone().unwrap_or_default();
+        let declared = self.declared_width(output);
+        let output = self.activation(&output_name, "the graph output")?;
+        let width = self.builder.width(output).unwrap_or(0);
+        if let Some(declared) = declared
+            && declared != width
+        {
+            return Err(self.error(format!(
+                "output {output_name:?} is declared {declared} wide but the graph computes {width}"
+            )));
+        }
+        let built = self.builder.build(output)?;
+        Ok(built)
+    }
+
+    /// The width of a `[batch, ...]` input: the product of every dimension after the first.
+    fn input_width(&self, input: &proto::ValueInfoProto) -> Result<usize> {
+        use proto::tensor_shape_proto::dimension::Value as Dim;
+        use proto::type_proto::Value as Type;
+        let name = input.name.as_deref().unwrap_or_default();
+        let Some(Type::TensorType(tensor)) = input.r#type.as_ref().and_then(|t| t.value.as_ref())
+        else {
+            return Err(self.error(format!("input {name:?} is not a tensor")));
+        };
+        let elem = tensor.elem_type.unwrap_or_default();
+        if elem != DataType::Float as i32 {
+            return Err(self.error(format!(
+                "input {name:?} has element type {} ({}); resgraph takes float32 inputs",
+                elem,
+                data_type_name(elem)
+            )));
+        }
+        let dims = tensor
+            .shape
+            .as_ref()
+            .map(|shape| shape.dim.as_slice())
+            .unwrap_or_default();
+        if dims.len() < 2 {
+            return Err(self.error(format!(
+                "input {name:?} has rank {}; expected [batch, features]",
+                dims.len()
+            )));
+        }
+        let mut width = 1usize;
+        for dim in &dims[1..] {
+            match dim.value {
+                Some(Dim::DimValue(value)) if value > 0 => {
+                    width = width
+                        .checked_mul(value as usize)
+                        .ok_or_else(|| self.error(format!("input {name:?} is too wide")))?;
+                }
+                _ => {
+                    return Err(self.error(format!(
+                        "input {name:?} has a symbolic or non-positive feature dimension; only \
+                         the batch (first) dimension may be symbolic"
+                    )));
+                }
+            }
+        }
+        Ok(width)
+    }
+
+    /// The static feature width a `[batch, width]` value declares, if it declares one.
+    fn declared_width(&self, value: &proto::ValueInfoProto) -> Option<usize> {
+        use proto::tensor_shape_proto::dimension::Value as Dim;
+        use proto::type_proto::Value as Type;
+        let Some(Type::TensorType(tensor)) = value.r#type.as_ref()?.value.as_ref() else {
+            return None;
+        };
+        match tensor.shape.as_ref()?.dim.as_slice() {
+            [_, feature] => match feature.value {
+                Some(Dim::DimValue(width)) if width > 0 => Some(width as usize),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    fn constant(&self, tensor: &proto::TensorProto, what: &str) -> Result<Constant> {
+        if tensor.data_location == Some(proto::tensor_proto::DataLocation::External as i32) {
+            return Err(self.error(format!("{what} stores its data externally; not supported")));
+        }
+        let count = tensor
+            .dims
+            .iter()
+            .try_fold(1usize, |acc, &dim| {
+                usize::try_from(dim)
+                    .ok()
+                    .and_then(|dim| acc.checked_mul(dim))
+            })
+            .ok_or_else(|| self.error(format!("{what} has invalid dims {:?}", tensor.dims)))?;
+        let data_type = tensor.data_type.unwrap_or_default();
+        let raw = tensor.raw_data.as_deref();
+        let values: Vec<f32> = if data_type == DataType::Float as i32 {
+            match raw {
+                Some(raw) => {
+                    if raw.len() != count.saturating_mul(4) {
+                        return Err(self.error(format!(
+                            "{what}: dims {:?} need {} bytes of float32 but raw_data has {}",
+                            tensor.dims,
+                            count.saturating_mul(4),
+                            raw.len()
+                        )));
+                    }
+                    raw.chunks_exact(4)
+                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect()
+                }
+                None => tensor.float_data.clone(),
+            }
+        } else if data_type == DataType::Float16 as i32 {
+            match raw {
+                Some(raw) => {
+                    if raw.len() != count.saturating_mul(2) {
+                        return Err(self.error(format!(
+                            "{what}: dims {:?} need {} bytes of float16 but raw_data has {}",
+                            tensor.dims,
+                            count.saturating_mul(2),
+                            raw.len()
+                        )));
+                    }
+                    raw.chunks_exact(2)
+                        .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                        .collect()
+                }
+                // float16 values live in the low 16 bits of int32_data.
+                None => tensor
+                    .int32_data
+                    .iter()
+                    .map(|&bits| half::f16::from_bits(bits as u16).to_f32())
+                    .collect(),
+            }
+        } else if data_type == DataType::Int64 as i32 {
+            // Only shapes (for Reshape) are int64; they are small.
+            match raw {
+                Some(raw) if raw.len() == count.saturating_mul(8) => raw
+                    .chunks_exact(8)
+                    .map(|c| {
+                        i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
+                    })
+                    .collect(),
+                Some(_) => return Err(self.error(format!("{what}: raw_data does not match dims"))),
+                None => tensor.int64_data.iter().map(|&v| v as f32).collect(),
+            }
+        } else {
+            return Err(self.error(format!(
+                "{what} has data type {} ({}); resgraph reads float32 and float16 weights",
+                data_type,
+                data_type_name(data_type)
+            )));
+        };
+        if values.len() != count {
+            return Err(self.error(format!(
+                "{what}: dims {:?} need {count} values but the tensor holds {}",
+                tensor.dims,
+                values.len()
+            )));
+        }
+        Ok(Constant {
+            dims: tensor.dims.clone(),
+            values,
+        })
+    }
+
+    /// The activation node behind `name`, emitting a pending MatMul without bias if needed.
+    fn activation(&mut self, name: &str, user: &str) -> Result<NodeId> {
+        match self.values.get(name).cloned() {
+            Some(Value::Node(id)) => Ok(id),
+            Some(Value::MatMul(pending)) => {
+                let id = self
+                    .builder
+                    .linear(&pending.name, pending.input, pending.params)?;
+                self.values.insert(name.to_string(), Value::Node(id));
+                Ok(id)
+            }
+            Some(Value::Constant(_)) => Err(self.error(format!(
+                "{user} uses the constant {name:?} as an activation; not supported"
+            ))),
+            None => Err(self.error(format!("{user} reads {name:?}, which nothing produces"))),
+        }
+    }
+
+    fn node(&mut self, node: &proto::NodeProto, index: usize) -> Result<()> {
+        let op = node.op_type.clone().unwrap_or_default();
+        let name = match node.name.as_deref() {
+            Some(name) if !name.is_empty() => name.to_string(),
+            _ => node
+                .output
+                .first()
+                .cloned()
+                .unwrap_or_else(|| format!("node {index}")),
+        };
+        let path = self.path.to_string();
+        let input = |position: usize| -> Result<String> {
+            node.input
+                .get(position)
+                .filter(|name| !name.is_empty())
+                .cloned()
+                .ok_or_else(|| Error::Model {
+                    path: path.clone(),
+                    reason: format!("{op} node {name:?} lacks input {position}"),
+                })
+        };
+        let output = node
+            .output
+            .first()
+            .cloned()
+            .ok_or_else(|| self.error(format!("{op} node {name:?} has no output")))?;
+        let value = match op.as_str() {
+            "Gemm" => {
+                let x = self.activation(&input(0)?, &format!("Gemm node {name:?}"))?;
+                let params = self.gemm_params(node, &name)?;
+                Value::Node(self.builder.linear(&name, x, params)?)
+            }
+            "MatMul" => {
+                let x = self.activation(&input(0)?, &format!("MatMul node {name:?}"))?;
+                let weight = self.constant_input(&input(1)?, &name)?;
+                let [k, n] = self.matrix_dims(&weight, &name)?;
+                // ONNX MatMul multiplies by a [K, N] matrix; resgraph stores [N, K].
+                let transposed = transpose(&weight.values, k, n);
+                let params = LinearParams::new(n, k, transposed, None)?;
+                Value::MatMul(PendingMatMul {
+                    input: x,
+                    params,
+                    name: name.clone(),
+                })
+            }
+            "Add" => self.add(&input(0)?, &input(1)?, &name)?,
+            "Relu" => {
+                let x = self.activation(&input(0)?, &format!("Relu node {name:?}"))?;
+                Value::Node(self.builder.relu(&name, x)?)
+            }
+            "Identity" | "Flatten" => {
+                if op == "Flatten" {
+                    let axis = attribute_int(node, "axis").unwrap_or(1);
+                    if axis != 1 {
+                        return Err(self.error(format!(
+                            "Flatten node {name:?} has axis {axis}; only axis 1 keeps the batch"
+                        )));
+                    }
+                }
+                Value::Node(self.activation(&input(0)?, &format!("{op} node {name:?}"))?)
+            }
+            "Reshape" => {
+                let x = self.activation(&input(0)?, &format!("Reshape node {name:?}"))?;
+                let shape = self.constant_input(&input(1)?, &name)?;
+                let width = self.builder.width(x).unwrap_or(0) as i64;
+                let target: Vec<i64> = shape.values.iter().map(|&v| v as i64).collect();
+                // [-1 or 0, width] and [0 or rows, -1] both keep one row per batch entry.
+                let supported = match target.as_slice() {
+                    [rows, cols] => {
+                        (*cols == width && (*rows == -1 || *rows == 0))
+                            || (*cols == -1 && *rows >= 0)
+                    }
+                    _ => false,
+                };
+                if !supported {
+                    return Err(self.error(format!(
+                        "Reshape node {name:?} reshapes to {target:?}; resgraph supports \
+                         reshapes to [batch, {width}] only"
+                    )));
+                }
+                Value::Node(x)
+            }
+            "Cast" => {
+                let to = attribute_int(node, "to").unwrap_or_default();
+                let source = input(0)?;
+                match self.values.get(&source).cloned() {
+                    // Weights stored in float16 and cast to float32: keep them as constants
+                    // (they are already converted to f32).
+                    Some(Value::Constant(constant)) if to == DataType::Float as i64 => {
+                        Value::Constant(constant)
+                    }
+                    Some(Value::Constant(_)) => {
+                        return Err(self.error(format!(
+                            "Cast node {name:?} casts a constant to {} ({}); resgraph computes in \
+                             float32",
+                            to,
+                            data_type_name(to as i32)
+                        )));
+                    }
+                    _ if to == DataType::Float as i64 => {
+                        Value::Node(self.activation(&source, &format!("Cast node {name:?}"))?)
+                    }
+                    _ => {
+                        return Err(self.error(format!(
+                            "Cast node {name:?} casts an activation to {} ({}); resgraph computes \
+                             in float32",
+                            to,
+                            data_type_name(to as i32)
+                        )));
+                    }
+                }
+            }
+            "Constant" => {
+                let tensor = node
+                    .attribute
+                    .iter()
+                    .find(|attribute| attribute.name.as_deref() == Some("value"))
+                    .and_then(|attribute| attribute.t.as_ref())
+                    .ok_or_else(|| {
+                        self.error(format!("Constant node {name:?} has no tensor value"))
+                    })?;
+                Value::Constant(self.constant(tensor, &format!("Constant node {name:?}"))?)
+            }
+            _ => {
+                return Err(Error::UnsupportedOp {
+                    path: self.path.to_string(),
+                    op,
+                    node: name,
+                });
+            }
+        };
+        self.values.insert(output, value);
+        Ok(())
+    }
+
+    fn add(&mut self, left: &str, right: &str, name: &str) -> Result<Value> {
+        let left_value = self.values.get(left).cloned();
+        let right_value = self.values.get(right).cloned();
+        // A bias add right after a MatMul folds into the layer.
+        let bias_add = match (&left_value, &right_value) {
+            (Some(Value::MatMul(pending)), Some(Value::Constant(bias)))
+            | (Some(Value::Constant(bias)), Some(Value::MatMul(pending))) => {
+                Some((pending.clone(), bias.clone()))
+            }
+            _ => None,
+        };
+        if let Some((pending, bias)) = bias_add {
+            let n = pending.params.out_features();
+            let is_vector = bias.values.len() == n
+                && (bias.dims.len() == 1 || (bias.dims.len() == 2 && bias.dims[0] == 1));
+            if !is_vector {
+                return Err(self.error(format!(
+                    "Add node {name:?} adds a constant of dims {:?} to a MatMul of width {n}; \
+                     only a bias of [{n}] is supported",
+                    bias.dims
+                )));
+            }
+            let params = LinearParams::new(
+                n,
+                pending.params.in_features(),
+                pending.params.weight().to_vec(),
+                Some(bias.values),
+            )?;
+            let id = self.builder.linear(&pending.name, pending.input, params)?;
+            return Ok(Value::Node(id));
+        }
+        let left = self.activation(left, &format!("Add node {name:?}"))?;
+        let right = self.activation(right, &format!("Add node {name:?}"))?;
+        Ok(Value::Node(self.builder.add(name, left, right)?))
+    }
+
+    fn constant_input(&self, name: &str, node: &str) -> Result<Constant> {
+        match self.values.get(name) {
+            Some(Value::Constant(constant)) => Ok(constant.clone()),
+            _ => Err(self.error(format!(
+                "node {node:?} needs {name:?} to be an initializer or constant; resgraph does \
+                 not multiply two activations"
+            ))),
+        }
+    }
+
+    fn matrix_dims(&self, constant: &Constant, node: &str) -> Result<[usize; 2]> {
+        match constant.dims.as_slice() {
+            [rows, cols] if *rows > 0 && *cols > 0 => Ok([*rows as usize, *cols as usize]),
+            dims => Err(self.error(format!(
+                "node {node:?} has a weight of dims {dims:?}; expected a 2-D matrix"
+            ))),
+        }
+    }
+
+    fn gemm_params(&self, node: &proto::NodeProto, name: &str) -> Result<LinearParams> {
+        let alpha = attribute_float(node, "alpha").unwrap_or(1.0);
+        let beta = attribute_float(node, "beta").unwrap_or(1.0);
+        if attribute_int(node, "transA").unwrap_or(0) != 0 {
+            return Err(self.error(format!(
+                "Gemm node {name:?} has transA = 1; resgraph keeps activations as [batch, features]"
+            )));
+        }
+        let trans_b = attribute_int(node, "transB").unwrap_or(0) != 0;
+        let b_name = node.input.get(1).cloned().unwrap_or_default();
+        let b = self.constant_input(&b_name, name)?;
+        let [rows, cols] = self.matrix_dims(&b, name)?;
+        // transB = 1 is PyTorch's [out, in]; transB = 0 is [in, out].
+        let (n, k, mut weight) = if trans_b {
+            (rows, cols, b.values.clone())
+        } else {
+            (cols, rows, transpose(&b.values, rows, cols))
+        };
+        if alpha != 1.0 {
+            weight.iter_mut().for_each(|w| *w *= alpha);
+        }
+        let bias = match node.input.get(2).filter(|c| !c.is_empty()) {
+            Some(c_name) => {
+                let c = self.constant_input(c_name, name)?;
+                let is_vector = c.values.len() == n
+                    && (c.dims.len() == 1 || (c.dims.len() == 2 && c.dims[0] == 1));
+                let is_scalar = c.values.len() == 1;
+                if !(is_vector || is_scalar) {
+                    return Err(self.error(format!(
+                        "Gemm node {name:?} has C of dims {:?}; only [{n}], [1, {n}] or a scalar \
+                         is supported",
+                        c.dims
+                    )));
+                }
+                let values: Vec<f32> = if is_vector {
+                    c.values.iter().map(|v| v * beta).collect()
+                } else {
+                    vec![c.values[0] * beta; n]
+                };
+                Some(values)
+            }
+            None => None,
+        };
+        LinearParams::new(n, k, weight, bias)
+    }
+}
+
+/// `[rows, cols]` row-major to `[cols, rows]` row-major.
+fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; values.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = values[r * cols + c];
+        }
+    }
+    out
+}
+
+fn attribute_int(node: &proto::NodeProto, name: &str) -> Option<i64> {
+    node.attribute
+        .iter()
+        .find(|attribute| attribute.name.as_deref() == Some(name))
+        .and_then(|attribute| attribute.i)
+}
+
+fn attribute_float(node: &proto::NodeProto, name: &str) -> Option<f32> {
+    node.attribute
+        .iter()
+        .find(|attribute| attribute.name.as_deref() == Some(name))
+        .and_then(|attribute| attribute.f)
+}
+
+fn data_type_name(data_type: i32) -> &'static str {
+    DataType::try_from(data_type).map_or("unknown", |t| t.as_str_name())
+}

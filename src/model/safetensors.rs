@@ -1,0 +1,340 @@
+//! resgraph's native model format: one safetensors file holding the weights, named as PyTorch's
+//! `state_dict` names them (`blocks.0.fc1.weight`), and the architecture as JSON in the header's
+//! `__metadata__` under the key `resgraph.graph`.
+//!
+//! Two architecture forms are read:
+//! - `layers`, convenient to write from Python: a sequence of `{"op": "linear", "name": "stem"}`,
+//!   `{"op": "relu"}`, `{"op": "residual_block", "name": "blocks.0"}` (reads `blocks.0.fc1.*`
+//!   and `blocks.0.fc2.*`) and `{"op": "plain_block", "name": ...}`;
+//! - `nodes`, general, what `resgraph convert` writes: every node with its inputs by index.
+//!
+//! Weights may be float32, float16 or bfloat16; every tensor's dtype, shape and presence is
+//! checked, and the shapes must chain, before anything reaches a device.
+
+use std::collections::HashMap;
+
+use safetensors::{Dtype, SafeTensors};
+use serde_json::{Value as Json, json};
+
+use crate::error::{Error, Result};
+use crate::graph::{Graph, GraphBuilder, LinearParams, NodeId, Op};
+
+/// The `__metadata__` key that holds the architecture.
+pub const GRAPH_METADATA_KEY: &str = "resgraph.graph";
+
+/// Parses a safetensors file into a graph; `path` only names the source in errors.
+pub fn import_safetensors(bytes: &[u8], path: &str) -> Result<Graph> {
+    let error = |reason: String| Error::Model {
+        path: path.to_string(),
+        reason,
+    };
+    let (_, metadata) = SafeTensors::read_metadata(bytes)
+        .map_err(|e| error(format!("not a valid safetensors file: {e}")))?;
+    let tensors = SafeTensors::deserialize(bytes)
+        .map_err(|e| error(format!("not a valid safetensors file: {e}")))?;
+    let architecture = metadata
+        .metadata()
+        .as_ref()
+        .and_then(|entries| entries.get(GRAPH_METADATA_KEY))
+        .ok_or_else(|| {
+            error(format!(
+                "the header's __metadata__ has no {GRAPH_METADATA_KEY:?} entry describing the \
+                 architecture (see README: saving a PyTorch model)"
+            ))
+        })?;
+    let architecture: Json = serde_json::from_str(architecture)
+        .map_err(|e| error(format!("{GRAPH_METADATA_KEY} is not valid JSON: {e}")))?;
+    let reader = Reader {
+        path,
+        tensors: &tensors,
+    };
+    if let Some(layers) = architecture.get("layers") {
+        reader.layers(layers, &architecture)
+    } else if let Some(nodes) = architecture.get("nodes") {
+        reader.nodes(nodes, &architecture)
+    } else {
+        Err(error(format!(
+            "{GRAPH_METADATA_KEY} has neither \"layers\" nor \"nodes\""
+        )))
+    }
+}
+
+struct Reader<'a, 'data> {
+    path: &'a str,
+    tensors: &'a SafeTensors<'data>,
+}
+
+impl Reader<'_, '_> {
+    fn error(&self, reason: impl Into<String>) -> Error {
+        Error::Model {
+            path: self.path.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    /// A float tensor as f32 values with its shape.
+    fn tensor(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        let view = self
+            .tensors
+            .tensor(name)
+            .map_err(|_| self.error(format!("missing tensor {name:?}")))?;
+        let data = view.data();
+        let values: Vec<f32> = match view.dtype() {
+            Dtype::F32 => data
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            Dtype::F16 => data
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => data
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            other => {
+                return Err(self.error(format!(
+                    "tensor {name:?} has dtype {other:?}; resgraph reads F32, F16 and BF16"
+                )));
+            }
+        };
+        Ok((view.shape().to_vec(), values))
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.tensors.tensor(name).is_ok()
+    }
+
+    /// The linear layer stored as `{name}.weight` `[out, in]` and optional `{name}.bias` `[out]`.
+    fn linear(&self, name: &str) -> Result<LinearParams> {
+        let weight_name = format!("{name}.weight");
+        let (shape, weight) = self.tensor(&weight_name)?;
+        let [out_features, in_features] = shape.as_slice() else {
+            return Err(self.error(format!(
+                "tensor {weight_name:?} has shape {shape:?}; a linear weight is [out, in]"
+            )));
+        };
+        let bias_name = format!("{name}.bias");
+        let bias = if self.has(&bias_name) {
+            let (bias_shape, bias) = self.tensor(&bias_name)?;
+            if bias_shape != [*out_features] {
+                return Err(self.error(format!(
+                    "tensor {bias_name:?} has shape {bias_shape:?}; expected [{out_features}]"
+                )));
+            }
+            Some(bias)
+        } else {
+            None
+        };
+        LinearParams::new(*out_features, *in_features, weight, bias)
+    }
+
+    fn name_of<'j>(&self, entry: &'j Json, index: usize) -> Result<&'j str> {
+        entry
+            .get("name")
+            .and_then(Json::as_str)
+            .ok_or_else(|| self.error(format!("entry {index} has no \"name\"")))
+    }
+
+    fn layers(&self, layers: &Json, architecture: &Json) -> Result<Graph> {
+        let layers = layers
+            .as_array()
+            .ok_or_else(|| self.error("\"layers\" is not a list"))?;
+        let mut builder = GraphBuilder::new();
+        let declared_width = architecture.get("input_width").and_then(Json::as_u64);
+        let mut x: Option<NodeId> = None;
+        for (index, layer) in layers.iter().enumerate() {
+            let op = layer
+                .get("op")
+                .and_then(Json::as_str)
+                .ok_or_else(|| self.error(format!("layer {index} has no \"op\"")))?;
+            // The input's width is declared, or read off the first layer's weight.
+            let input = match x {
+                Some(node) => node,
+                None => {
+                    let width = match declared_width {
+                        Some(width) => width as usize,
+                        None => self.first_in_features(op, layer, index)?,
+                    };
+                    builder.input("input", width)?
+                }
+            };
+            x = Some(match op {
+                "linear" => {
+                    let name = self.name_of(layer, index)?;
+                    builder.linear(name, input, self.linear(name)?)?
+                }
+                "relu" => builder.relu(&format!("relu{index}"), input)?,
+                "residual_block" | "plain_block" => {
+                    let name = self.name_of(layer, index)?;
+                    let fc1 = self.linear(&format!("{name}.fc1"))?;
+                    let fc2 = self.linear(&format!("{name}.fc2"))?;
+                    if op == "residual_block" {
+                        builder.residual_block(name, input, fc1, fc2)?
+                    } else {
+                        builder.plain_block(name, input, fc1, fc2)?
+                    }
+                }
+                other => {
+                    return Err(self.error(format!(
+                        "layer {index} has op {other:?}; expected linear, relu, residual_block \
+                         or plain_block"
+                    )));
+                }
+            });
+        }
+        let output = x.ok_or_else(|| self.error("\"layers\" is empty"))?;
+        builder.build(output)
+    }
+
+    fn first_in_features(&self, op: &str, layer: &Json, index: usize) -> Result<usize> {
+        let name = self.name_of(layer, index)?;
+        let weight = match op {
+            "linear" => format!("{name}.weight"),
+            _ => format!("{name}.fc1.weight"),
+        };
+        let (shape, _) = self.tensor(&weight)?;
+        shape.get(1).copied().ok_or_else(|| {
+            self.error(format!(
+                "tensor {weight:?} has shape {shape:?}; expected [out, in]"
+            ))
+        })
+    }
+
+    fn nodes(&self, nodes: &Json, architecture: &Json) -> Result<Graph> {
+        let nodes = nodes
+            .as_array()
+            .ok_or_else(|| self.error("\"nodes\" is not a list"))?;
+        let mut builder = GraphBuilder::new();
+        let mut ids: Vec<NodeId> = Vec::with_capacity(nodes.len());
+        for (index, node) in nodes.iter().enumerate() {
+            let op = node
+                .get("op")
+                .and_then(Json::as_str)
+                .ok_or_else(|| self.error(format!("node {index} has no \"op\"")))?;
+            let name = self.name_of(node, index)?;
+            let inputs: Vec<NodeId> = node
+                .get("inputs")
+                .and_then(Json::as_array)
+                .map(|inputs| {
+                    inputs
+                        .iter()
+                        .map(|input| {
+                            input
+                                .as_u64()
+                                .and_then(|i| ids.get(i as usize).copied())
+                                .ok_or_else(|| {
+                                    self.error(format!(
+                                        "node {index} ({name:?}) reads {input}, which is not an \
+                                         earlier node"
+                                    ))
+                                })
+                        })
+                        .collect::<Result<Vec<_>>>()
+                })
+                .transpose()?
+                .unwrap_or_default();
+            let arity_error = |expected: usize| {
+                self.error(format!(
+                    "node {index} ({name:?}, {op}) has {} inputs; expected {expected}",
+                    inputs.len()
+                ))
+            };
+            let id = match (op, inputs.as_slice()) {
+                ("input", []) => {
+                    let width = node
+                        .get("width")
+                        .and_then(Json::as_u64)
+                        .ok_or_else(|| self.error(format!("input node {name:?} has no width")))?;
+                    builder.input(name, width as usize)?
+                }
+                ("linear", [x]) => builder.linear(name, *x, self.linear(name)?)?,
+                ("relu", [x]) => builder.relu(name, *x)?,
+                ("add", [a, b]) => builder.add(name, *a, *b)?,
+                ("input", _) => return Err(arity_error(0)),
+                ("linear" | "relu", _) => return Err(arity_error(1)),
+                ("add", _) => return Err(arity_error(2)),
+                (other, _) => {
+                    return Err(self.error(format!(
+                        "node {index} has op {other:?}; expected input, linear, relu or add"
+                    )));
+                }
+            };
+            ids.push(id);
+        }
+        let output = architecture
+            .get("output")
+            .and_then(Json::as_u64)
+            .and_then(|index| ids.get(index as usize).copied())
+            .or_else(|| ids.last().copied())
+            .ok_or_else(|| self.error("the graph has no nodes"))?;
+        builder.build(output)
+    }
+}
+
+/// Serialises a graph to resgraph's safetensors format (`nodes` form, float32 weights).
+pub fn export_safetensors(graph: &Graph) -> Result<Vec<u8>> {
+    // Tensor names come from node names; a name used twice gets the node's index appended so
+    // that every tensor name is unique.
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for node in graph.nodes() {
+        *seen.entry(node.name.as_str()).or_default() += 1;
+    }
+    let mut nodes_json = Vec::new();
+    let mut tensors: Vec<(String, Vec<u8>, Vec<usize>)> = Vec::new();
+    for (index, node) in graph.nodes().iter().enumerate() {
+        let name = if seen[node.name.as_str()] > 1 || node.name.is_empty() {
+            format!("{}#{index}", node.name)
+        } else {
+            node.name.clone()
+        };
+        let inputs: Vec<usize> = node.op.inputs().iter().map(|id| id.index()).collect();
+        let entry = match &node.op {
+            Op::Input => json!({"op": "input", "name": name, "width": node.width}),
+            Op::Linear { params, .. } => {
+                let weight: Vec<u8> = params
+                    .weight()
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect();
+                tensors.push((
+                    format!("{name}.weight"),
+                    weight,
+                    vec![params.out_features(), params.in_features()],
+                ));
+                if let Some(bias) = params.bias() {
+                    let bias: Vec<u8> = bias.iter().flat_map(|v| v.to_le_bytes()).collect();
+                    tensors.push((format!("{name}.bias"), bias, vec![params.out_features()]));
+                }
+                json!({"op": "linear", "name": name, "inputs": inputs})
+            }
+            Op::Relu { .. } => json!({"op": "relu", "name": name, "inputs": inputs}),
+            Op::Add { .. } => json!({"op": "add", "name": name, "inputs": inputs}),
+        };
+        nodes_json.push(entry);
+    }
+    let architecture = json!({
+        "version": 1,
+        "nodes": nodes_json,
+        "output": graph.output().index(),
+    });
+    let metadata = HashMap::from([
+        (GRAPH_METADATA_KEY.to_string(), architecture.to_string()),
+        ("format".to_string(), "resgraph".to_string()),
+    ]);
+    let views = tensors
+        .iter()
+        .map(|(name, data, shape)| {
+            safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), data)
+                .map(|view| (name.clone(), view))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::Model {
+            path: "<export>".to_string(),
+            reason: e.to_string(),
+        })?;
+    safetensors::serialize(views, Some(metadata)).map_err(|e| Error::Model {
+        path: "<export>".to_string(),
+        reason: e.to_string(),
+    })
+}

@@ -1,0 +1,521 @@
+//! Model and data files: the safetensors format as a PyTorch user writes it, and every kind of
+//! bad file refused with a one-line error naming what is wrong, never a panic or a huge allocation.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use prost::Message;
+use resgraph::Error;
+use resgraph::exec::{CompileOptions, CompiledModel};
+use resgraph::graph::synthetic::{MlpShape, mlp, random_input};
+use resgraph::model::npy::{encode_npy, parse_npy};
+use resgraph::model::onnx::proto;
+use resgraph::model::parse_model;
+use resgraph::reference::forward_f64;
+
+/// `bytes` with every occurrence of `from` replaced by `to` (same length), byte for byte.
+fn replace_bytes(bytes: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    assert_eq!(from.len(), to.len());
+    let mut out = bytes.to_vec();
+    let mut index = 0;
+    while index + from.len() <= out.len() {
+        if &out[index..index + from.len()] == from {
+            out[index..index + from.len()].copy_from_slice(to);
+            index += from.len();
+        } else {
+            index += 1;
+        }
+    }
+    out
+}
+
+fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// A safetensors file with `layers` metadata, as the README's Python snippet writes one.
+fn pytorch_style_safetensors(
+    tensors: &[(&str, Vec<usize>, Vec<f32>)],
+    layers: &str,
+    dtype: safetensors::Dtype,
+) -> Vec<u8> {
+    let data: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(name, shape, values)| {
+            let bytes = match dtype {
+                safetensors::Dtype::F16 => values
+                    .iter()
+                    .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                    .collect(),
+                _ => f32_bytes(values),
+            };
+            (name.to_string(), shape.clone(), bytes)
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = data
+        .iter()
+        .map(|(name, shape, bytes)| {
+            let view =
+                safetensors::tensor::TensorView::new(dtype, shape.clone(), bytes).expect("view");
+            (name.clone(), view)
+        })
+        .collect();
+    let metadata = HashMap::from([(
+        "resgraph.graph".to_string(),
+        format!("{{\"layers\": {layers}}}"),
+    )]);
+    safetensors::serialize(views, Some(metadata)).expect("serialize")
+}
+
+/// Tensors of a stem 6 -> 8, one residual block of width 8 (hidden 12), head 8 -> 3.
+fn block_tensors() -> Vec<(&'static str, Vec<usize>, Vec<f32>)> {
+    let values = |len: usize, seed: u64| {
+        random_input(len, seed)
+            .iter()
+            .map(|v| v * 0.4)
+            .collect::<Vec<f32>>()
+    };
+    vec![
+        ("stem.weight", vec![8, 6], values(48, 1)),
+        ("stem.bias", vec![8], values(8, 2)),
+        ("blocks.0.fc1.weight", vec![12, 8], values(96, 3)),
+        ("blocks.0.fc1.bias", vec![12], values(12, 4)),
+        ("blocks.0.fc2.weight", vec![8, 12], values(96, 5)),
+        ("blocks.0.fc2.bias", vec![8], values(8, 6)),
+        ("head.weight", vec![3, 8], values(24, 7)),
+    ]
+}
+
+const LAYERS: &str = r#"[{"op": "linear", "name": "stem"}, {"op": "residual_block", "name": "blocks.0"}, {"op": "linear", "name": "head"}]"#;
+
+fn model_error(bytes: &[u8], name: &str) -> Error {
+    parse_model(Path::new(name), bytes).expect_err("a bad model must be refused")
+}
+
+#[test]
+fn a_pytorch_style_safetensors_file_runs_and_matches_the_reference() {
+    let context = Arc::new(
+        resgraph::gpu::context::GpuContext::new(
+            &resgraph::gpu::context::AdapterOptions::from_env().expect("options"),
+        )
+        .expect("context"),
+    );
+    for dtype in [safetensors::Dtype::F32, safetensors::Dtype::F16] {
+        let bytes = pytorch_style_safetensors(&block_tensors(), LAYERS, dtype);
+        let graph = parse_model(Path::new("model.safetensors"), &bytes).expect("load");
+        assert_eq!(graph.input_width(), 6);
+        assert_eq!(graph.output_width(), 3);
+        let names: Vec<&str> = graph
+            .nodes()
+            .iter()
+            .map(|node| node.name.as_str())
+            .collect();
+        assert!(names.contains(&"blocks.0.fc2"), "{names:?}");
+        let model = CompiledModel::compile(Arc::clone(&context), &graph, &CompileOptions::new(4))
+            .expect("compile");
+        let input = random_input(4 * 6, 9);
+        let output = model.run(&input).expect("run");
+        common::assert_close(
+            &output,
+            &forward_f64(&graph, &input, 4),
+            1e-5,
+            "safetensors model",
+        );
+    }
+}
+
+#[test]
+fn random_and_truncated_files_are_refused() {
+    let onnx = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/onnx/pytorch_gemm_w17_stem_head.onnx"),
+    )
+    .expect("case");
+    let error = model_error(&onnx[..onnx.len() / 2], "cut.onnx");
+    assert!(matches!(error, Error::Model { .. }), "{error}");
+    let noise: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    assert!(matches!(
+        model_error(&noise, "noise.onnx"),
+        Error::Model { .. }
+    ));
+    assert!(matches!(
+        model_error(&noise, "noise.safetensors"),
+        Error::Model { .. }
+    ));
+    assert!(matches!(
+        model_error(&[], "empty.safetensors"),
+        Error::Model { .. }
+    ));
+    assert!(matches!(
+        model_error(&[], "empty.onnx"),
+        Error::Model { .. }
+    ));
+}
+
+#[test]
+fn a_safetensors_header_claiming_more_than_the_file_holds_is_refused() {
+    let mut bytes = 1_000_000u64.to_le_bytes().to_vec();
+    bytes.extend_from_slice(b"{}");
+    let error = model_error(&bytes, "short.safetensors");
+    assert!(matches!(error, Error::Model { .. }), "{error}");
+}
+
+#[test]
+fn tensor_offsets_out_of_range_are_refused() {
+    let header = r#"{"__metadata__": {"resgraph.graph": "{\"layers\": [{\"op\": \"linear\", \"name\": \"l\"}]}"}, "l.weight": {"dtype": "F32", "shape": [1000000, 1000000], "data_offsets": [0, 4000000000000]}}"#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend_from_slice(&[0u8; 16]);
+    let error = model_error(&bytes, "offsets.safetensors");
+    assert!(matches!(error, Error::Model { .. }), "{error}");
+}
+
+#[test]
+fn wrong_dtypes_missing_tensors_and_unchained_shapes_name_the_tensor_or_node() {
+    // A weight stored as I32.
+    let data = vec![0u8; 4 * 8 * 6];
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::I32, vec![8, 6], &data)
+        .expect("view");
+    let metadata = HashMap::from([(
+        "resgraph.graph".to_string(),
+        r#"{"layers": [{"op": "linear", "name": "stem"}]}"#.to_string(),
+    )]);
+    let bytes = safetensors::serialize([("stem.weight", view)], Some(metadata)).expect("serialize");
+    let error = model_error(&bytes, "dtype.safetensors");
+    assert!(
+        error.to_string().contains("stem.weight") && error.to_string().contains("I32"),
+        "{error}"
+    );
+
+    let mut tensors = block_tensors();
+    tensors.retain(|(name, _, _)| *name != "blocks.0.fc2.weight");
+    let error = model_error(
+        &pytorch_style_safetensors(&tensors, LAYERS, safetensors::Dtype::F32),
+        "missing.safetensors",
+    );
+    assert!(
+        error
+            .to_string()
+            .contains("missing tensor \"blocks.0.fc2.weight\""),
+        "{error}"
+    );
+
+    let mut tensors = block_tensors();
+    tensors[6] = ("head.weight", vec![3, 9], random_input(27, 1));
+    let error = model_error(
+        &pytorch_style_safetensors(&tensors, LAYERS, safetensors::Dtype::F32),
+        "chain.safetensors",
+    );
+    assert!(
+        matches!(error, Error::GraphShape { ref node, .. } if node == "head"),
+        "{error}"
+    );
+
+    let error = model_error(
+        &pytorch_style_safetensors(&block_tensors(), "[]", safetensors::Dtype::F32),
+        "empty.safetensors",
+    );
+    assert!(matches!(error, Error::Model { .. }), "{error}");
+}
+
+fn onnx_model(nodes: Vec<proto::NodeProto>, initializers: Vec<proto::TensorProto>) -> Vec<u8> {
+    use proto::tensor_shape_proto::{Dimension, dimension::Value as Dim};
+    let tensor_info = |name: &str, dims: Vec<Dim>| proto::ValueInfoProto {
+        name: Some(name.to_string()),
+        r#type: Some(proto::TypeProto {
+            value: Some(proto::type_proto::Value::TensorType(
+                proto::type_proto::Tensor {
+                    elem_type: Some(proto::tensor_proto::DataType::Float as i32),
+                    shape: Some(proto::TensorShapeProto {
+                        dim: dims
+                            .into_iter()
+                            .map(|value| Dimension {
+                                value: Some(value),
+                                ..Default::default()
+                            })
+                            .collect(),
+                    }),
+                },
+            )),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let model = proto::ModelProto {
+        ir_version: Some(8),
+        graph: Some(proto::GraphProto {
+            node: nodes,
+            initializer: initializers,
+            input: vec![tensor_info(
+                "x",
+                vec![Dim::DimParam("batch".into()), Dim::DimValue(4)],
+            )],
+            output: vec![tensor_info(
+                "y",
+                vec![Dim::DimParam("batch".into()), Dim::DimValue(4)],
+            )],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    model.encode_to_vec()
+}
+
+fn node(op: &str, name: &str, inputs: &[&str], output: &str) -> proto::NodeProto {
+    proto::NodeProto {
+        op_type: Some(op.to_string()),
+        name: Some(name.to_string()),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.to_string()],
+        ..Default::default()
+    }
+}
+
+fn weight(name: &str, dims: Vec<i64>, values: Vec<f32>) -> proto::TensorProto {
+    proto::TensorProto {
+        name: Some(name.to_string()),
+        dims,
+        data_type: Some(proto::tensor_proto::DataType::Float as i32),
+        float_data: values,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn an_unsupported_onnx_operator_names_the_operator_and_the_node() {
+    let bytes = onnx_model(
+        vec![node("Conv", "encoder.conv1", &["x", "w"], "y")],
+        vec![weight("w", vec![4, 4], vec![0.0; 16])],
+    );
+    let error = model_error(&bytes, "conv.onnx");
+    match &error {
+        Error::UnsupportedOp { op, node, .. } => {
+            assert_eq!(op, "Conv");
+            assert_eq!(node, "encoder.conv1");
+        }
+        other => panic!("expected UnsupportedOp, got {other}"),
+    }
+}
+
+#[test]
+fn onnx_tensors_whose_data_does_not_match_their_dims_are_refused_without_allocating() {
+    // Dims claim 10^12 floats; the tensor holds 16. Must fail fast, not allocate 4 TB.
+    let bytes = onnx_model(
+        vec![node("Gemm", "fc", &["x", "w"], "y")],
+        vec![weight("w", vec![1_000_000, 1_000_000], vec![0.0; 16])],
+    );
+    let error = model_error(&bytes, "dims.onnx");
+    assert!(error.to_string().contains("need"), "{error}");
+    let mut transposed = node("Gemm", "fc", &["x", "w"], "y");
+    transposed.attribute.push(proto::AttributeProto {
+        name: Some("transA".into()),
+        i: Some(1),
+        r#type: Some(proto::attribute_proto::AttributeType::Int as i32),
+        ..Default::default()
+    });
+    let error = model_error(
+        &onnx_model(
+            vec![transposed],
+            vec![weight("w", vec![4, 4], vec![0.0; 16])],
+        ),
+        "ta.onnx",
+    );
+    assert!(error.to_string().contains("transA"), "{error}");
+    // A Gemm whose weight does not chain with the input width.
+    let error = model_error(
+        &onnx_model(
+            vec![node("Gemm", "fc", &["x", "w"], "y")],
+            vec![weight("w", vec![3, 5], vec![0.0; 15])],
+        ),
+        "chain.onnx",
+    );
+    assert!(
+        matches!(error, Error::GraphShape { ref node, .. } if node == "fc"),
+        "{error}"
+    );
+}
+
+#[test]
+fn npy_files_of_the_wrong_dtype_rank_or_length_are_refused() {
+    let good = encode_npy(&[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+    let parsed = parse_npy(&good).expect("round trip");
+    assert_eq!(parsed.shape, vec![2, 3]);
+    assert_eq!(parsed.data, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+    let as_f64 = replace_bytes(&good, b"<f4", b"<f8");
+    assert!(parse_npy(&as_f64).unwrap_err().contains("float32"));
+    assert!(
+        parse_npy(&good[..good.len() - 1])
+            .unwrap_err()
+            .contains("needs 24 bytes")
+    );
+    // A shape of 10^11 floats over 24 bytes of data: refused before any allocation.
+    let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999, 100000), }\n";
+    let mut huge = b"\x93NUMPY\x01\x00".to_vec();
+    huge.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    huge.extend_from_slice(header.as_bytes());
+    huge.extend_from_slice(&[0u8; 24]);
+    assert!(parse_npy(&huge).unwrap_err().contains("needs"));
+    assert!(parse_npy(b"not an npy file").is_err());
+    let fortran = replace_bytes(&good, b"False", b"True ");
+    assert!(parse_npy(&fortran).unwrap_err().contains("Fortran"));
+}
+
+fn cli(args: &[&str]) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_resgraph"))
+        .args(args)
+        .output()
+        .expect("run resgraph");
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    (output.status.success(), stderr)
+}
+
+fn error_line(stderr: &str) -> &str {
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.starts_with("resgraph: error:"))
+        .collect();
+    assert_eq!(lines.len(), 1, "expected one error line in {stderr}");
+    lines[0]
+}
+
+#[test]
+fn the_cli_refuses_bad_files_with_one_line_and_keeps_the_old_output() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let model = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/onnx/pytorch_gemm_w17_stem_head.onnx");
+    let model = model.display().to_string();
+    std::fs::write(
+        path("garbage.onnx"),
+        b"\x08\x01garbage that is not protobuf\xff\xff",
+    )
+    .expect("write");
+    std::fs::write(path("wide.npy"), encode_npy(&[2, 14], &[0.0; 28])).expect("write");
+    std::fs::write(path("rank3.npy"), encode_npy(&[1, 13, 1], &[0.0; 13])).expect("write");
+    let f64_npy = replace_bytes(&encode_npy(&[13], &[0.0; 13]), b"<f4", b"<f8");
+    std::fs::write(path("f64.npy"), f64_npy).expect("write");
+    std::fs::write(path("ok.npy"), encode_npy(&[13], &[0.5; 13])).expect("write");
+    std::fs::write(path("out.npy"), b"keep me").expect("write");
+
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &[
+                "run",
+                &path("garbage.onnx"),
+                "--input",
+                &path("ok.npy"),
+                "--output",
+                &path("out.npy"),
+            ],
+            "garbage.onnx",
+        ),
+        (
+            &[
+                "run",
+                &model,
+                "--input",
+                &path("wide.npy"),
+                "--output",
+                &path("out.npy"),
+            ],
+            "input width 13",
+        ),
+        (
+            &[
+                "run",
+                &model,
+                "--input",
+                &path("rank3.npy"),
+                "--output",
+                &path("out.npy"),
+            ],
+            "rank 3",
+        ),
+        (
+            &[
+                "run",
+                &model,
+                "--input",
+                &path("f64.npy"),
+                "--output",
+                &path("out.npy"),
+            ],
+            "float32",
+        ),
+        (
+            &[
+                "run",
+                &model,
+                "--input",
+                &path("missing.npy"),
+                "--output",
+                &path("out.npy"),
+            ],
+            "missing.npy",
+        ),
+    ];
+    for (args, expected) in cases {
+        let (ok, stderr) = cli(args);
+        assert!(!ok, "{args:?} succeeded");
+        let line = error_line(&stderr);
+        assert!(line.contains(expected), "{args:?}: {line}");
+    }
+    assert_eq!(
+        std::fs::read(path("out.npy")).expect("read"),
+        b"keep me",
+        "a failed run touched the output"
+    );
+
+    let (ok, stderr) = cli(&[
+        "run",
+        &model,
+        "--input",
+        &path("ok.npy"),
+        "--output",
+        &path("out.npy"),
+    ]);
+    assert!(ok, "{stderr}");
+    let written = parse_npy(&std::fs::read(path("out.npy")).expect("read")).expect("npy");
+    assert_eq!(written.shape, vec![5], "a [in] input gives an [out] output");
+}
+
+#[test]
+fn inspect_and_convert_describe_and_rewrite_a_model() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let model =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/onnx/matmul_add_w33_hidden65.onnx");
+    let output = Command::new(env!("CARGO_BIN_EXE_resgraph"))
+        .arg("inspect")
+        .arg(&model)
+        .output()
+        .expect("inspect");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    for text in [
+        "input width 33",
+        "parameters",
+        "FLOPs per sample",
+        "dispatches per run  4",
+    ] {
+        assert!(stdout.contains(text), "missing {text:?} in {stdout}");
+    }
+    let converted = dir.path().join("model.safetensors");
+    let status = Command::new(env!("CARGO_BIN_EXE_resgraph"))
+        .arg("convert")
+        .arg(&model)
+        .arg(&converted)
+        .status()
+        .expect("convert");
+    assert!(status.success());
+    let graph = resgraph::model::load_model(&converted).expect("converted model loads");
+    let original = resgraph::model::load_model(&model).expect("original");
+    assert_eq!(graph.parameter_count(), original.parameter_count());
+    let _ = mlp(MlpShape::square(4, 1), 1.0, 1);
+}
