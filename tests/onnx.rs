@@ -104,29 +104,51 @@ fn converting_to_safetensors_keeps_every_answer() {
 }
 
 #[test]
-fn the_cli_runs_a_case_and_writes_the_output_atomically() {
-    let case = cases().into_iter().next().expect("a case");
+fn resgraph_run_matches_onnxruntime_on_every_case_and_writes_atomically() {
     let dir = tempfile::tempdir().expect("temp dir");
     let output = dir.path().join("y.npy");
     std::fs::write(&output, b"previous contents").expect("seed output");
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_resgraph"))
-        .args(["run"])
+    for case in cases() {
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_resgraph"))
+            .args(["run"])
+            .arg(&case.model)
+            .arg("--input")
+            .arg(&case.input)
+            .arg("--output")
+            .arg(&output)
+            .output()
+            .expect("run resgraph");
+        let stderr = String::from_utf8_lossy(&status.stderr);
+        assert!(status.status.success(), "{stderr}");
+        let written = read_npy(&output).expect("output npy");
+        let expected = read_npy(&case.expected).expect("expected npy");
+        assert_eq!(written.shape, expected.shape, "{}", case.input.display());
+        let error = relative_error(&written.data, &expected.data);
+        assert!(error <= 1e-5, "{}: {error:.3e}", case.input.display());
+        // Nothing but the output is left in the folder (no temporary files).
+        assert_eq!(std::fs::read_dir(dir.path()).expect("list").count(), 1);
+    }
+}
+
+#[test]
+fn bench_runs_a_model_file() {
+    let case = cases().into_iter().next().expect("a case");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_resgraph"))
+        .args([
+            "bench", "--batch", "3", "--iters", "3", "--check", "--json", "--model",
+        ])
         .arg(&case.model)
-        .arg("--input")
-        .arg(&case.input)
-        .arg("--output")
-        .arg(&output)
         .output()
         .expect("run resgraph");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout} {stderr}");
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON");
     assert!(
-        status.status.success(),
-        "{}",
-        String::from_utf8_lossy(&status.stderr)
+        report["model"]
+            .as_str()
+            .is_some_and(|model| model.ends_with(".onnx"))
     );
-    let written = read_npy(&output).expect("output npy");
-    let expected = read_npy(&case.expected).expect("expected npy");
-    assert_eq!(written.shape, expected.shape);
-    assert!(relative_error(&written.data, &expected.data) <= 1e-5);
-    // Nothing but the output is left in the folder (no temporary files).
-    assert_eq!(std::fs::read_dir(dir.path()).expect("list").count(), 1);
+    let error = report["max_rel_err"].as_f64().expect("max_rel_err");
+    assert!(error <= 1e-5, "{report}");
 }
