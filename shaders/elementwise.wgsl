@@ -1,9 +1,13 @@
 // Elementwise ReLU and addition, for the operations fusion could not fold into a GEMM epilogue
 // (a ReLU or an add that follows no linear layer):
-//   output[i] = act(left[i] [+ right[i]])   for i < len.
+//   output[i] = act(f32(left[i]) [+ f32(right[i])])   for i < len.
 //
 // The flat index is spread over a 2-D grid of workgroups, so that tensors of more than
 // 65535 * 256 elements stay within the per-dimension workgroup limit.
+
+// The storage type of activations and weights: f32, or f16 for f16 models (the host then
+// specialises this line and adds `enable f16;`). Arithmetic is always f32.
+alias Scalar = f32;
 
 struct ElementwiseParams {
     len: u32,
@@ -13,9 +17,9 @@ struct ElementwiseParams {
 }
 
 @group(0) @binding(0) var<uniform> params: ElementwiseParams;
-@group(0) @binding(1) var<storage, read> left: array<f32>;
-@group(0) @binding(2) var<storage, read> right: array<f32>;
-@group(0) @binding(3) var<storage, read_write> output: array<f32>;
+@group(0) @binding(1) var<storage, read> left: array<Scalar>;
+@group(0) @binding(2) var<storage, read> right: array<Scalar>;
+@group(0) @binding(3) var<storage, read_write> output: array<Scalar>;
 
 override ADD_RIGHT: bool = false;
 override APPLY_RELU: bool = false;
@@ -31,12 +35,12 @@ fn elementwise(
     if (index >= params.len) {
         return;
     }
-    var value = left[index];
+    var value = f32(left[index]);
     if (ADD_RIGHT) {
-        value = value + right[index];
+        value = value + f32(right[index]);
     }
     if (APPLY_RELU) {
         value = max(value, 0.0);
     }
-    output[index] = value;
+    output[index] = Scalar(value);
 }

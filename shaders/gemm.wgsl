@@ -13,6 +13,10 @@
 // Each invocation keeps 4 rows x 16 columns of outputs in registers (register blocking): every
 // loaded weight feeds 4 FMAs and every loaded activation 16.
 
+// The storage type of activations and weights: f32, or f16 for f16 models (the host then
+// specialises this line and adds `enable f16;`). Arithmetic is always f32.
+alias Scalar = f32;
+
 struct GemmParams {
     rows: u32,
     cols: u32,
@@ -21,11 +25,11 @@ struct GemmParams {
 }
 
 @group(0) @binding(0) var<uniform> params: GemmParams;
-@group(0) @binding(1) var<storage, read> activations: array<f32>;
-@group(0) @binding(2) var<storage, read> weights: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> activations: array<Scalar>;
+@group(0) @binding(2) var<storage, read> weights: array<vec4<Scalar>>;
 @group(0) @binding(3) var<storage, read> bias: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read> residual: array<f32>;
-@group(0) @binding(5) var<storage, read_write> output: array<f32>;
+@group(0) @binding(4) var<storage, read> residual: array<Scalar>;
+@group(0) @binding(5) var<storage, read_write> output: array<Scalar>;
 
 // The epilogue, fixed per pipeline so that the driver removes the branches it does not take.
 override APPLY_RELU: bool = false;
@@ -75,15 +79,15 @@ fn gemm(
     var acc3_3 = vec4<f32>(0.0);
     var w_index = block * params.inner_padded * 4u;
     for (var k = 0u; k < inner; k = k + 1u) {
-        let w0 = weights[w_index];
-        let w1 = weights[w_index + 1u];
-        let w2 = weights[w_index + 2u];
-        let w3 = weights[w_index + 3u];
+        let w0 = vec4<f32>(weights[w_index]);
+        let w1 = vec4<f32>(weights[w_index + 1u]);
+        let w2 = vec4<f32>(weights[w_index + 2u]);
+        let w3 = vec4<f32>(weights[w_index + 3u]);
         w_index = w_index + 4u;
-        let x0 = vec4<f32>(activations[x_base0 + k]);
-        let x1 = vec4<f32>(activations[x_base1 + k]);
-        let x2 = vec4<f32>(activations[x_base2 + k]);
-        let x3 = vec4<f32>(activations[x_base3 + k]);
+        let x0 = vec4<f32>(f32(activations[x_base0 + k]));
+        let x1 = vec4<f32>(f32(activations[x_base1 + k]));
+        let x2 = vec4<f32>(f32(activations[x_base2 + k]));
+        let x3 = vec4<f32>(f32(activations[x_base3 + k]));
         acc0_0 = fma(x0, w0, acc0_0);
         acc0_1 = fma(x0, w1, acc0_1);
         acc0_2 = fma(x0, w2, acc0_2);
@@ -136,12 +140,12 @@ fn store4(row: u32, col0: u32, value: vec4<f32>) {
         if (col0 + c < params.cols) {
             var v = value[c];
             if (ADD_RESIDUAL) {
-                v = v + residual[base + c];
+                v = v + f32(residual[base + c]);
             }
             if (APPLY_RELU) {
                 v = max(v, 0.0);
             }
-            output[base + c] = v;
+            output[base + c] = Scalar(v);
         }
     }
 }

@@ -22,6 +22,10 @@
 // activations differ per row and are loaded directly. No workgroup memory, no barriers (a barrier
 // turns every 8 lanes into a coroutine on lavapipe).
 
+// The storage type of activations and weights: f32, or f16 for f16 models (the host then
+// specialises this line and adds `enable f16;`). Arithmetic is always f32.
+alias Scalar = f32;
+
 struct GemmParams {
     rows: u32,
     cols: u32,
@@ -30,11 +34,11 @@ struct GemmParams {
 }
 
 @group(0) @binding(0) var<uniform> params: GemmParams;
-@group(0) @binding(1) var<storage, read> activations: array<f32>;
-@group(0) @binding(2) var<storage, read> weights: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> activations: array<Scalar>;
+@group(0) @binding(2) var<storage, read> weights: array<vec4<Scalar>>;
 @group(0) @binding(3) var<storage, read> bias: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read> residual: array<f32>;
-@group(0) @binding(5) var<storage, read_write> output: array<f32>;
+@group(0) @binding(4) var<storage, read> residual: array<Scalar>;
+@group(0) @binding(5) var<storage, read_write> output: array<Scalar>;
 
 // The epilogue, fixed per pipeline so that the driver removes the branches it does not take.
 override APPLY_RELU: bool = false;
@@ -86,10 +90,10 @@ fn gemm(
     // This invocation loads the weights of k0 + (subgroup_lane % 8) for each chunk of 8 k's.
     var w_index = (block * params.inner_padded + subgroup_lane % 8u) * 4u;
     for (var k0 = 0u; k0 < inner; k0 = k0 + 8u) {
-        let w0 = weights[w_index];
-        let w1 = weights[w_index + 1u];
-        let w2 = weights[w_index + 2u];
-        let w3 = weights[w_index + 3u];
+        let w0 = vec4<f32>(weights[w_index]);
+        let w1 = vec4<f32>(weights[w_index + 1u]);
+        let w2 = vec4<f32>(weights[w_index + 2u]);
+        let w3 = vec4<f32>(weights[w_index + 3u]);
         w_index = w_index + 32u;
         var x0: array<f32, 8>;
         var x1: array<f32, 8>;
@@ -100,10 +104,10 @@ fn gemm(
             // the activation is set to zero too so that an infinite input cannot make a NaN.
             let in_row = k0 + j < inner;
             let k = min(k0 + j, inner - 1u);
-            x0[j] = select(0.0, activations[x_base0 + k], in_row);
-            x1[j] = select(0.0, activations[x_base1 + k], in_row);
-            x2[j] = select(0.0, activations[x_base2 + k], in_row);
-            x3[j] = select(0.0, activations[x_base3 + k], in_row);
+            x0[j] = select(0.0, f32(activations[x_base0 + k]), in_row);
+            x1[j] = select(0.0, f32(activations[x_base1 + k]), in_row);
+            x2[j] = select(0.0, f32(activations[x_base2 + k]), in_row);
+            x3[j] = select(0.0, f32(activations[x_base3 + k]), in_row);
         }
         {
             let w0_k = subgroupBroadcast(w0, 0u);
@@ -349,12 +353,12 @@ fn store4(row: u32, col0: u32, value: vec4<f32>) {
         if (col0 + c < params.cols) {
             var v = value[c];
             if (ADD_RESIDUAL) {
-                v = v + residual[base + c];
+                v = v + f32(residual[base + c]);
             }
             if (APPLY_RELU) {
                 v = max(v, 0.0);
             }
-            output[base + c] = v;
+            output[base + c] = Scalar(v);
         }
     }
 }

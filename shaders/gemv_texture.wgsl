@@ -22,6 +22,10 @@
 // 512 x 512 matrix-vector product. The activations of one row are the same for every invocation,
 // so each invocation loads one of every 8 and subgroupBroadcast shares them.
 
+// The storage type of activations and weights: f32, or f16 for f16 models (the host then
+// specialises this line and adds `enable f16;`). Arithmetic is always f32.
+alias Scalar = f32;
+
 struct GemvParams {
     rows: u32,
     cols: u32,
@@ -30,11 +34,11 @@ struct GemvParams {
 }
 
 @group(0) @binding(0) var<uniform> params: GemvParams;
-@group(0) @binding(1) var<storage, read> activations: array<f32>;
+@group(0) @binding(1) var<storage, read> activations: array<Scalar>;
 @group(0) @binding(2) var weights: texture_2d_array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read> residual: array<f32>;
-@group(0) @binding(5) var<storage, read_write> output: array<f32>;
+@group(0) @binding(4) var<storage, read> residual: array<Scalar>;
+@group(0) @binding(5) var<storage, read_write> output: array<Scalar>;
 
 override APPLY_RELU: bool = false;
 override ADD_RESIDUAL: bool = false;
@@ -71,14 +75,14 @@ fn gemv(
         let k = k0 + chunk_lane;
         let in_row = k < inner;
         let k_clamped = min(k, inner - 1u);
-        let x0 = select(0.0, activations[x_base0 + k_clamped], in_row);
+        let x0 = select(0.0, f32(activations[x_base0 + k_clamped]), in_row);
         var x1 = 0.0;
         var x2 = 0.0;
         var x3 = 0.0;
         if (GEMV_ROWS > 1u) {
-            x1 = select(0.0, activations[x_base1 + k_clamped], in_row);
-            x2 = select(0.0, activations[x_base2 + k_clamped], in_row);
-            x3 = select(0.0, activations[x_base3 + k_clamped], in_row);
+            x1 = select(0.0, f32(activations[x_base1 + k_clamped]), in_row);
+            x2 = select(0.0, f32(activations[x_base2 + k_clamped]), in_row);
+            x3 = select(0.0, f32(activations[x_base3 + k_clamped]), in_row);
         }
         {
             let w = textureLoad(weights, vec2<u32>(texel, k0 + 0u), layer, 0);
@@ -178,12 +182,12 @@ fn store4(row: u32, col0: u32, value: vec4<f32>) {
         if (col0 + c < params.cols) {
             var v = value[c];
             if (ADD_RESIDUAL) {
-                v = v + residual[base + c];
+                v = v + f32(residual[base + c]);
             }
             if (APPLY_RELU) {
                 v = max(v, 0.0);
             }
-            output[base + c] = v;
+            output[base + c] = Scalar(v);
         }
     }
 }

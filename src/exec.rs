@@ -20,6 +20,7 @@ use crate::kernels::elementwise::{ElementwiseOperands, PreparedElementwise};
 use crate::kernels::gemm::{GemmOperands, GemmVariant, LinearWeights, PreparedGemm};
 use crate::kernels::gemv::{self, GEMV_MAX_BATCH, GemvOperands, PreparedGemv, TextureWeights};
 use crate::plan::{ElementwiseOp, Plan, StepKind, Storage, ValueId};
+use crate::precision::Precision;
 
 /// How to compile a model.
 #[derive(Clone, Debug)]
@@ -33,6 +34,8 @@ pub struct CompileOptions {
     /// Use the texture GEMV for layers of models compiled for at most
     /// [`GEMV_MAX_BATCH`] rows, where the device supports it.
     pub small_batch_kernel: bool,
+    /// How weights and activations are stored; f16 needs the device feature `SHADER_F16`.
+    pub precision: Precision,
 }
 
 impl CompileOptions {
@@ -43,6 +46,7 @@ impl CompileOptions {
             gpu_timestamps: false,
             gemm_variant: None,
             small_batch_kernel: true,
+            precision: Precision::F32,
         }
     }
 }
@@ -131,6 +135,7 @@ pub struct CompiledModel {
     readback: wgpu::Buffer,
     timestamps: Option<TimestampQueries>,
     run_lock: futures_intrusive::sync::Mutex<RunState>,
+    precision: Precision,
 }
 
 impl CompiledModel {
@@ -145,6 +150,8 @@ impl CompiledModel {
         if max_batch == 0 {
             return Err(Error::zero_sized("compiled model", "max_batch"));
         }
+        let precision = options.precision;
+        precision.check_supported(context.features(), &context.adapter_info().name)?;
         let plan = Plan::new(graph)?;
         let variant = options
             .gemm_variant
@@ -160,25 +167,36 @@ impl CompiledModel {
             .iter()
             .map(|params| {
                 let (out, inp) = (params.out_features(), params.in_features());
+                let (weight, bias) = (params.weight(), params.bias());
                 if small_batch && TextureWeights::fits(&context, out, inp) {
-                    TextureWeights::upload(&context, out, inp, params.weight(), params.bias())
-                        .map(LayerWeights::Texture)
+                    TextureWeights::upload_with_precision(
+                        &context, out, inp, weight, bias, precision,
+                    )
+                    .map(LayerWeights::Texture)
                 } else {
-                    LinearWeights::upload(&context, out, inp, params.weight(), params.bias())
-                        .map(LayerWeights::Blocked)
+                    LinearWeights::upload_with_precision(
+                        &context, out, inp, weight, bias, precision,
+                    )
+                    .map(LayerWeights::Blocked)
                 }
             })
             .collect::<Result<Vec<_>>>()?;
         let weight_bytes = layers.iter().map(LayerWeights::device_bytes).sum();
 
         let input_width = graph.input_width();
-        let input = DeviceMatrix::new(&context, "model input", max_batch, input_width)?;
+        let input = DeviceMatrix::new_with_precision(
+            &context,
+            "model input",
+            max_batch,
+            input_width,
+            precision,
+        )?;
         let slots = plan
             .slot_widths
             .iter()
             .enumerate()
             .map(|(index, &width)| {
-                let bytes = (max_batch as u64) * (width as u64) * size_of::<f32>() as u64;
+                let bytes = (max_batch as u64) * (width as u64) * precision.element_bytes();
                 buffers::create_storage_buffer(
                     &context,
                     &format!("activation slot {index} ({max_batch}x{width})"),
@@ -193,7 +211,7 @@ impl CompiledModel {
                 Storage::Input => input.buffer().clone(),
                 Storage::Slot(slot) => slots[slot].clone(),
             };
-            DeviceMatrix::from_buffer(buffer, max_batch, width)
+            DeviceMatrix::from_buffer_with_precision(buffer, max_batch, width, precision)
         };
 
         let mut steps = Vec::with_capacity(plan.steps.len());
@@ -252,7 +270,8 @@ impl CompiledModel {
         }
         let output_width = graph.output_width();
         let output_buffer = matrix(plan.output)?.buffer().clone();
-        let readback_bytes = (max_batch * output_width * size_of::<f32>()) as u64;
+        let readback_bytes = (max_batch as u64 * output_width as u64 * precision.element_bytes())
+            .next_multiple_of(4);
         let readback = context.scoped("creating the model's readback buffer", || {
             context.device().create_buffer(&wgpu::BufferDescriptor {
                 label: Some("model readback"),
@@ -308,6 +327,7 @@ impl CompiledModel {
                 },
                 true,
             ),
+            precision,
         })
     }
 
@@ -362,8 +382,10 @@ impl CompiledModel {
     }
 
     /// Records the inference into a host application's encoder: `input` (`batch × input_width`
-    /// f32, `COPY_SRC`) is copied in, every step is recorded in one compute pass, and the result
-    /// is copied to `output` (`batch × output_width` f32, `COPY_DST`), which stays on the GPU.
+    /// values in the model's precision, `COPY_SRC`) is copied in, every step is recorded in one
+    /// compute pass, and the result is copied to `output` (`batch × output_width` values,
+    /// `COPY_DST`), which stays on the GPU. Copies are whole multiples of 4 bytes: for an f16 model
+    /// with an odd `batch × width`, the buffers must hold one value more.
     ///
     /// The batch's parameters are written to the queue now and apply to command buffers submitted
     /// afterwards: submit one batch size per submission, and do not interleave with [`Self::run`]
@@ -376,8 +398,8 @@ impl CompiledModel {
         batch: usize,
     ) -> Result<()> {
         self.check_batch(batch)?;
-        let input_bytes = (batch * self.input_width * size_of::<f32>()) as u64;
-        let output_bytes = (batch * self.output_width * size_of::<f32>()) as u64;
+        let input_bytes = self.bytes_of(batch * self.input_width);
+        let output_bytes = self.bytes_of(batch * self.output_width);
         if input.size() < input_bytes || !input.usage().contains(wgpu::BufferUsages::COPY_SRC) {
             return Err(Error::shape_mismatch(
                 "encoded model input",
@@ -433,12 +455,18 @@ impl CompiledModel {
 
     /// Bytes of the activation slots (the input buffer not counted).
     pub fn activation_bytes(&self) -> u64 {
-        self.plan.activation_bytes(self.max_batch)
+        self.plan
+            .activation_bytes(self.max_batch, self.precision.element_bytes())
     }
 
     /// Bytes of the uploaded weights and biases, in the kernels' padded layout.
     pub fn weight_bytes(&self) -> u64 {
         self.weight_bytes
+    }
+
+    /// How weights and activations are stored.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Whether runs measure GPU time.
@@ -449,6 +477,12 @@ impl CompiledModel {
     /// The context the model runs on.
     pub fn context(&self) -> &Arc<GpuContext> {
         &self.context
+    }
+
+    /// Bytes of `values` values in the model's precision, rounded up to whole 4-byte words (the
+    /// granularity of buffer copies and writes).
+    fn bytes_of(&self, values: usize) -> u64 {
+        (values as u64 * self.precision.element_bytes()).next_multiple_of(4)
     }
 
     fn check_batch(&self, batch: usize) -> Result<()> {
@@ -518,11 +552,13 @@ impl CompiledModel {
     /// Writes the input, records and submits one command buffer; returns the encode time.
     fn submit_run(&self, state: &mut RunState, input: &[f32], batch: usize) -> Result<Duration> {
         self.prepare_rows(state, batch)?;
-        let output_bytes = (batch * self.output_width * size_of::<f32>()) as u64;
+        let output_bytes = self.bytes_of(batch * self.output_width);
+        let mut input_bytes = self.precision.encode(input);
+        input_bytes.resize(input_bytes.len().next_multiple_of(4), 0);
         self.context.scoped("running the model", || {
             self.context
                 .queue()
-                .write_buffer(self.input.buffer(), 0, bytemuck::cast_slice(input));
+                .write_buffer(self.input.buffer(), 0, &input_bytes);
             let started = Instant::now();
             let mut encoder =
                 self.context
@@ -608,7 +644,9 @@ impl CompiledModel {
                 .map_err(|error| Error::Readback {
                     reason: error.to_string(),
                 })?;
-            bytemuck::cast_slice::<u8, f32>(&view)[..len].to_vec()
+            let mut values = self.precision.decode(&view[..self.bytes_of(len) as usize]);
+            values.truncate(len);
+            values
         };
         let gpu = match &self.timestamps {
             Some(queries) => {

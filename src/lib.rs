@@ -32,6 +32,7 @@ pub mod graph;
 pub mod kernels;
 pub mod model;
 pub mod plan;
+pub mod precision;
 pub mod reference;
 
 pub use error::{Error, Result};

@@ -110,3 +110,72 @@ fn bench_rejects_a_zero_batch_with_one_line() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn bench_in_f16_passes_its_check_and_is_refused_without_shader_f16() {
+    let output = resgraph(&[
+        "bench",
+        "--width",
+        "48",
+        "--depth",
+        "3",
+        "--batch",
+        "5",
+        "--iters",
+        "2",
+        "--precision",
+        "f16",
+        "--check",
+        "--json",
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON");
+    assert_eq!(report["precision"], "f16");
+    let error = report["max_rel_err"].as_f64().expect("max_rel_err");
+    assert!(error <= 1e-2 && error > 0.0, "f16 error {error}");
+
+    // llvmpipe's GL has no shader-f16: f16 is a clear error, auto falls back to f32.
+    let output = resgraph(&[
+        "bench",
+        "--backend",
+        "gl",
+        "--width",
+        "8",
+        "--depth",
+        "1",
+        "--batch",
+        "1",
+        "--iters",
+        "1",
+        "--precision",
+        "f16",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("SHADER_F16"), "{stderr}");
+    let output = resgraph(&[
+        "bench",
+        "--backend",
+        "gl",
+        "--width",
+        "8",
+        "--depth",
+        "1",
+        "--batch",
+        "1",
+        "--iters",
+        "1",
+        "--precision",
+        "auto",
+        "--json",
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON");
+    assert_eq!(report["precision"], "f32");
+}

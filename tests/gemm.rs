@@ -228,7 +228,7 @@ fn pipelines_are_built_once_and_then_reused() {
     let context = common::primary_context();
     for variant in variants(context) {
         for epilogue in Epilogue::ALL {
-            let key = kernel_key(variant, epilogue);
+            let key = kernel_key(variant, epilogue, resgraph::precision::Precision::F32);
             let first = context
                 .pipelines()
                 .get_or_create(context, variant.kernel(), &key)

@@ -119,7 +119,10 @@ fn at_most_two_dispatches_per_block_with_stem_and_head() {
 fn activation_memory_is_flat_in_depth() {
     let shallow = Plan::new(&mlp(MlpShape::square(32, 4), 1.0, 3).expect("graph")).expect("plan");
     let deep = Plan::new(&mlp(MlpShape::square(32, 64), 1.0, 3).expect("graph")).expect("plan");
-    assert_eq!(shallow.activation_bytes(100), deep.activation_bytes(100));
+    assert_eq!(
+        shallow.activation_bytes(100, 4),
+        deep.activation_bytes(100, 4)
+    );
     assert_eq!(
         deep.slot_widths.len(),
         3,

@@ -58,23 +58,41 @@ fn override_combinations(module: &naga::Module) -> Vec<PipelineConstants> {
 fn every_shader_validates_and_translates_to_every_backend_language() {
     let mut translated = 0;
     for path in shader_files() {
-        let name = path.display().to_string();
-        let source = std::fs::read_to_string(&path).expect("read shader");
-        let module = naga::front::wgsl::parse_str(&source)
-            .unwrap_or_else(|error| panic!("{name}: {}", error.emit_to_string(&source)));
-        let info = validate(&module);
-        for entry in &module.entry_points {
-            for constants in override_combinations(&module) {
-                let (resolved, resolved_info) = naga::back::pipeline_constants::process_overrides(
-                    &module,
-                    &info,
-                    Some((entry.stage, &entry.name)),
-                    &constants,
-                )
-                .unwrap_or_else(|error| panic!("{name}: overrides {constants:?}: {error}"));
-                let context = format!("{name} entry {} overrides {constants:?}", entry.name);
-                translate_all(&resolved, &resolved_info, entry, &context);
-                translated += 1;
+        let original = std::fs::read_to_string(&path).expect("read shader");
+        // Every shader also runs with f16 storage: translate that form too.
+        for (precision, source) in [
+            ("f32", original.clone()),
+            (
+                "f16",
+                resgraph::gpu::pipelines::specialize_source(&original),
+            ),
+        ] {
+            let name = format!("{} ({precision})", path.display());
+            let module = naga::front::wgsl::parse_str(&source)
+                .unwrap_or_else(|error| panic!("{name}: {}", error.emit_to_string(&source)));
+            let info = validate(&module);
+            for entry in &module.entry_points {
+                for constants in override_combinations(&module) {
+                    let (resolved, resolved_info) =
+                        naga::back::pipeline_constants::process_overrides(
+                            &module,
+                            &info,
+                            Some((entry.stage, &entry.name)),
+                            &constants,
+                        )
+                        .unwrap_or_else(|error| panic!("{name}: overrides {constants:?}: {error}"));
+                    let context = format!("{name} entry {} overrides {constants:?}", entry.name);
+                    // wgpu's GL backend has no f16 (SHADER_F16 is never offered there), so the f16
+                    // forms are translated for Vulkan, Metal and DX12 only.
+                    translate_all(
+                        &resolved,
+                        &resolved_info,
+                        entry,
+                        &context,
+                        precision == "f32",
+                    );
+                    translated += 1;
+                }
             }
         }
     }
@@ -86,6 +104,7 @@ fn translate_all(
     info: &ModuleInfo,
     entry: &naga::EntryPoint,
     context: &str,
+    glsl_too: bool,
 ) {
     let spirv = naga::back::spv::write_vec(
         module,
@@ -113,7 +132,8 @@ fn translate_all(
 
     let mut hlsl = String::new();
     let hlsl_options = naga::back::hlsl::Options {
-        shader_model: naga::back::hlsl::ShaderModel::V6_0,
+        // 6.2 is the first shader model with 16-bit types.
+        shader_model: naga::back::hlsl::ShaderModel::V6_2,
         ..Default::default()
     };
     let hlsl_pipeline = naga::back::hlsl::PipelineOptions {
@@ -127,6 +147,9 @@ fn translate_all(
         "{context}: HLSL has no entry point"
     );
 
+    if !glsl_too {
+        return;
+    }
     let mut glsl = String::new();
     let glsl_options = naga::back::glsl::Options {
         version: naga::back::glsl::Version::new_gles(310),

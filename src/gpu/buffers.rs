@@ -3,6 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::context::GpuContext;
+use crate::precision::Precision;
 
 /// The usages of a buffer that kernels bind as storage and the host may fill or read.
 pub const STORAGE_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
@@ -68,7 +69,12 @@ pub fn upload_storage_buffer(
 
 /// Copies the first `len` f32 values of `buffer` back to the host and waits for them.
 pub fn read_f32(context: &GpuContext, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
-    let bytes = (len * size_of::<f32>()) as u64;
+    let bytes = read_bytes(context, buffer, (len * size_of::<f32>()) as u64)?;
+    Ok(Precision::F32.decode(&bytes))
+}
+
+/// Copies the first `bytes` bytes (a multiple of 4) of `buffer` back to the host and waits.
+pub fn read_bytes(context: &GpuContext, buffer: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
     let staging = context.scoped("creating a readback buffer", || {
         context.device().create_buffer(&wgpu::BufferDescriptor {
             label: Some("resgraph readback"),
@@ -87,17 +93,16 @@ pub fn read_f32(context: &GpuContext, buffer: &wgpu::Buffer, len: usize) -> Resu
         encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, bytes);
         context.queue().submit([encoder.finish()]);
     })?;
-    map_and_read_f32(context, &staging, len)
+    map_and_read_bytes(context, &staging, bytes)
 }
 
-/// Maps a `MAP_READ` buffer whose copy has been submitted, waits, and returns its first `len`
-/// f32 values. The buffer is unmapped again before returning.
-pub fn map_and_read_f32(
+/// Maps a `MAP_READ` buffer whose copy has been submitted, waits, and returns its first `bytes`
+/// bytes. The buffer is unmapped again before returning.
+pub fn map_and_read_bytes(
     context: &GpuContext,
     staging: &wgpu::Buffer,
-    len: usize,
-) -> Result<Vec<f32>> {
-    let bytes = (len * size_of::<f32>()) as u64;
+    bytes: u64,
+) -> Result<Vec<u8>> {
     let slice = staging.slice(..bytes.max(4));
     let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
     slice.map_async(wgpu::MapMode::Read, move |result| {
@@ -122,23 +127,36 @@ pub fn map_and_read_f32(
         let view = slice.get_mapped_range().map_err(|error| Error::Readback {
             reason: error.to_string(),
         })?;
-        bytemuck::cast_slice::<u8, f32>(&view[..bytes as usize]).to_vec()
+        view[..bytes as usize].to_vec()
     };
     staging.unmap();
     Ok(values)
 }
 
-/// A row-major matrix of f32 values in a device storage buffer.
+/// A row-major matrix in a device storage buffer, stored as f32 or f16.
 #[derive(Debug)]
 pub struct DeviceMatrix {
     buffer: wgpu::Buffer,
     rows: usize,
     cols: usize,
+    precision: Precision,
 }
 
 impl DeviceMatrix {
-    /// Allocates an uninitialised `rows` × `cols` matrix (checked against the device's limits).
+    /// Allocates an uninitialised `rows` × `cols` f32 matrix (checked against the device's
+    /// limits).
     pub fn new(context: &GpuContext, label: &str, rows: usize, cols: usize) -> Result<Self> {
+        Self::new_with_precision(context, label, rows, cols, Precision::F32)
+    }
+
+    /// Allocates an uninitialised `rows` × `cols` matrix stored in `precision`.
+    pub fn new_with_precision(
+        context: &GpuContext,
+        label: &str,
+        rows: usize,
+        cols: usize,
+        precision: Precision,
+    ) -> Result<Self> {
         if rows == 0 {
             return Err(Error::zero_sized(label, "rows"));
         }
@@ -147,14 +165,29 @@ impl DeviceMatrix {
         }
         let bytes = (rows as u64)
             .saturating_mul(cols as u64)
-            .saturating_mul(size_of::<f32>() as u64);
+            .saturating_mul(precision.element_bytes());
         let buffer = create_storage_buffer(context, label, bytes, STORAGE_USAGE)?;
-        Ok(DeviceMatrix { buffer, rows, cols })
+        Ok(DeviceMatrix {
+            buffer,
+            rows,
+            cols,
+            precision,
+        })
     }
 
-    /// Views an existing storage buffer as a `rows` × `cols` matrix in its first
+    /// Views an existing storage buffer as a `rows` × `cols` f32 matrix in its first
     /// `rows * cols * 4` bytes. The buffer must be that large and have storage usage.
     pub fn from_buffer(buffer: wgpu::Buffer, rows: usize, cols: usize) -> Result<Self> {
+        Self::from_buffer_with_precision(buffer, rows, cols, Precision::F32)
+    }
+
+    /// As [`Self::from_buffer`], for a matrix stored in `precision`.
+    pub fn from_buffer_with_precision(
+        buffer: wgpu::Buffer,
+        rows: usize,
+        cols: usize,
+        precision: Precision,
+    ) -> Result<Self> {
         if rows == 0 {
             return Err(Error::zero_sized("matrix view", "rows"));
         }
@@ -163,11 +196,11 @@ impl DeviceMatrix {
         }
         let needed = (rows as u64)
             .saturating_mul(cols as u64)
-            .saturating_mul(size_of::<f32>() as u64);
+            .saturating_mul(precision.element_bytes());
         if buffer.size() < needed {
             return Err(Error::shape_mismatch(
                 "matrix view",
-                format!("a buffer of at least {needed} bytes ({rows}x{cols} f32)"),
+                format!("a buffer of at least {needed} bytes ({rows}x{cols} {precision})"),
                 format!("{} bytes", buffer.size()),
             ));
         }
@@ -178,7 +211,12 @@ impl DeviceMatrix {
                 format!("usage {:?}", buffer.usage()),
             ));
         }
-        Ok(DeviceMatrix { buffer, rows, cols })
+        Ok(DeviceMatrix {
+            buffer,
+            rows,
+            cols,
+            precision,
+        })
     }
 
     /// Allocates a `rows` × `cols` matrix holding `data` (row-major).
@@ -194,7 +232,8 @@ impl DeviceMatrix {
         Ok(matrix)
     }
 
-    /// Overwrites the whole matrix with `data` (row-major, `rows * cols` values).
+    /// Overwrites the whole matrix with `data` (row-major, `rows * cols` values), converted to the
+    /// matrix's precision.
     pub fn write(&self, context: &GpuContext, data: &[f32]) -> Result<()> {
         if data.len() != self.len() {
             return Err(Error::shape_mismatch(
@@ -203,10 +242,11 @@ impl DeviceMatrix {
                 format!("{} values", data.len()),
             ));
         }
+        let mut bytes = self.precision.encode(data);
+        // Buffer writes go in multiples of 4 bytes; the buffer is allocated rounded up to that.
+        bytes.resize(bytes.len().next_multiple_of(4), 0);
         context.scoped("uploading a matrix", || {
-            context
-                .queue()
-                .write_buffer(&self.buffer, 0, bytemuck::cast_slice(data));
+            context.queue().write_buffer(&self.buffer, 0, &bytes);
         })
     }
 
@@ -215,9 +255,19 @@ impl DeviceMatrix {
         self.write(context, &vec![value; self.len()])
     }
 
-    /// Copies the matrix back to the host.
+    /// Copies the matrix back to the host (as f32 whatever it is stored as).
     pub fn read(&self, context: &GpuContext) -> Result<Vec<f32>> {
-        read_f32(context, &self.buffer, self.len())
+        let bytes = self.len() as u64 * self.precision.element_bytes();
+        // Copies must be a multiple of 4 bytes; an odd-length f16 matrix reads one pad element.
+        let bytes_read = read_bytes(context, &self.buffer, bytes.next_multiple_of(4))?;
+        let mut values = self.precision.decode(&bytes_read);
+        values.truncate(self.len());
+        Ok(values)
+    }
+
+    /// How the matrix is stored.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// The number of rows.

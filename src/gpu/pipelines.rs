@@ -34,6 +34,45 @@ pub struct KernelSource {
     pub bindings: &'static [BindingKind],
 }
 
+/// The line every shader declares its storage type with; [`specialize`] rewrites it.
+pub const STORAGE_ALIAS_F32: &str = "alias Scalar = f32;";
+
+/// `kernel` with its storage type set to `precision`: the shader itself for f32; for f16 a
+/// variant named `{name}.f16` whose `Scalar` alias is `f16`, with `enable f16;` added. Variants
+/// are generated once per process and kept, so that sources stay `&'static`.
+pub fn specialize(kernel: &KernelSource, precision: crate::precision::Precision) -> KernelSource {
+    use crate::precision::Precision;
+    static VARIANTS: Mutex<Option<HashMap<&'static str, (&'static str, &'static str)>>> =
+        Mutex::new(None);
+    if precision == Precision::F32 {
+        return *kernel;
+    }
+    let mut variants = VARIANTS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let (name, wgsl) = *variants
+        .get_or_insert_with(HashMap::new)
+        .entry(kernel.name)
+        .or_insert_with(|| {
+            let name: &'static str = Box::leak(format!("{}.f16", kernel.name).into_boxed_str());
+            let wgsl: &'static str = Box::leak(specialize_source(kernel.wgsl).into_boxed_str());
+            (name, wgsl)
+        });
+    KernelSource {
+        name,
+        wgsl,
+        ..*kernel
+    }
+}
+
+/// The f16 form of a shader's source: `enable f16;` first, and the `Scalar` alias set to f16.
+pub fn specialize_source(wgsl: &str) -> String {
+    format!(
+        "enable f16;\n{}",
+        wgsl.replace(STORAGE_ALIAS_F32, "alias Scalar = f16;")
+    )
+}
+
 /// Identifies one compute pipeline: a shader, its entry point and the values of its WGSL
 /// `override` constants (booleans as 0 or 1).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::gpu::buffers::DeviceMatrix;
 use crate::gpu::context::GpuContext;
-use crate::gpu::pipelines::{BindingKind, CachedPipeline, KernelKey, KernelSource};
+use crate::gpu::pipelines::{BindingKind, CachedPipeline, KernelKey, KernelSource, specialize};
 
 /// The elementwise shader and its binding table.
 pub const ELEMENTWISE_KERNEL: KernelSource = KernelSource {
@@ -83,18 +83,30 @@ impl PreparedElementwise {
                 "an operand's buffer",
             ));
         }
+        let precision = operands.left.precision();
+        let mixed = [operands.right, Some(operands.output)]
+            .into_iter()
+            .flatten()
+            .any(|matrix| matrix.precision() != precision);
+        if mixed {
+            return Err(Error::shape_mismatch(
+                "elementwise operands",
+                format!("every matrix stored in {precision}"),
+                "matrices of another precision",
+            ));
+        }
+        precision.check_supported(context.features(), &context.adapter_info().name)?;
+        let kernel = specialize(&ELEMENTWISE_KERNEL, precision);
         let max_groups_x = context.limits().max_compute_workgroups_per_dimension;
         let key = KernelKey {
-            shader: ELEMENTWISE_KERNEL.name,
-            entry_point: ELEMENTWISE_KERNEL.entry_point,
+            shader: kernel.name,
+            entry_point: kernel.entry_point,
             constants: vec![
                 ("ADD_RIGHT", u32::from(operands.right.is_some())),
                 ("APPLY_RELU", u32::from(operands.relu)),
             ],
         };
-        let pipeline = context
-            .pipelines()
-            .get_or_create(context, &ELEMENTWISE_KERNEL, &key)?;
+        let pipeline = context.pipelines().get_or_create(context, &kernel, &key)?;
         let right = operands
             .right
             .map_or(context.placeholder_storage(), DeviceMatrix::buffer);

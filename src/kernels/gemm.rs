@@ -11,7 +11,8 @@ use crate::epilogue::{Activation, Epilogue};
 use crate::error::{Error, Result};
 use crate::gpu::buffers::{self, DeviceMatrix};
 use crate::gpu::context::GpuContext;
-use crate::gpu::pipelines::{BindingKind, CachedPipeline, KernelKey, KernelSource};
+use crate::gpu::pipelines::{BindingKind, CachedPipeline, KernelKey, KernelSource, specialize};
+use crate::precision::Precision;
 
 /// The bindings both GEMM variants declare, in binding order.
 const GEMM_BINDINGS: &[BindingKind] = &[
@@ -104,9 +105,9 @@ struct GemmParams {
     inner_padded: u32,
 }
 
-/// The pipeline key of one variant and epilogue.
-pub fn kernel_key(variant: GemmVariant, epilogue: Epilogue) -> KernelKey {
-    let kernel = variant.kernel();
+/// The pipeline key of one variant, epilogue and storage precision.
+pub fn kernel_key(variant: GemmVariant, epilogue: Epilogue, precision: Precision) -> KernelKey {
+    let kernel = specialize(variant.kernel(), precision);
     KernelKey {
         shader: kernel.name,
         entry_point: kernel.entry_point,
@@ -142,10 +143,10 @@ pub fn weights_to_kernel_layout(
 }
 
 /// Bytes of the kernel-layout weights of an `out_features` × `in_features` layer.
-pub fn kernel_layout_bytes(out_features: usize, in_features: usize) -> u64 {
+pub fn kernel_layout_bytes(out_features: usize, in_features: usize, precision: Precision) -> u64 {
     (out_features.div_ceil(COLUMN_BLOCK) * COLUMN_BLOCK) as u64
         * in_features.next_multiple_of(INNER_CHUNK) as u64
-        * size_of::<f32>() as u64
+        * precision.element_bytes()
 }
 
 /// A linear layer's weight and bias on the device, in the GEMM kernel's layout.
@@ -155,17 +156,37 @@ pub struct LinearWeights {
     bias: wgpu::Buffer,
     in_features: usize,
     out_features: usize,
+    precision: Precision,
 }
 
 impl LinearWeights {
     /// Uploads a linear layer given as PyTorch stores it: `weight` row-major
-    /// `[out_features, in_features]`, `bias` `[out_features]` (zeros when `None`).
+    /// `[out_features, in_features]`, `bias` `[out_features]` (zeros when `None`), in f32.
     pub fn upload(
         context: &GpuContext,
         out_features: usize,
         in_features: usize,
         weight: &[f32],
         bias: Option<&[f32]>,
+    ) -> Result<Self> {
+        Self::upload_with_precision(
+            context,
+            out_features,
+            in_features,
+            weight,
+            bias,
+            Precision::F32,
+        )
+    }
+
+    /// As [`Self::upload`], with the weights stored in `precision` (the bias stays f32).
+    pub fn upload_with_precision(
+        context: &GpuContext,
+        out_features: usize,
+        in_features: usize,
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        precision: Precision,
     ) -> Result<Self> {
         let what = format!("linear layer {out_features}x{in_features}");
         if out_features == 0 {
@@ -195,7 +216,8 @@ impl LinearWeights {
         }
         // Check before converting, so that a layer too large for the device fails fast and
         // without a large host allocation.
-        let weight_bytes = kernel_layout_bytes(out_features, in_features);
+        precision.check_supported(context.features(), &context.adapter_info().name)?;
+        let weight_bytes = kernel_layout_bytes(out_features, in_features, precision);
         buffers::check_storage_size(context, &format!("{what} weights"), weight_bytes)?;
 
         let converted = weights_to_kernel_layout(weight, out_features, in_features);
@@ -206,7 +228,7 @@ impl LinearWeights {
         let weights = buffers::upload_storage_buffer(
             context,
             &format!("{what} weights"),
-            bytemuck::cast_slice(&converted),
+            &precision.encode(&converted),
         )?;
         let bias = buffers::upload_storage_buffer(
             context,
@@ -218,6 +240,7 @@ impl LinearWeights {
             bias,
             in_features,
             out_features,
+            precision,
         })
     }
 
@@ -229,6 +252,11 @@ impl LinearWeights {
     /// The output width N.
     pub fn out_features(&self) -> usize {
         self.out_features
+    }
+
+    /// How the weights are stored.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Bytes the layer occupies on the device (weights and bias, padded).
@@ -305,6 +333,18 @@ impl GemmOperands<'_> {
                 "the input's buffer",
             ));
         }
+        let precision = self.weights.precision();
+        let mixed = [Some(self.input), self.residual, Some(self.output)]
+            .into_iter()
+            .flatten()
+            .any(|matrix| matrix.precision() != precision);
+        if mixed {
+            return Err(Error::shape_mismatch(
+                "gemm operands",
+                format!("every matrix stored in {precision}, like the weights"),
+                "matrices of another precision",
+            ));
+        }
         Ok(())
     }
 }
@@ -357,10 +397,11 @@ impl PreparedGemm {
             inner: to_u32("gemm inner dimension", k)?,
             inner_padded: to_u32("gemm inner dimension", k.next_multiple_of(INNER_CHUNK))?,
         };
+        let precision = operands.weights.precision();
         let pipeline = context.pipelines().get_or_create(
             context,
-            variant.kernel(),
-            &kernel_key(variant, operands.epilogue()),
+            &specialize(variant.kernel(), precision),
+            &kernel_key(variant, operands.epilogue(), precision),
         )?;
         let residual = operands
             .residual

@@ -11,8 +11,9 @@ use crate::epilogue::{Activation, Epilogue};
 use crate::error::{Error, Result};
 use crate::gpu::buffers::{self, DeviceMatrix};
 use crate::gpu::context::GpuContext;
-use crate::gpu::pipelines::{BindingKind, CachedPipeline, KernelKey, KernelSource};
+use crate::gpu::pipelines::{BindingKind, CachedPipeline, KernelKey, KernelSource, specialize};
 use crate::kernels::gemm::INNER_CHUNK;
+use crate::precision::Precision;
 
 /// The texture GEMV shader and its binding table.
 pub const GEMV_TEXTURE_KERNEL: KernelSource = KernelSource {
@@ -90,6 +91,7 @@ pub struct TextureWeights {
     bias: wgpu::Buffer,
     in_features: usize,
     out_features: usize,
+    precision: Precision,
 }
 
 impl TextureWeights {
@@ -100,7 +102,7 @@ impl TextureWeights {
             && texture_layers(out_features) <= limits.max_texture_array_layers as usize
     }
 
-    /// Uploads a layer given in PyTorch's layout (`weight` `[out, in]`, `bias` `[out]`).
+    /// Uploads a layer given in PyTorch's layout (`weight` `[out, in]`, `bias` `[out]`) in f32.
     pub fn upload(
         context: &GpuContext,
         out_features: usize,
@@ -108,6 +110,26 @@ impl TextureWeights {
         weight: &[f32],
         bias: Option<&[f32]>,
     ) -> Result<Self> {
+        Self::upload_with_precision(
+            context,
+            out_features,
+            in_features,
+            weight,
+            bias,
+            Precision::F32,
+        )
+    }
+
+    /// As [`Self::upload`], with the weights stored in `precision` (`rgba16float` for f16).
+    pub fn upload_with_precision(
+        context: &GpuContext,
+        out_features: usize,
+        in_features: usize,
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        precision: Precision,
+    ) -> Result<Self> {
+        precision.check_supported(context.features(), &context.adapter_info().name)?;
         let what = format!("linear layer {out_features}x{in_features}");
         if out_features == 0 || in_features == 0 {
             return Err(Error::zero_sized(
@@ -158,7 +180,10 @@ impl TextureWeights {
                 mip_level_count: 1,
                 sample_count: 1,
                 dimension: wgpu::TextureDimension::D2,
-                format: wgpu::TextureFormat::Rgba32Float,
+                format: match precision {
+                    Precision::F32 => wgpu::TextureFormat::Rgba32Float,
+                    Precision::F16 => wgpu::TextureFormat::Rgba16Float,
+                },
                 usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
                 view_formats: &[],
             });
@@ -169,10 +194,10 @@ impl TextureWeights {
                     origin: wgpu::Origin3d::ZERO,
                     aspect: wgpu::TextureAspect::All,
                 },
-                bytemuck::cast_slice(&texels),
+                &precision.encode(&texels),
                 wgpu::TexelCopyBufferLayout {
                     offset: 0,
-                    bytes_per_row: Some(LAYER_TEXELS as u32 * 16),
+                    bytes_per_row: Some(LAYER_TEXELS as u32 * 4 * precision.element_bytes() as u32),
                     rows_per_image: Some(inner_padded),
                 },
                 size,
@@ -198,6 +223,7 @@ impl TextureWeights {
             bias,
             in_features,
             out_features,
+            precision,
         })
     }
 
@@ -211,10 +237,19 @@ impl TextureWeights {
         self.out_features
     }
 
+    /// How the weights are stored.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
     /// Bytes on the device (texture and bias, padded).
     pub fn device_bytes(&self) -> u64 {
         let size = self.texture.size();
-        u64::from(size.width) * u64::from(size.height) * u64::from(size.depth_or_array_layers) * 16
+        u64::from(size.width)
+            * u64::from(size.height)
+            * u64::from(size.depth_or_array_layers)
+            * 4
+            * self.precision.element_bytes()
             + self.bias.size()
     }
 }
@@ -288,14 +323,31 @@ impl PreparedGemv {
                 "an operand's buffer",
             ));
         }
+        let precision = operands.weights.precision();
+        let mixed = [
+            Some(operands.input),
+            operands.residual,
+            Some(operands.output),
+        ]
+        .into_iter()
+        .flatten()
+        .any(|matrix| matrix.precision() != precision);
+        if mixed {
+            return Err(Error::shape_mismatch(
+                "gemv operands",
+                format!("every matrix stored in {precision}, like the weights"),
+                "matrices of another precision",
+            ));
+        }
+        let kernel = specialize(&GEMV_TEXTURE_KERNEL, precision);
         let rows_per_workgroup = if rows == 1 { 1 } else { GEMV_ROWS };
         let epilogue = Epilogue {
             activation: operands.activation,
             add_residual: operands.residual.is_some(),
         };
         let key = KernelKey {
-            shader: GEMV_TEXTURE_KERNEL.name,
-            entry_point: GEMV_TEXTURE_KERNEL.entry_point,
+            shader: kernel.name,
+            entry_point: kernel.entry_point,
             constants: vec![
                 ("ADD_RESIDUAL", u32::from(epilogue.add_residual)),
                 (
@@ -306,9 +358,7 @@ impl PreparedGemv {
                 ("WORKGROUP_SIZE", GEMV_WORKGROUP_SIZE),
             ],
         };
-        let pipeline = context
-            .pipelines()
-            .get_or_create(context, &GEMV_TEXTURE_KERNEL, &key)?;
+        let pipeline = context.pipelines().get_or_create(context, &kernel, &key)?;
         let params = GemvParams {
             rows: rows as u32,
             cols: n as u32,

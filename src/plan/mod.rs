@@ -127,11 +127,12 @@ impl Plan {
         self.steps.len()
     }
 
-    /// Activation bytes for a batch of `max_batch` rows (the slots; the input buffer not counted).
-    pub fn activation_bytes(&self, max_batch: usize) -> u64 {
+    /// Activation bytes for a batch of `max_batch` rows of `element_bytes` per value (the slots;
+    /// the input buffer not counted).
+    pub fn activation_bytes(&self, max_batch: usize, element_bytes: u64) -> u64 {
         self.slot_widths
             .iter()
-            .map(|&width| (width * max_batch * size_of::<f32>()) as u64)
+            .map(|&width| (width * max_batch) as u64 * element_bytes)
             .sum()
     }
 }
