@@ -34,6 +34,7 @@ pub mod model;
 pub mod plan;
 pub mod precision;
 pub mod reference;
+pub mod shape;
 
 pub use error::{Error, Result};
 

@@ -94,6 +94,43 @@ pub struct CachedPipeline {
     pub bind_group_layout: wgpu::BindGroupLayout,
 }
 
+impl CachedPipeline {
+    /// A bind group of this pipeline's group 0 with `resources` in binding order.
+    pub fn bind(
+        &self,
+        device: &wgpu::Device,
+        label: &str,
+        resources: &[wgpu::BindingResource<'_>],
+    ) -> wgpu::BindGroup {
+        let entries: Vec<wgpu::BindGroupEntry> = resources
+            .iter()
+            .enumerate()
+            .map(|(binding, resource)| wgpu::BindGroupEntry {
+                binding: binding as u32,
+                resource: resource.clone(),
+            })
+            .collect();
+        device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(label),
+            layout: &self.bind_group_layout,
+            entries: &entries,
+        })
+    }
+}
+
+/// A kernel's small uniform parameter block, holding `bytes` and rewritable (`COPY_DST`) when a
+/// run changes its row count. Call inside [`GpuContext::scoped`].
+pub fn create_params_buffer(context: &GpuContext, label: &str, bytes: &[u8]) -> wgpu::Buffer {
+    let buffer = context.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size: bytes.len() as u64,
+        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    context.queue().write_buffer(&buffer, 0, bytes);
+    buffer
+}
+
 /// Caches shader modules by shader name and pipelines by [`KernelKey`].
 #[derive(Default)]
 pub struct PipelineCache {

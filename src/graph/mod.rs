@@ -11,6 +11,7 @@ use std::sync::Arc;
 pub mod synthetic;
 
 use crate::error::{Error, Result};
+use crate::shape::check_linear_shape;
 
 /// Identifies a node in the graph being built.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -42,32 +43,12 @@ impl LinearParams {
         weight: Vec<f32>,
         bias: Option<Vec<f32>>,
     ) -> Result<Self> {
-        let what = format!("linear layer {out_features}x{in_features}");
-        if out_features == 0 {
-            return Err(Error::zero_sized(what, "out_features"));
-        }
-        if in_features == 0 {
-            return Err(Error::zero_sized(what, "in_features"));
-        }
-        let expected = out_features.checked_mul(in_features).ok_or_else(|| {
-            Error::shape_mismatch(&what, "a size that fits in memory", "an overflowing size")
-        })?;
-        if weight.len() != expected {
-            return Err(Error::shape_mismatch(
-                format!("{what} weight"),
-                format!("{expected} values ([{out_features}, {in_features}])"),
-                format!("{} values", weight.len()),
-            ));
-        }
-        if let Some(bias) = &bias
-            && bias.len() != out_features
-        {
-            return Err(Error::shape_mismatch(
-                format!("{what} bias"),
-                format!("{out_features} values"),
-                format!("{} values", bias.len()),
-            ));
-        }
+        check_linear_shape(
+            out_features,
+            in_features,
+            weight.len(),
+            bias.as_ref().map(Vec::len),
+        )?;
         Ok(LinearParams {
             weight: weight.into(),
             bias: bias.map(Into::into),

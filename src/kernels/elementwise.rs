@@ -6,7 +6,9 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::gpu::buffers::DeviceMatrix;
 use crate::gpu::context::GpuContext;
-use crate::gpu::pipelines::{BindingKind, CachedPipeline, KernelKey, KernelSource, specialize};
+use crate::gpu::pipelines::{
+    BindingKind, CachedPipeline, KernelKey, KernelSource, create_params_buffer, specialize,
+};
 
 /// The elementwise shader and its binding table.
 pub const ELEMENTWISE_KERNEL: KernelSource = KernelSource {
@@ -111,33 +113,24 @@ impl PreparedElementwise {
             .right
             .map_or(context.placeholder_storage(), DeviceMatrix::buffer);
         let (bind_group, params_buffer) = context.scoped("binding elementwise operands", || {
-            let params_buffer = context.device().create_buffer(&wgpu::BufferDescriptor {
-                label: Some("elementwise params"),
-                size: size_of::<ElementwiseParams>() as u64,
-                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            });
-            let buffers = [
-                &params_buffer,
-                operands.left.buffer(),
-                right,
-                operands.output.buffer(),
-            ];
-            let entries: Vec<wgpu::BindGroupEntry> = buffers
-                .iter()
-                .enumerate()
-                .map(|(binding, buffer)| wgpu::BindGroupEntry {
-                    binding: binding as u32,
-                    resource: buffer.as_entire_binding(),
-                })
-                .collect();
-            let bind_group = context
-                .device()
-                .create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: Some("elementwise operands"),
-                    layout: &pipeline.bind_group_layout,
-                    entries: &entries,
-                });
+            let empty = ElementwiseParams {
+                len: 0,
+                groups_x: 1,
+                unused0: 0,
+                unused1: 0,
+            };
+            let params_buffer =
+                create_params_buffer(context, "elementwise params", bytemuck::bytes_of(&empty));
+            let bind_group = pipeline.bind(
+                context.device(),
+                "elementwise operands",
+                &[
+                    params_buffer.as_entire_binding(),
+                    operands.left.buffer().as_entire_binding(),
+                    right.as_entire_binding(),
+                    operands.output.buffer().as_entire_binding(),
+                ],
+            );
             (bind_group, params_buffer)
         })?;
         let prepared = PreparedElementwise {

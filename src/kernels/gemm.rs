@@ -11,8 +11,11 @@ use crate::epilogue::{Activation, Epilogue};
 use crate::error::{Error, Result};
 use crate::gpu::buffers::{self, DeviceMatrix};
 use crate::gpu::context::GpuContext;
-use crate::gpu::pipelines::{BindingKind, CachedPipeline, KernelKey, KernelSource, specialize};
+use crate::gpu::pipelines::{
+    BindingKind, CachedPipeline, KernelKey, KernelSource, create_params_buffer, specialize,
+};
 use crate::precision::Precision;
+use crate::shape::check_linear_shape;
 
 /// The bindings both GEMM variants declare, in binding order.
 const GEMM_BINDINGS: &[BindingKind] = &[
@@ -188,32 +191,13 @@ impl LinearWeights {
         bias: Option<&[f32]>,
         precision: Precision,
     ) -> Result<Self> {
+        check_linear_shape(
+            out_features,
+            in_features,
+            weight.len(),
+            bias.map(<[f32]>::len),
+        )?;
         let what = format!("linear layer {out_features}x{in_features}");
-        if out_features == 0 {
-            return Err(Error::zero_sized(what, "out_features"));
-        }
-        if in_features == 0 {
-            return Err(Error::zero_sized(what, "in_features"));
-        }
-        let expected = out_features.checked_mul(in_features).ok_or_else(|| {
-            Error::shape_mismatch(&what, "a size that fits in memory", "an overflowing size")
-        })?;
-        if weight.len() != expected {
-            return Err(Error::shape_mismatch(
-                format!("{what} weight"),
-                format!("{expected} values ([{out_features}, {in_features}])"),
-                format!("{} values", weight.len()),
-            ));
-        }
-        if let Some(bias) = bias
-            && bias.len() != out_features
-        {
-            return Err(Error::shape_mismatch(
-                format!("{what} bias"),
-                format!("{out_features} values"),
-                format!("{} values", bias.len()),
-            ));
-        }
         // Check before converting, so that a layer too large for the device fails fast and
         // without a large host allocation.
         precision.check_supported(context.features(), &context.adapter_info().name)?;
@@ -407,38 +391,20 @@ impl PreparedGemm {
             .residual
             .map_or(context.placeholder_storage(), DeviceMatrix::buffer);
         let (bind_group, params_buffer) = context.scoped("binding the gemm operands", || {
-            let params_buffer = context.device().create_buffer(&wgpu::BufferDescriptor {
-                label: Some("gemm params"),
-                size: size_of::<GemmParams>() as u64,
-                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            });
-            context
-                .queue()
-                .write_buffer(&params_buffer, 0, bytemuck::bytes_of(&params));
-            let buffers = [
-                &params_buffer,
-                operands.input.buffer(),
-                &operands.weights.weights,
-                &operands.weights.bias,
-                residual,
-                operands.output.buffer(),
-            ];
-            let entries: Vec<wgpu::BindGroupEntry> = buffers
-                .iter()
-                .enumerate()
-                .map(|(binding, buffer)| wgpu::BindGroupEntry {
-                    binding: binding as u32,
-                    resource: buffer.as_entire_binding(),
-                })
-                .collect();
-            let bind_group = context
-                .device()
-                .create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: Some("gemm operands"),
-                    layout: &pipeline.bind_group_layout,
-                    entries: &entries,
-                });
+            let params_buffer =
+                create_params_buffer(context, "gemm params", bytemuck::bytes_of(&params));
+            let bind_group = pipeline.bind(
+                context.device(),
+                "gemm operands",
+                &[
+                    params_buffer.as_entire_binding(),
+                    operands.input.buffer().as_entire_binding(),
+                    operands.weights.weights.as_entire_binding(),
+                    operands.weights.bias.as_entire_binding(),
+                    residual.as_entire_binding(),
+                    operands.output.buffer().as_entire_binding(),
+                ],
+            );
             (bind_group, params_buffer)
         })?;
         Ok(PreparedGemm {

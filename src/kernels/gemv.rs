@@ -11,9 +11,12 @@ use crate::epilogue::{Activation, Epilogue};
 use crate::error::{Error, Result};
 use crate::gpu::buffers::{self, DeviceMatrix};
 use crate::gpu::context::GpuContext;
-use crate::gpu::pipelines::{BindingKind, CachedPipeline, KernelKey, KernelSource, specialize};
+use crate::gpu::pipelines::{
+    BindingKind, CachedPipeline, KernelKey, KernelSource, create_params_buffer, specialize,
+};
 use crate::kernels::gemm::INNER_CHUNK;
 use crate::precision::Precision;
+use crate::shape::check_linear_shape;
 
 /// The texture GEMV shader and its binding table.
 pub const GEMV_TEXTURE_KERNEL: KernelSource = KernelSource {
@@ -130,33 +133,13 @@ impl TextureWeights {
         precision: Precision,
     ) -> Result<Self> {
         precision.check_supported(context.features(), &context.adapter_info().name)?;
+        check_linear_shape(
+            out_features,
+            in_features,
+            weight.len(),
+            bias.map(<[f32]>::len),
+        )?;
         let what = format!("linear layer {out_features}x{in_features}");
-        if out_features == 0 || in_features == 0 {
-            return Err(Error::zero_sized(
-                what,
-                if out_features == 0 {
-                    "out_features"
-                } else {
-                    "in_features"
-                },
-            ));
-        }
-        if weight.len() != out_features * in_features
-            || bias.is_some_and(|bias| bias.len() != out_features)
-        {
-            return Err(Error::shape_mismatch(
-                format!("{what} parameters"),
-                format!(
-                    "{} weights and {out_features} biases",
-                    out_features * in_features
-                ),
-                format!(
-                    "{} weights and {:?} biases",
-                    weight.len(),
-                    bias.map(<[f32]>::len)
-                ),
-            ));
-        }
         if !Self::fits(context, out_features, in_features) {
             return Err(Error::BufferTooLarge {
                 what: format!("{what} weights as a texture"),
@@ -369,48 +352,20 @@ impl PreparedGemv {
             .residual
             .map_or(context.placeholder_storage(), DeviceMatrix::buffer);
         let (bind_group, params_buffer) = context.scoped("binding the gemv operands", || {
-            let params_buffer = context.device().create_buffer(&wgpu::BufferDescriptor {
-                label: Some("gemv params"),
-                size: size_of::<GemvParams>() as u64,
-                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            });
-            context
-                .queue()
-                .write_buffer(&params_buffer, 0, bytemuck::bytes_of(&params));
-            let entries = [
-                wgpu::BindGroupEntry {
-                    binding: 0,
-                    resource: params_buffer.as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 1,
-                    resource: operands.input.buffer().as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 2,
-                    resource: wgpu::BindingResource::TextureView(&operands.weights.view),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 3,
-                    resource: operands.weights.bias.as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 4,
-                    resource: residual.as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 5,
-                    resource: operands.output.buffer().as_entire_binding(),
-                },
-            ];
-            let bind_group = context
-                .device()
-                .create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: Some("gemv operands"),
-                    layout: &pipeline.bind_group_layout,
-                    entries: &entries,
-                });
+            let params_buffer =
+                create_params_buffer(context, "gemv params", bytemuck::bytes_of(&params));
+            let bind_group = pipeline.bind(
+                context.device(),
+                "gemv operands",
+                &[
+                    params_buffer.as_entire_binding(),
+                    operands.input.buffer().as_entire_binding(),
+                    wgpu::BindingResource::TextureView(&operands.weights.view),
+                    operands.weights.bias.as_entire_binding(),
+                    residual.as_entire_binding(),
+                    operands.output.buffer().as_entire_binding(),
+                ],
+            );
             (bind_group, params_buffer)
         })?;
         Ok(PreparedGemv {
