@@ -21,6 +21,7 @@ use crate::kernels::gemm::{GemmOperands, GemmVariant, LinearWeights, PreparedGem
 use crate::kernels::gemv::{self, GEMV_MAX_BATCH, GemvOperands, PreparedGemv, TextureWeights};
 use crate::plan::{ElementwiseOp, Plan, StepKind, Storage, ValueId};
 use crate::precision::Precision;
+use crate::tune::{KernelChoice, TuningCache, TuningReport};
 
 /// How to compile a model.
 #[derive(Clone, Debug)]
@@ -36,6 +37,22 @@ pub struct CompileOptions {
     pub small_batch_kernel: bool,
     /// How weights and activations are stored; f16 needs the device feature `SHADER_F16`.
     pub precision: Precision,
+    /// How each layer's kernel is chosen.
+    pub tuning: Tuning,
+    /// The tuning cache file; `None` uses [`TuningCache::default_path`].
+    pub tuning_cache: Option<std::path::PathBuf>,
+}
+
+/// How a compile chooses each layer's kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Tuning {
+    /// Fixed rules: the texture GEMV for models of at most [`GEMV_MAX_BATCH`] rows where the
+    /// device supports it, else the device's best GEMM variant. Deterministic and instant.
+    #[default]
+    Heuristic,
+    /// Time every candidate kernel per layer shape on this device, using and filling the tuning
+    /// cache (see [`crate::tune`]).
+    Measure,
 }
 
 impl CompileOptions {
@@ -47,6 +64,8 @@ impl CompileOptions {
             gemm_variant: None,
             small_batch_kernel: true,
             precision: Precision::F32,
+            tuning: Tuning::Heuristic,
+            tuning_cache: None,
         }
     }
 }
@@ -63,8 +82,8 @@ pub struct RunProfile {
 
 /// A layer's weights in the form its kernel reads.
 enum LayerWeights {
-    /// The blocked buffer layout of the tiled GEMM kernels.
-    Blocked(LinearWeights),
+    /// The blocked buffer layout of the tiled GEMM kernels, and the variant that runs it.
+    Blocked(LinearWeights, GemmVariant),
     /// The texture of the small-batch GEMV kernel.
     Texture(TextureWeights),
 }
@@ -72,7 +91,7 @@ enum LayerWeights {
 impl LayerWeights {
     fn device_bytes(&self) -> u64 {
         match self {
-            LayerWeights::Blocked(weights) => weights.device_bytes(),
+            LayerWeights::Blocked(weights, _) => weights.device_bytes(),
             LayerWeights::Texture(weights) => weights.device_bytes(),
         }
     }
@@ -136,6 +155,7 @@ pub struct CompiledModel {
     timestamps: Option<TimestampQueries>,
     run_lock: futures_intrusive::sync::Mutex<RunState>,
     precision: Precision,
+    tuning: TuningReport,
 }
 
 impl CompiledModel {
@@ -157,27 +177,23 @@ impl CompiledModel {
             .gemm_variant
             .unwrap_or_else(|| GemmVariant::best_for(&context));
 
-        // Small batches read weights from textures (see kernels::gemv); a model compiled for
-        // larger batches keeps the tiled GEMM's buffer layout for every run.
-        let small_batch = options.small_batch_kernel
-            && max_batch <= GEMV_MAX_BATCH
-            && gemv::supported_by(&context);
+        let (choices, tuning) = choose_kernels(&context, &plan, options, variant)?;
         let layers = plan
             .layers
             .iter()
-            .map(|params| {
+            .zip(&choices)
+            .map(|(params, choice)| {
                 let (out, inp) = (params.out_features(), params.in_features());
                 let (weight, bias) = (params.weight(), params.bias());
-                if small_batch && TextureWeights::fits(&context, out, inp) {
-                    TextureWeights::upload_with_precision(
+                match *choice {
+                    KernelChoice::GemvTexture => TextureWeights::upload_with_precision(
                         &context, out, inp, weight, bias, precision,
                     )
-                    .map(LayerWeights::Texture)
-                } else {
-                    LinearWeights::upload_with_precision(
+                    .map(LayerWeights::Texture),
+                    KernelChoice::Gemm(variant) => LinearWeights::upload_with_precision(
                         &context, out, inp, weight, bias, precision,
                     )
-                    .map(LayerWeights::Blocked)
+                    .map(|weights| LayerWeights::Blocked(weights, variant)),
                 }
             })
             .collect::<Result<Vec<_>>>()?;
@@ -227,7 +243,7 @@ impl CompiledModel {
                     let input = matrix(*input)?;
                     let residual = residual.map(&matrix).transpose()?;
                     match &layers[*layer] {
-                        LayerWeights::Blocked(weights) => {
+                        LayerWeights::Blocked(weights, variant) => {
                             PreparedStep::Gemm(PreparedGemm::with_variant(
                                 &context,
                                 &GemmOperands {
@@ -237,7 +253,7 @@ impl CompiledModel {
                                     output: &output,
                                     activation: *activation,
                                 },
-                                variant,
+                                *variant,
                             )?)
                         }
                         LayerWeights::Texture(weights) => PreparedStep::Gemv(PreparedGemv::new(
@@ -328,6 +344,7 @@ impl CompiledModel {
                 true,
             ),
             precision,
+            tuning,
         })
     }
 
@@ -467,6 +484,11 @@ impl CompiledModel {
     /// How weights and activations are stored.
     pub fn precision(&self) -> Precision {
         self.precision
+    }
+
+    /// What kernel choice did at compile time (shapes measured, taken from the cache).
+    pub fn tuning_report(&self) -> &TuningReport {
+        &self.tuning
     }
 
     /// Whether runs measure GPU time.
@@ -667,6 +689,74 @@ impl CompiledModel {
         unmap_all();
         Ok((output, gpu))
     }
+}
+
+/// Each layer's kernel, by the rules or by measurement (see [`Tuning`]).
+fn choose_kernels(
+    context: &GpuContext,
+    plan: &Plan,
+    options: &CompileOptions,
+    variant: GemmVariant,
+) -> Result<(Vec<KernelChoice>, TuningReport)> {
+    let max_batch = options.max_batch;
+    let measure = options.tuning == Tuning::Measure && options.gemm_variant.is_none();
+    if !measure {
+        // Small batches read weights from textures (see kernels::gemv); a model compiled for
+        // larger batches keeps the tiled GEMM's buffer layout for every run.
+        let small_batch = options.small_batch_kernel
+            && max_batch <= GEMV_MAX_BATCH
+            && gemv::supported_by(context);
+        let choices = plan
+            .layers
+            .iter()
+            .map(|params| {
+                let (out, inp) = (params.out_features(), params.in_features());
+                if small_batch && TextureWeights::fits(context, out, inp) {
+                    KernelChoice::GemvTexture
+                } else {
+                    KernelChoice::Gemm(variant)
+                }
+            })
+            .collect();
+        return Ok((choices, TuningReport::default()));
+    }
+    let mut cache = TuningCache::open(
+        options
+            .tuning_cache
+            .clone()
+            .or_else(TuningCache::default_path),
+    );
+    let mut report = TuningReport {
+        cache_path: cache.path().cloned(),
+        ..TuningReport::default()
+    };
+    let mut choices = Vec::with_capacity(plan.layers.len());
+    for params in &plan.layers {
+        let shape = (max_batch, params.out_features(), params.in_features());
+        let key = crate::tune::shape_key(context, options.precision, shape.0, shape.1, shape.2);
+        let known = report
+            .shapes
+            .iter()
+            .find(|entry| entry.key == key)
+            .map(|e| e.choice);
+        let choice = match known {
+            Some(choice) => choice,
+            None => {
+                let entry = crate::tune::choose(context, &mut cache, options.precision, shape)?;
+                if entry.measured.is_empty() {
+                    report.cached += 1;
+                } else {
+                    report.measured += 1;
+                }
+                let choice = entry.choice;
+                report.shapes.push(entry);
+                choice
+            }
+        };
+        choices.push(choice);
+    }
+    cache.save()?;
+    Ok((choices, report))
 }
 
 impl std::fmt::Debug for CompiledModel {

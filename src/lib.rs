@@ -35,6 +35,7 @@ pub mod plan;
 pub mod precision;
 pub mod reference;
 pub mod shape;
+pub mod tune;
 
 pub use error::{Error, Result};
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use resgraph::bench::{BenchResult, max_row_relative_error, measure};
-use resgraph::exec::{CompileOptions, CompiledModel};
+use resgraph::exec::{CompileOptions, CompiledModel, Tuning};
 use resgraph::gpu::context::{
     AdapterIdentity, AdapterOptions, AdapterReport, GpuContext, choose_adapter, create_instance,
     enumerate_adapters, parse_backends,
@@ -47,6 +47,9 @@ enum Command {
         /// The model file (.onnx or .safetensors).
         model: PathBuf,
     },
+    /// Choose every layer's kernel by measurement on this adapter, fill the tuning cache, and
+    /// print the choices (takes the same model options as `bench`).
+    Tune(BenchArgs),
     /// Convert an ONNX model to resgraph's safetensors format.
     Convert {
         /// The ONNX model.
@@ -130,6 +133,9 @@ struct BenchArgs {
     /// width replaces --width and --depth.
     #[arg(long)]
     model: Option<PathBuf>,
+    /// Choose kernels by fixed rules instead of by measurement (and the tuning cache).
+    #[arg(long)]
+    no_tune: bool,
 }
 
 fn main() -> ExitCode {
@@ -154,6 +160,7 @@ fn run(cli: &Cli) -> resgraph::Result<()> {
     match &cli.command {
         Command::Info => info(&options),
         Command::Bench(args) => bench(&options, args),
+        Command::Tune(args) => tune(&options, args),
         Command::Run(args) => run_model(&options, args),
         Command::Inspect { model } => inspect(model),
         Command::Convert { input, output } => convert(input, output),
@@ -247,9 +254,17 @@ fn bench(options: &AdapterOptions, args: &BenchArgs) -> resgraph::Result<()> {
     let compile = CompileOptions {
         gpu_timestamps: true,
         precision,
+        tuning: if args.no_tune {
+            Tuning::Heuristic
+        } else {
+            Tuning::Measure
+        },
         ..CompileOptions::new(args.batch)
     };
     let model = CompiledModel::compile(Arc::clone(&context), &graph, &compile)?;
+    if !args.json && !args.no_tune {
+        println!("{}", tuning_summary(model.tuning_report()));
+    }
     let input = random_input(args.batch * graph.input_width(), args.seed.wrapping_add(1));
 
     let checked_rows = check_rows(args.batch);
@@ -317,6 +332,11 @@ fn bench(options: &AdapterOptions, args: &BenchArgs) -> resgraph::Result<()> {
             "encode_median_ms": millis(result.encode.median),
             "dispatches_per_run": model.dispatches_per_run(),
             "kernels": kernel_summary(&model),
+            "tuning": {
+                "measured": model.tuning_report().measured,
+                "cached": model.tuning_report().cached,
+                "cache": model.tuning_report().cache_path.as_ref().map(|path| path.display().to_string()),
+            },
             "activation_bytes": model.activation_bytes(),
             "weight_bytes": model.weight_bytes(),
             "flops_per_run": flops,
@@ -367,6 +387,62 @@ fn kernel_summary(model: &CompiledModel) -> Vec<&'static str> {
         }
     }
     kernels
+}
+
+/// One line on what tuning did: measured now, or every choice from the cache.
+fn tuning_summary(report: &resgraph::tune::TuningReport) -> String {
+    let cache = report
+        .cache_path
+        .as_ref()
+        .map_or("no cache file".to_string(), |path| {
+            path.display().to_string()
+        });
+    if report.measured == 0 {
+        format!(
+            "tuning: all {} layer shape(s) from the cache ({cache}); nothing re-tuned",
+            report.cached
+        )
+    } else {
+        format!(
+            "tuning: measured {} layer shape(s), {} from the cache; choices saved to {cache}",
+            report.measured, report.cached
+        )
+    }
+}
+
+fn tune(options: &AdapterOptions, args: &BenchArgs) -> resgraph::Result<()> {
+    let graph = match &args.model {
+        Some(path) => resgraph::model::load_model(path)?,
+        None => mlp(MlpShape::square(args.width, args.depth), 1.0, args.seed)?,
+    };
+    let context = Arc::new(GpuContext::new(options)?);
+    let compile = CompileOptions {
+        precision: args.precision.resolve(&context),
+        tuning: Tuning::Measure,
+        ..CompileOptions::new(args.batch)
+    };
+    let model = CompiledModel::compile(Arc::clone(&context), &graph, &compile)?;
+    let report = model.tuning_report();
+    println!(
+        "adapter: {} ({:?})",
+        context.adapter_info().name,
+        context.adapter_info().backend
+    );
+    println!("{}", tuning_summary(report));
+    for shape in &report.shapes {
+        let times = if shape.measured.is_empty() {
+            "(cached)".to_string()
+        } else {
+            shape
+                .measured
+                .iter()
+                .map(|(choice, time)| format!("{} {:.3} ms", choice.name(), millis(*time)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        println!("  {} -> {}  {times}", shape.key, shape.choice.name());
+    }
+    Ok(())
 }
 
 fn run_model(options: &AdapterOptions, args: &RunArgs) -> resgraph::Result<()> {

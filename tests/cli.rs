@@ -2,11 +2,19 @@
 
 use std::process::Command;
 
+/// A tuning cache folder private to this test binary, so tests never touch the user's cache.
+fn cache_dir() -> &'static std::path::Path {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().expect("temp dir"))
+        .path()
+}
+
 fn resgraph(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_resgraph"))
         .args(args)
         .env_remove("RESGRAPH_ADAPTER")
         .env_remove("WGPU_BACKEND")
+        .env("RESGRAPH_CACHE_DIR", cache_dir())
         .output()
         .expect("run resgraph")
 }
@@ -178,4 +186,23 @@ fn bench_in_f16_passes_its_check_and_is_refused_without_shader_f16() {
     assert!(output.status.success(), "{stdout}");
     let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON");
     assert_eq!(report["precision"], "f32");
+}
+
+#[test]
+fn a_second_bench_does_not_retune_and_says_so() {
+    let args = [
+        "bench", "--width", "24", "--depth", "2", "--batch", "7", "--iters", "2",
+    ];
+    let first = resgraph(&args);
+    let first = String::from_utf8_lossy(&first.stdout);
+    assert!(first.contains("tuning: measured"), "{first}");
+    let second = resgraph(&args);
+    let second = String::from_utf8_lossy(&second.stdout);
+    assert!(second.contains("nothing re-tuned"), "{second}");
+    let tune = resgraph(&["tune", "--width", "24", "--depth", "2", "--batch", "7"]);
+    let tune = String::from_utf8_lossy(&tune.stdout);
+    assert!(
+        tune.contains("(cached)") && tune.contains("m7|n24|k24"),
+        "{tune}"
+    );
 }

@@ -1,0 +1,308 @@
+//! Kernel choice by measurement, per adapter and layer shape, cached on disk.
+//!
+//! For each distinct layer shape of a model (rows, out, in, precision) the tuner times every
+//! kernel the device can run it with (the tiled GEMM variants, and the texture GEMV for small
+//! batches) and keeps the fastest. Choices are stored in a JSON file in the platform's cache
+//! directory (`RESGRAPH_CACHE_DIR` overrides it), keyed by adapter, driver and shape, so the
+//! second compile on the same machine measures nothing.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value as Json, json};
+
+use crate::epilogue::Activation;
+use crate::error::Result;
+use crate::gpu::buffers::DeviceMatrix;
+use crate::gpu::context::GpuContext;
+use crate::kernels::gemm::{GemmOperands, GemmVariant, LinearWeights, PreparedGemm};
+use crate::kernels::gemv::{self, GemvOperands, PreparedGemv, TextureWeights};
+use crate::precision::Precision;
+
+/// Batches up to this size also try the texture GEMV (above it the GEMV is never competitive
+/// and would only lengthen tuning).
+const GEMV_CANDIDATE_MAX_ROWS: usize = 64;
+/// Timed runs per candidate, after one untimed run.
+const TIMED_RUNS: usize = 3;
+
+/// The kernel one layer runs with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KernelChoice {
+    /// A tiled GEMM variant on the blocked buffer layout.
+    Gemm(GemmVariant),
+    /// The texture GEMV.
+    GemvTexture,
+}
+
+impl KernelChoice {
+    /// The shader's name, as stored in the cache and reported by `bench`.
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelChoice::Gemm(variant) => variant.kernel().name,
+            KernelChoice::GemvTexture => gemv::GEMV_TEXTURE_KERNEL.name,
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Self> {
+        [
+            KernelChoice::Gemm(GemmVariant::Portable),
+            KernelChoice::Gemm(GemmVariant::Subgroup),
+            KernelChoice::GemvTexture,
+        ]
+        .into_iter()
+        .find(|choice| choice.name() == name)
+    }
+
+    /// Whether `context` can run this kernel for an `out` × `inp` layer.
+    pub fn supported(self, context: &GpuContext, out: usize, inp: usize) -> bool {
+        match self {
+            KernelChoice::Gemm(variant) => variant.supported_by(context),
+            KernelChoice::GemvTexture => {
+                gemv::supported_by(context) && TextureWeights::fits(context, out, inp)
+            }
+        }
+    }
+}
+
+/// One layer shape's entry: the choice and, when it was measured now, each candidate's time.
+#[derive(Clone, Debug)]
+pub struct ShapeChoice {
+    /// The cache key (adapter, driver, backend, precision, rows, out, in).
+    pub key: String,
+    /// The kernel chosen.
+    pub choice: KernelChoice,
+    /// Median time of each candidate, when measured in this compile (empty when from cache).
+    pub measured: Vec<(KernelChoice, Duration)>,
+}
+
+/// What tuning did for one compile.
+#[derive(Clone, Debug, Default)]
+pub struct TuningReport {
+    /// Shapes measured now.
+    pub measured: usize,
+    /// Shapes whose choice came from the cache.
+    pub cached: usize,
+    /// The cache file, when there is one.
+    pub cache_path: Option<PathBuf>,
+    /// Every shape's choice.
+    pub shapes: Vec<ShapeChoice>,
+}
+
+/// The on-disk cache of choices.
+#[derive(Debug)]
+pub struct TuningCache {
+    path: Option<PathBuf>,
+    entries: BTreeMap<String, Json>,
+    dirty: bool,
+}
+
+impl TuningCache {
+    /// The default cache file: `$RESGRAPH_CACHE_DIR/tuning.json`, else
+    /// `<platform cache dir>/resgraph/tuning.json`; `None` where neither exists.
+    pub fn default_path() -> Option<PathBuf> {
+        match std::env::var_os("RESGRAPH_CACHE_DIR") {
+            Some(dir) => Some(PathBuf::from(dir).join("tuning.json")),
+            None => dirs::cache_dir().map(|dir| dir.join("resgraph").join("tuning.json")),
+        }
+    }
+
+    /// Reads the cache at `path`; a missing or unreadable file is an empty cache (it is
+    /// rewritten whole on the next save), never an error.
+    pub fn open(path: Option<PathBuf>) -> Self {
+        let entries = path
+            .as_ref()
+            .and_then(|path| std::fs::read_to_string(path).ok())
+            .and_then(|text| serde_json::from_str::<Json>(&text).ok())
+            .and_then(|json| json.get("entries").and_then(Json::as_object).cloned())
+            .map(|map| map.into_iter().collect())
+            .unwrap_or_default();
+        TuningCache {
+            path,
+            entries,
+            dirty: false,
+        }
+    }
+
+    /// The cached choice for `key`, if any.
+    pub fn get(&self, key: &str) -> Option<KernelChoice> {
+        self.entries
+            .get(key)
+            .and_then(|entry| entry.get("kernel"))
+            .and_then(Json::as_str)
+            .and_then(KernelChoice::from_name)
+    }
+
+    fn insert(&mut self, key: &str, choice: KernelChoice, measured: &[(KernelChoice, Duration)]) {
+        let times: serde_json::Map<String, Json> = measured
+            .iter()
+            .map(|(candidate, time)| {
+                (
+                    candidate.name().to_string(),
+                    json!(time.as_secs_f64() * 1e3),
+                )
+            })
+            .collect();
+        self.entries.insert(
+            key.to_string(),
+            json!({"kernel": choice.name(), "median_ms": times}),
+        );
+        self.dirty = true;
+    }
+
+    /// Writes the cache back (atomically) if anything was added.
+    pub fn save(&mut self) -> Result<()> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        if !self.dirty {
+            return Ok(());
+        }
+        if let Some(folder) = path.parent() {
+            std::fs::create_dir_all(folder).map_err(|source| crate::Error::Io {
+                path: folder.display().to_string(),
+                source,
+            })?;
+        }
+        let document = json!({"version": 1, "entries": self.entries});
+        crate::model::write_file_atomically(path, document.to_string().as_bytes())?;
+        self.dirty = false;
+        Ok(())
+    }
+
+    /// The cache file.
+    pub fn path(&self) -> Option<&PathBuf> {
+        self.path.as_ref()
+    }
+}
+
+/// The cache key of a layer shape on `context`'s adapter.
+pub fn shape_key(
+    context: &GpuContext,
+    precision: Precision,
+    rows: usize,
+    out: usize,
+    inp: usize,
+) -> String {
+    let info = context.adapter_info();
+    format!(
+        "{}|{} {}|{}|{}|m{rows}|n{out}|k{inp}",
+        info.name,
+        info.driver,
+        info.driver_info,
+        info.backend,
+        precision.name()
+    )
+}
+
+/// Chooses a kernel for a `rows` × `out` × `inp` layer: from the cache, else by timing every
+/// candidate the device supports and recording the winner.
+pub fn choose(
+    context: &GpuContext,
+    cache: &mut TuningCache,
+    precision: Precision,
+    (rows, out, inp): (usize, usize, usize),
+) -> Result<ShapeChoice> {
+    let key = shape_key(context, precision, rows, out, inp);
+    if let Some(choice) = cache.get(&key)
+        && choice.supported(context, out, inp)
+    {
+        return Ok(ShapeChoice {
+            key,
+            choice,
+            measured: Vec::new(),
+        });
+    }
+    let mut candidates = vec![
+        KernelChoice::Gemm(GemmVariant::Portable),
+        KernelChoice::Gemm(GemmVariant::Subgroup),
+    ];
+    if rows <= GEMV_CANDIDATE_MAX_ROWS {
+        candidates.push(KernelChoice::GemvTexture);
+    }
+    let mut measured = Vec::new();
+    for candidate in candidates {
+        if candidate.supported(context, out, inp) {
+            measured.push((
+                candidate,
+                time_candidate(context, precision, candidate, rows, out, inp)?,
+            ));
+        }
+    }
+    let choice = measured
+        .iter()
+        .min_by_key(|(_, time)| *time)
+        .map(|(choice, _)| *choice)
+        .unwrap_or(KernelChoice::Gemm(GemmVariant::Portable));
+    cache.insert(&key, choice, &measured);
+    Ok(ShapeChoice {
+        key,
+        choice,
+        measured,
+    })
+}
+
+/// Median time of one dispatch of `candidate` (submitted and waited for), on synthetic data.
+fn time_candidate(
+    context: &GpuContext,
+    precision: Precision,
+    candidate: KernelChoice,
+    rows: usize,
+    out: usize,
+    inp: usize,
+) -> Result<Duration> {
+    let weight: Vec<f32> = (0..out * inp)
+        .map(|i| ((i % 7) as f32 - 3.0) * 0.01)
+        .collect();
+    let matrix = |label: &str, r: usize, c: usize| {
+        DeviceMatrix::new_with_precision(context, label, r, c, precision)
+    };
+    let input = matrix("tuning input", rows, inp)?;
+    input.fill(context, 0.5)?;
+    let residual = matrix("tuning residual", rows, out)?;
+    residual.fill(context, 0.25)?;
+    let output = matrix("tuning output", rows, out)?;
+    // The most expensive epilogue, as in a residual block's second layer.
+    let run: Box<dyn Fn() -> Result<()>> = match candidate {
+        KernelChoice::Gemm(variant) => {
+            let weights =
+                LinearWeights::upload_with_precision(context, out, inp, &weight, None, precision)?;
+            let gemm = PreparedGemm::with_variant(
+                context,
+                &GemmOperands {
+                    input: &input,
+                    weights: &weights,
+                    residual: Some(&residual),
+                    output: &output,
+                    activation: Activation::Relu,
+                },
+                variant,
+            )?;
+            Box::new(move || gemm.submit(context).and_then(|()| context.wait_idle()))
+        }
+        KernelChoice::GemvTexture => {
+            let weights =
+                TextureWeights::upload_with_precision(context, out, inp, &weight, None, precision)?;
+            let gemv = PreparedGemv::new(
+                context,
+                &GemvOperands {
+                    input: &input,
+                    weights: &weights,
+                    residual: Some(&residual),
+                    output: &output,
+                    activation: Activation::Relu,
+                },
+            )?;
+            Box::new(move || gemv.submit(context).and_then(|()| context.wait_idle()))
+        }
+    };
+    run()?;
+    let mut times = Vec::with_capacity(TIMED_RUNS);
+    for _ in 0..TIMED_RUNS {
+        let started = Instant::now();
+        run()?;
+        times.push(started.elapsed());
+    }
+    times.sort_unstable();
+    Ok(times[times.len() / 2])
+}

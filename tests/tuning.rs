@@ -1,0 +1,79 @@
+//! Kernel choice by measurement: the first compile measures and fills the cache, the second takes
+//! every choice from it, tuned models still match the reference, and a damaged cache is rebuilt.
+
+mod common;
+
+use std::sync::Arc;
+
+use resgraph::exec::{CompileOptions, CompiledModel, Tuning};
+use resgraph::gpu::context::GpuContext;
+use resgraph::graph::synthetic::{MlpShape, mlp, random_input};
+use resgraph::reference::forward_f64;
+
+fn context() -> Arc<GpuContext> {
+    let mut options = resgraph::gpu::context::AdapterOptions::from_env().expect("options");
+    options.backends = common::primary_context().adapter_info().backend.into();
+    Arc::new(GpuContext::new(&options).expect("context"))
+}
+
+fn tuned(
+    context: &Arc<GpuContext>,
+    graph: &resgraph::graph::Graph,
+    batch: usize,
+    cache: &std::path::Path,
+) -> CompiledModel {
+    let options = CompileOptions {
+        tuning: Tuning::Measure,
+        tuning_cache: Some(cache.to_path_buf()),
+        ..CompileOptions::new(batch)
+    };
+    CompiledModel::compile(Arc::clone(context), graph, &options).expect("compile")
+}
+
+#[test]
+fn the_second_compile_takes_every_choice_from_the_cache() {
+    let context = context();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cache = dir.path().join("tuning.json");
+    let shape = MlpShape {
+        input_width: 20,
+        width: 48,
+        hidden_width: 80,
+        depth: 3,
+        output_width: 5,
+        residual: true,
+    };
+    let graph = mlp(shape, 1.0, 4).expect("graph");
+    for batch in [1, 96] {
+        let first = tuned(&context, &graph, batch, &cache);
+        // Distinct shapes: stem, fc1, fc2, head.
+        assert_eq!(first.tuning_report().measured, 4, "batch {batch}");
+        assert_eq!(first.tuning_report().cached, 0);
+        assert!(cache.exists());
+        let second = tuned(&context, &graph, batch, &cache);
+        assert_eq!(second.tuning_report().measured, 0, "batch {batch} re-tuned");
+        assert_eq!(second.tuning_report().cached, 4);
+        assert_eq!(first.step_kernels(), second.step_kernels());
+        let input = random_input(batch * 20, 3);
+        let output = second.run(&input).expect("run");
+        let what = format!("tuned {:?} batch {batch}", second.step_kernels());
+        common::assert_close(&output, &forward_f64(&graph, &input, batch), 1e-5, &what);
+    }
+}
+
+#[test]
+fn a_damaged_cache_is_rebuilt_not_an_error() {
+    let context = context();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cache = dir.path().join("tuning.json");
+    std::fs::write(&cache, b"{ this is not json").expect("write");
+    let graph = mlp(MlpShape::square(16, 1), 1.0, 1).expect("graph");
+    let model = tuned(&context, &graph, 2, &cache);
+    assert_eq!(model.tuning_report().measured, 1);
+    let text = std::fs::read_to_string(&cache).expect("cache rewritten");
+    let json: serde_json::Value = serde_json::from_str(&text).expect("valid JSON now");
+    assert_eq!(
+        json["entries"].as_object().map(|entries| entries.len()),
+        Some(1)
+    );
+}
