@@ -94,7 +94,8 @@ pub struct TuningReport {
 pub struct TuningCache {
     path: Option<PathBuf>,
     entries: BTreeMap<String, Json>,
-    dirty: bool,
+    /// Entries measured by this process, merged into the file's latest contents on save.
+    added: BTreeMap<String, Json>,
 }
 
 impl TuningCache {
@@ -110,17 +111,11 @@ impl TuningCache {
     /// Reads the cache at `path`; a missing or unreadable file is an empty cache (it is
     /// rewritten whole on the next save), never an error.
     pub fn open(path: Option<PathBuf>) -> Self {
-        let entries = path
-            .as_ref()
-            .and_then(|path| std::fs::read_to_string(path).ok())
-            .and_then(|text| serde_json::from_str::<Json>(&text).ok())
-            .and_then(|json| json.get("entries").and_then(Json::as_object).cloned())
-            .map(|map| map.into_iter().collect())
-            .unwrap_or_default();
+        let entries = path.as_ref().map(read_entries).unwrap_or_default();
         TuningCache {
             path,
             entries,
-            dirty: false,
+            added: BTreeMap::new(),
         }
     }
 
@@ -143,21 +138,25 @@ impl TuningCache {
                 )
             })
             .collect();
-        self.entries.insert(
-            key.to_string(),
-            json!({"kernel": choice.name(), "median_ms": times}),
-        );
-        self.dirty = true;
+        let entry = json!({"kernel": choice.name(), "median_ms": times});
+        self.entries.insert(key.to_string(), entry.clone());
+        self.added.insert(key.to_string(), entry);
     }
 
-    /// Writes the cache back (atomically) if anything was added.
+    /// Writes what this process measured into the cache file (atomically). The file is read
+    /// again first and the new entries merged into it, so that resgraph processes tuning at the
+    /// same time keep each other's entries (short of a write in the same instant; the cache has
+    /// no cross-process lock, and a lost entry is only measured again).
     pub fn save(&mut self) -> Result<()> {
         let Some(path) = &self.path else {
             return Ok(());
         };
-        if !self.dirty {
+        if self.added.is_empty() {
             return Ok(());
         }
+        let mut latest = read_entries(path);
+        latest.extend(std::mem::take(&mut self.added));
+        self.entries = latest;
         if let Some(folder) = path.parent() {
             std::fs::create_dir_all(folder).map_err(|source| crate::Error::Io {
                 path: folder.display().to_string(),
@@ -166,7 +165,6 @@ impl TuningCache {
         }
         let document = json!({"version": 1, "entries": self.entries});
         crate::model::write_file_atomically(path, document.to_string().as_bytes())?;
-        self.dirty = false;
         Ok(())
     }
 
@@ -174,6 +172,16 @@ impl TuningCache {
     pub fn path(&self) -> Option<&PathBuf> {
         self.path.as_ref()
     }
+}
+
+/// The entries of the cache file at `path`; a missing or unreadable file has none.
+fn read_entries(path: &PathBuf) -> BTreeMap<String, Json> {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| serde_json::from_str::<Json>(&text).ok())
+        .and_then(|json| json.get("entries").and_then(Json::as_object).cloned())
+        .map(|map| map.into_iter().collect())
+        .unwrap_or_default()
 }
 
 /// The cache key of a layer shape on `context`'s adapter.

@@ -77,3 +77,23 @@ fn a_damaged_cache_is_rebuilt_not_an_error() {
         Some(1)
     );
 }
+
+#[test]
+fn two_processes_tuning_at_once_keep_each_others_entries() {
+    let context = context();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("tuning.json");
+    // Both "processes" open the cache before either saves, as concurrent compiles would.
+    let mut first = resgraph::tune::TuningCache::open(Some(path.clone()));
+    let mut second = resgraph::tune::TuningCache::open(Some(path.clone()));
+    let precision = resgraph::precision::Precision::F32;
+    resgraph::tune::choose(&context, &mut first, precision, (2, 8, 8)).expect("tune");
+    resgraph::tune::choose(&context, &mut second, precision, (3, 8, 8)).expect("tune");
+    first.save().expect("save");
+    second.save().expect("save");
+    let merged = resgraph::tune::TuningCache::open(Some(path));
+    for rows in [2, 3] {
+        let key = resgraph::tune::shape_key(&context, precision, rows, 8, 8);
+        assert!(merged.get(&key).is_some(), "lost the entry for {rows} rows");
+    }
+}
