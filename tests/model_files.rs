@@ -11,7 +11,7 @@ use std::sync::Arc;
 use prost::Message;
 use resgraph::Error;
 use resgraph::exec::{CompileOptions, CompiledModel};
-use resgraph::graph::synthetic::{MlpShape, mlp, random_input};
+use resgraph::graph::synthetic::random_input;
 use resgraph::model::npy::{encode_npy, parse_npy};
 use resgraph::model::onnx::proto;
 use resgraph::model::parse_model;
@@ -517,5 +517,4 @@ fn inspect_and_convert_describe_and_rewrite_a_model() {
     let graph = resgraph::model::load_model(&converted).expect("converted model loads");
     let original = resgraph::model::load_model(&model).expect("original");
     assert_eq!(graph.parameter_count(), original.parameter_count());
-    let _ = mlp(MlpShape::square(4, 1), 1.0, 1);
 }

@@ -37,8 +37,8 @@ pub const GEMV_TEXTURE_KERNEL: KernelSource = KernelSource {
 pub const GEMV_WORKGROUP_SIZE: u32 = 32;
 /// Rows per workgroup of the multi-row pipeline (`GEMV_ROWS`).
 pub const GEMV_ROWS: u32 = 4;
-/// The largest batch for which the executor prefers this kernel to the tiled GEMM (measured on
-/// lavapipe: see BENCHMARKS.md).
+/// The largest batch for which the executor's fixed rules (`Tuning::Heuristic`) prefer this
+/// kernel to the tiled GEMM; `Tuning::Measure` times both instead (see BENCHMARKS.md).
 pub const GEMV_MAX_BATCH: usize = 16;
 
 #[repr(C)]
