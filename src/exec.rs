@@ -658,36 +658,40 @@ impl CompiledModel {
             }
         }
         let len = batch * self.output_width;
-        let output = {
-            let view = self
-                .readback
-                .slice(..)
-                .get_mapped_range()
-                .map_err(|error| Error::Readback {
-                    reason: error.to_string(),
-                })?;
-            let mut values = self.precision.decode(&view[..self.bytes_of(len) as usize]);
-            values.truncate(len);
-            values
-        };
-        let gpu = match &self.timestamps {
-            Some(queries) => {
-                let view = queries
+        let read = || -> Result<(Vec<f32>, Option<Duration>)> {
+            let mapped_error = |error: wgpu::MapRangeError| Error::Readback {
+                reason: error.to_string(),
+            };
+            let output = {
+                let view = self
                     .readback
                     .slice(..)
                     .get_mapped_range()
-                    .map_err(|error| Error::Readback {
-                        reason: error.to_string(),
-                    })?;
-                let ticks: &[u64] = bytemuck::cast_slice(&view);
-                let period = f64::from(self.context.queue().get_timestamp_period());
-                let nanos = ticks[1].saturating_sub(ticks[0]) as f64 * period;
-                Some(Duration::from_nanos(nanos as u64))
-            }
-            None => None,
+                    .map_err(mapped_error)?;
+                let mut values = self.precision.decode(&view[..self.bytes_of(len) as usize]);
+                values.truncate(len);
+                values
+            };
+            let gpu = match &self.timestamps {
+                Some(queries) => {
+                    let view = queries
+                        .readback
+                        .slice(..)
+                        .get_mapped_range()
+                        .map_err(mapped_error)?;
+                    let ticks: &[u64] = bytemuck::cast_slice(&view);
+                    let period = f64::from(self.context.queue().get_timestamp_period());
+                    let nanos = ticks[1].saturating_sub(ticks[0]) as f64 * period;
+                    Some(Duration::from_nanos(nanos as u64))
+                }
+                None => None,
+            };
+            Ok((output, gpu))
         };
+        // Unmapped on every path, so that a failed read never leaves the next run unable to map.
+        let result = read();
         unmap_all();
-        Ok((output, gpu))
+        result
     }
 }
 
