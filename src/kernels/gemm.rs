@@ -205,20 +205,12 @@ impl LinearWeights {
         buffers::check_storage_size(context, &format!("{what} weights"), weight_bytes)?;
 
         let converted = weights_to_kernel_layout(weight, out_features, in_features);
-        let mut padded_bias = vec![0.0f32; out_features.next_multiple_of(COLUMN_BLOCK)];
-        if let Some(bias) = bias {
-            padded_bias[..out_features].copy_from_slice(bias);
-        }
         let weights = buffers::upload_storage_buffer(
             context,
             &format!("{what} weights"),
             &precision.encode(&converted),
         )?;
-        let bias = buffers::upload_storage_buffer(
-            context,
-            &format!("{what} bias"),
-            bytemuck::cast_slice(&padded_bias),
-        )?;
+        let bias = super::upload_padded_bias(context, &what, bias, out_features)?;
         Ok(LinearWeights {
             weights,
             bias,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::epilogue::{Activation, Epilogue};
 use crate::error::{Error, Result};
-use crate::gpu::buffers::{self, DeviceMatrix};
+use crate::gpu::buffers::DeviceMatrix;
 use crate::gpu::context::GpuContext;
 use crate::gpu::pipelines::{
     BindingKind, CachedPipeline, KernelKey, KernelSource, create_params_buffer, specialize,
@@ -191,15 +191,7 @@ impl TextureWeights {
             });
             (texture, view)
         })?;
-        let mut padded_bias = vec![0.0f32; out_features.next_multiple_of(16)];
-        if let Some(bias) = bias {
-            padded_bias[..out_features].copy_from_slice(bias);
-        }
-        let bias = buffers::upload_storage_buffer(
-            context,
-            &format!("{what} bias"),
-            bytemuck::cast_slice(&padded_bias),
-        )?;
+        let bias = super::upload_padded_bias(context, &what, bias, out_features)?;
         Ok(TextureWeights {
             texture,
             view,
