@@ -26,44 +26,30 @@ fn inputs(target: &str) -> Vec<PathBuf> {
     files
 }
 
-#[test]
-fn onnx_inputs_never_panic() {
-    let files = inputs("onnx");
-    assert!(!files.is_empty(), "the onnx seed corpus is missing");
+/// Replays every model input of `target` through the model loader (as a `.{target}` file);
+/// the seed models among them must still load.
+fn replay_models(target: &str) {
+    let files = inputs(target);
+    assert!(!files.is_empty(), "the {target} seed corpus is missing");
+    let name = format!("replay.{target}");
     let parsed = files
         .iter()
-        .filter(|file| {
-            parse_model(
-                Path::new("replay.onnx"),
-                &std::fs::read(file).expect("read"),
-            )
-            .is_ok()
-        })
+        .filter(|file| parse_model(Path::new(&name), &std::fs::read(file).expect("read")).is_ok())
         .count();
     assert!(
         parsed >= 3,
-        "the seed models must still load ({parsed} did)"
+        "the {target} seed models must still load ({parsed} did)"
     );
 }
 
 #[test]
+fn onnx_inputs_never_panic() {
+    replay_models("onnx");
+}
+
+#[test]
 fn safetensors_inputs_never_panic() {
-    let files = inputs("safetensors");
-    assert!(!files.is_empty(), "the safetensors seed corpus is missing");
-    let parsed = files
-        .iter()
-        .filter(|file| {
-            parse_model(
-                Path::new("replay.safetensors"),
-                &std::fs::read(file).expect("read"),
-            )
-            .is_ok()
-        })
-        .count();
-    assert!(
-        parsed >= 3,
-        "the seed models must still load ({parsed} did)"
-    );
+    replay_models("safetensors");
 }
 
 #[test]
