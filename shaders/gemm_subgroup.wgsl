@@ -342,23 +342,6 @@ fn gemm(
     store4(row3, col0 + 12u, acc3_3 + b3);
 }
 
-// Adds the residual, applies the activation and stores those of 4 outputs that lie inside the
-// matrix.
-fn store4(row: u32, col0: u32, value: vec4<f32>) {
-    if (row >= params.rows) {
-        return;
-    }
-    let base = row * params.cols + col0;
-    for (var c = 0u; c < 4u; c = c + 1u) {
-        if (col0 + c < params.cols) {
-            var v = value[c];
-            if (ADD_RESIDUAL) {
-                v = v + f32(residual[base + c]);
-            }
-            if (APPLY_RELU) {
-                v = max(v, 0.0);
-            }
-            output[base + c] = Scalar(v);
-        }
-    }
-}
+// store4 (the residual, activation and bounds-checked store) is in fused_epilogue.wgsl, which
+// the host appends to this file.
+// requires: fused_epilogue.wgsl

@@ -58,7 +58,18 @@ fn override_combinations(module: &naga::Module) -> Vec<PipelineConstants> {
 fn every_shader_validates_and_translates_to_every_backend_language() {
     let mut translated = 0;
     for path in shader_files() {
-        let original = std::fs::read_to_string(&path).expect("read shader");
+        let mut original = std::fs::read_to_string(&path).expect("read shader");
+        // A kernel that requires a shared piece gets it appended, as the host does; a shared
+        // piece alone is not a shader and is checked as part of the kernels that use it.
+        for line in original.clone().lines() {
+            if let Some(piece) = line.strip_prefix("// requires: ") {
+                let piece = path.with_file_name(piece.trim());
+                original.push_str(&std::fs::read_to_string(&piece).expect("read required piece"));
+            }
+        }
+        if !original.contains("@compute") {
+            continue;
+        }
         // Every shader also runs with f16 storage: translate that form too.
         for (precision, source) in [
             ("f32", original.clone()),

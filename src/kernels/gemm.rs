@@ -30,7 +30,10 @@ const GEMM_BINDINGS: &[BindingKind] = &[
 /// The portable GEMM: register blocking only, runs on every adapter.
 pub const GEMM_PORTABLE_KERNEL: KernelSource = KernelSource {
     name: "gemm",
-    wgsl: include_str!("../../shaders/gemm.wgsl"),
+    wgsl: concat!(
+        include_str!("../../shaders/gemm.wgsl"),
+        include_str!("../../shaders/fused_epilogue.wgsl")
+    ),
     entry_point: "gemm",
     bindings: GEMM_BINDINGS,
 };
@@ -38,7 +41,10 @@ pub const GEMM_PORTABLE_KERNEL: KernelSource = KernelSource {
 /// The subgroup GEMM: weights shared across 8 invocations with `subgroupBroadcast`.
 pub const GEMM_SUBGROUP_KERNEL: KernelSource = KernelSource {
     name: "gemm_subgroup",
-    wgsl: include_str!("../../shaders/gemm_subgroup.wgsl"),
+    wgsl: concat!(
+        include_str!("../../shaders/gemm_subgroup.wgsl"),
+        include_str!("../../shaders/fused_epilogue.wgsl")
+    ),
     entry_point: "gemm",
     bindings: GEMM_BINDINGS,
 };

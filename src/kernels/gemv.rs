@@ -21,7 +21,10 @@ use crate::shape::check_linear_shape;
 /// The texture GEMV shader and its binding table.
 pub const GEMV_TEXTURE_KERNEL: KernelSource = KernelSource {
     name: "gemv_texture",
-    wgsl: include_str!("../../shaders/gemv_texture.wgsl"),
+    wgsl: concat!(
+        include_str!("../../shaders/gemv_texture.wgsl"),
+        include_str!("../../shaders/fused_epilogue.wgsl")
+    ),
     entry_point: "gemv",
     bindings: &[
         BindingKind::Uniform,             // 0: params
