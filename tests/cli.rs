@@ -190,17 +190,26 @@ fn bench_in_f16_passes_its_check_and_is_refused_without_shader_f16() {
 
 #[test]
 fn a_second_bench_does_not_retune_and_says_so() {
+    // A cache of its own: the other tests' benches run in parallel and write the shared one.
+    let cache = tempfile::tempdir().expect("temp dir");
+    let run = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_resgraph"))
+            .args(args)
+            .env_remove("RESGRAPH_ADAPTER")
+            .env_remove("WGPU_BACKEND")
+            .env("RESGRAPH_CACHE_DIR", cache.path())
+            .output()
+            .expect("run resgraph");
+        String::from_utf8_lossy(&output.stdout).to_string()
+    };
     let args = [
         "bench", "--width", "24", "--depth", "2", "--batch", "7", "--iters", "2",
     ];
-    let first = resgraph(&args);
-    let first = String::from_utf8_lossy(&first.stdout);
+    let first = run(&args);
     assert!(first.contains("tuning: measured"), "{first}");
-    let second = resgraph(&args);
-    let second = String::from_utf8_lossy(&second.stdout);
+    let second = run(&args);
     assert!(second.contains("nothing re-tuned"), "{second}");
-    let tune = resgraph(&["tune", "--width", "24", "--depth", "2", "--batch", "7"]);
-    let tune = String::from_utf8_lossy(&tune.stdout);
+    let tune = run(&["tune", "--width", "24", "--depth", "2", "--batch", "7"]);
     assert!(
         tune.contains("(cached)") && tune.contains("m7|n24|k24"),
         "{tune}"
