@@ -57,7 +57,7 @@ fn bench_gemm(criterion: &mut Criterion) {
     let mut group = criterion.benchmark_group("gemm");
     group.sample_size(10);
     for variant in GemmVariant::ALL {
-        if !variant.supported_by(&context) {
+        if !variant.supported_by(&context, resgraph::precision::Precision::F32) {
             continue;
         }
         for &(name, m, n, k) in shapes {

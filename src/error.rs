@@ -48,6 +48,17 @@ pub enum Error {
         reason: String,
     },
 
+    /// An environment setting had a value resgraph does not understand.
+    #[error("{name}={value:?} is not understood; expected {expected}")]
+    InvalidSetting {
+        /// The variable, e.g. `RESGRAPH_COOPERATIVE_MATRIX`.
+        name: &'static str,
+        /// The value as the user gave it.
+        value: String,
+        /// What would have been accepted.
+        expected: &'static str,
+    },
+
     // ----- Shapes and sizes -------------------------------------------------------------------
     /// A dimension that must be at least one was zero.
     #[error("{what} has a zero-sized dimension {dimension}; every dimension must be at least 1")]

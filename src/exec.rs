@@ -175,7 +175,7 @@ impl CompiledModel {
         let plan = Plan::new(graph)?;
         let variant = options
             .gemm_variant
-            .unwrap_or_else(|| GemmVariant::best_for(&context));
+            .unwrap_or_else(|| GemmVariant::best_for(&context, precision));
 
         let (choices, tuning) = choose_kernels(&context, &plan, options, variant)?;
         let layers = plan

@@ -45,19 +45,23 @@ impl KernelChoice {
     }
 
     fn from_name(name: &str) -> Option<Self> {
-        [
-            KernelChoice::Gemm(GemmVariant::Portable),
-            KernelChoice::Gemm(GemmVariant::Subgroup),
-            KernelChoice::GemvTexture,
-        ]
-        .into_iter()
-        .find(|choice| choice.name() == name)
+        GemmVariant::ALL
+            .into_iter()
+            .map(KernelChoice::Gemm)
+            .chain([KernelChoice::GemvTexture])
+            .find(|choice| choice.name() == name)
     }
 
-    /// Whether `context` can run this kernel for an `out` × `inp` layer.
-    pub fn supported(self, context: &GpuContext, out: usize, inp: usize) -> bool {
+    /// Whether `context` can run this kernel for an `out` × `inp` layer stored in `precision`.
+    pub fn supported(
+        self,
+        context: &GpuContext,
+        precision: Precision,
+        out: usize,
+        inp: usize,
+    ) -> bool {
         match self {
-            KernelChoice::Gemm(variant) => variant.supported_by(context),
+            KernelChoice::Gemm(variant) => variant.supported_by(context, precision),
             KernelChoice::GemvTexture => {
                 gemv::supported_by(context) && TextureWeights::fits(context, out, inp)
             }
@@ -213,7 +217,7 @@ pub fn choose(
 ) -> Result<ShapeChoice> {
     let key = shape_key(context, precision, rows, out, inp);
     if let Some(choice) = cache.get(&key)
-        && choice.supported(context, out, inp)
+        && choice.supported(context, precision, out, inp)
     {
         return Ok(ShapeChoice {
             key,
@@ -221,16 +225,16 @@ pub fn choose(
             measured: Vec::new(),
         });
     }
-    let mut candidates = vec![
-        KernelChoice::Gemm(GemmVariant::Portable),
-        KernelChoice::Gemm(GemmVariant::Subgroup),
-    ];
+    let mut candidates: Vec<KernelChoice> = GemmVariant::ALL
+        .into_iter()
+        .map(KernelChoice::Gemm)
+        .collect();
     if rows <= GEMV_CANDIDATE_MAX_ROWS {
         candidates.push(KernelChoice::GemvTexture);
     }
     let mut measured = Vec::new();
     for candidate in candidates {
-        if candidate.supported(context, out, inp) {
+        if candidate.supported(context, precision, out, inp) {
             measured.push((
                 candidate,
                 time_candidate(context, precision, candidate, rows, out, inp)?,

@@ -36,7 +36,7 @@ fn every_gemm_variant_in_f16_matches_the_reference() {
     let context = f16_context();
     for variant in GemmVariant::ALL
         .into_iter()
-        .filter(|v| v.supported_by(context))
+        .filter(|v| v.supported_by(context, Precision::F16))
     {
         for (index, &(m, n, k)) in [
             (1, 1, 1),

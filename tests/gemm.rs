@@ -8,9 +8,12 @@ use resgraph::epilogue::{Activation, Epilogue};
 use resgraph::gpu::buffers::DeviceMatrix;
 use resgraph::gpu::context::GpuContext;
 use resgraph::kernels::gemm::{
-    GemmOperands, GemmVariant, LinearWeights, PreparedGemm, kernel_key, run_gemm,
+    GemmOperands, GemmVariant, LinearWeights, PreparedGemm, cooperative_config, kernel_key,
+    run_gemm,
 };
+use resgraph::precision::Precision;
 use resgraph::reference::{LinearRef, linear_f64, to_f64};
+use resgraph::tune::KernelChoice;
 
 /// f32 accumulation over K ≤ a few thousand stays far inside this.
 const F32_TOLERANCE: f64 = 1e-5;
@@ -19,7 +22,7 @@ const F32_TOLERANCE: f64 = 1e-5;
 fn variants(context: &GpuContext) -> Vec<GemmVariant> {
     GemmVariant::ALL
         .into_iter()
-        .filter(|variant| variant.supported_by(context))
+        .filter(|variant| variant.supported_by(context, Precision::F32))
         .collect()
 }
 
@@ -32,7 +35,7 @@ fn check_gemm(
 ) -> f64 {
     check_gemm_variant(
         context,
-        GemmVariant::best_for(context),
+        GemmVariant::best_for(context, Precision::F32),
         shape,
         epilogue,
         seed,
@@ -154,14 +157,17 @@ fn the_software_vulkan_adapter_runs_the_subgroup_variant() {
     if context.adapter_info().name.contains("llvmpipe")
         && context.adapter_info().backend == wgpu::Backend::Vulkan
     {
-        assert_eq!(GemmVariant::best_for(context), GemmVariant::Subgroup);
+        assert_eq!(
+            GemmVariant::best_for(context, Precision::F32),
+            GemmVariant::Subgroup
+        );
     }
 }
 
 #[test]
 fn a_variant_the_device_lacks_is_a_typed_error() {
     for (_, context) in common::contexts() {
-        if GemmVariant::Subgroup.supported_by(context) {
+        if GemmVariant::Subgroup.supported_by(context, Precision::F32) {
             continue;
         }
         let weights = LinearWeights::upload(context, 2, 2, &[0.0; 4], None).expect("weights");
@@ -228,7 +234,7 @@ fn pipelines_are_built_once_and_then_reused() {
     let context = common::primary_context();
     for variant in variants(context) {
         for epilogue in Epilogue::ALL {
-            let key = kernel_key(variant, epilogue, resgraph::precision::Precision::F32);
+            let key = kernel_key(context, variant, epilogue, Precision::F32);
             let first = context
                 .pipelines()
                 .get_or_create(context, variant.kernel(), &key)
@@ -274,4 +280,96 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn without_cooperative_matrices_the_cooperative_gemm_is_refused_and_tuning_falls_back() {
+    // lavapipe and llvmpipe lack wgpu's experimental cooperative-matrix feature. On them the
+    // cooperative variant must be a typed error when asked for, never a candidate of the tuner,
+    // and a tuned layer must still run (on another variant) and match the reference. An adapter
+    // that has the feature runs the cooperative variant in every correctness test above instead.
+    let mut checked = 0;
+    for (_, context) in common::contexts() {
+        if context
+            .features()
+            .contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+        {
+            continue;
+        }
+        checked += 1;
+        assert!(context.cooperative_matrix_configs().is_empty());
+        for precision in [Precision::F32, Precision::F16] {
+            assert!(!GemmVariant::Cooperative.supported_by(context, precision));
+        }
+
+        let weights = LinearWeights::upload(context, 3, 5, &[0.5; 15], None).expect("weights");
+        let input = DeviceMatrix::new(context, "x", 2, 5).expect("x");
+        let output = DeviceMatrix::new(context, "y", 2, 3).expect("y");
+        let operands = GemmOperands {
+            input: &input,
+            weights: &weights,
+            residual: None,
+            output: &output,
+            activation: Activation::Identity,
+        };
+        let error = PreparedGemm::with_variant(context, &operands, GemmVariant::Cooperative)
+            .expect_err("the cooperative variant without the feature");
+        match &error {
+            resgraph::Error::MissingFeature { feature, .. } => {
+                assert!(
+                    feature.contains("EXPERIMENTAL_COOPERATIVE_MATRIX"),
+                    "{error}"
+                );
+            }
+            other => panic!("expected MissingFeature, got {other}"),
+        }
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut cache = resgraph::tune::TuningCache::open(Some(dir.path().join("tuning.json")));
+        let shape = (17, 40, 24);
+        let entry = resgraph::tune::choose(context, &mut cache, Precision::F32, shape)
+            .expect("tuning without cooperative matrices");
+        assert!(!entry.measured.is_empty(), "nothing was measured");
+        assert!(
+            entry
+                .measured
+                .iter()
+                .all(|(choice, _)| *choice != KernelChoice::Gemm(GemmVariant::Cooperative)),
+            "the tuner timed a variant the device cannot run: {:?}",
+            entry.measured
+        );
+        if let KernelChoice::Gemm(variant) = entry.choice {
+            check_gemm_variant(
+                context,
+                variant,
+                shape,
+                Epilogue {
+                    activation: Activation::Relu,
+                    add_residual: true,
+                },
+                29,
+            );
+        }
+    }
+    assert!(checked > 0, "no test adapter lacks cooperative matrices");
+}
+
+#[test]
+fn cooperative_tile_shapes_claimed_for_a_device_without_the_feature_are_ignored() {
+    // A host passing tile configurations for a device created without the feature must not
+    // switch the cooperative kernel on: the shader would not compile there.
+    let context = common::primary_context();
+    if context
+        .features()
+        .contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+    {
+        return;
+    }
+    let host_context = GpuContext::from_device(context.device().clone(), context.queue().clone())
+        .with_cooperative_matrix_configs(vec![
+            cooperative_config(Precision::F32),
+            cooperative_config(Precision::F16),
+        ]);
+    assert!(host_context.cooperative_matrix_configs().is_empty());
+    assert!(!GemmVariant::Cooperative.supported_by(&host_context, Precision::F32));
 }

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use naga::back::PipelineConstants;
 use naga::valid::{Capabilities, ModuleInfo, ValidationFlags, Validator};
+use resgraph::gpu::pipelines::COOPERATIVE_MATRIX_ENABLE;
 
 fn shader_files() -> Vec<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("shaders");
@@ -94,14 +95,16 @@ fn every_shader_validates_and_translates_to_every_backend_language() {
                         .unwrap_or_else(|error| panic!("{name}: overrides {constants:?}: {error}"));
                     let context = format!("{name} entry {} overrides {constants:?}", entry.name);
                     // wgpu's GL backend has no f16 (SHADER_F16 is never offered there), so the f16
-                    // forms are translated for Vulkan, Metal and DX12 only.
-                    translate_all(
-                        &resolved,
-                        &resolved_info,
-                        entry,
-                        &context,
-                        precision == "f32",
-                    );
+                    // forms are translated for Vulkan, Metal and DX12 only; wgpu offers cooperative
+                    // matrices on Vulkan and Metal only.
+                    let targets = if source.contains(COOPERATIVE_MATRIX_ENABLE) {
+                        Targets::VULKAN_AND_METAL
+                    } else if precision == "f32" {
+                        Targets::ALL
+                    } else {
+                        Targets::ALL_BUT_GL
+                    };
+                    translate_all(&resolved, &resolved_info, entry, &context, targets);
                     translated += 1;
                 }
             }
@@ -110,12 +113,34 @@ fn every_shader_validates_and_translates_to_every_backend_language() {
     assert!(translated > 0, "no entry point was translated");
 }
 
+/// Which backend languages a shader form must translate to.
+#[derive(Clone, Copy)]
+struct Targets {
+    hlsl: bool,
+    glsl: bool,
+}
+
+impl Targets {
+    const ALL: Targets = Targets {
+        hlsl: true,
+        glsl: true,
+    };
+    const ALL_BUT_GL: Targets = Targets {
+        hlsl: true,
+        glsl: false,
+    };
+    const VULKAN_AND_METAL: Targets = Targets {
+        hlsl: false,
+        glsl: false,
+    };
+}
+
 fn translate_all(
     module: &naga::Module,
     info: &ModuleInfo,
     entry: &naga::EntryPoint,
     context: &str,
-    glsl_too: bool,
+    targets: Targets,
 ) {
     let spirv = naga::back::spv::write_vec(
         module,
@@ -129,10 +154,15 @@ fn translate_all(
     .unwrap_or_else(|error| panic!("{context}: SPIR-V: {error}"));
     assert!(!spirv.is_empty(), "{context}: empty SPIR-V");
 
+    // MSL 2.3 is the first with the simdgroup matrices that cooperative matrices map to.
+    let msl_options = naga::back::msl::Options {
+        lang_version: (2, 3),
+        ..Default::default()
+    };
     let (msl, _) = naga::back::msl::write_string(
         module,
         info,
-        &naga::back::msl::Options::default(),
+        &msl_options,
         &naga::back::msl::PipelineOptions {
             entry_point: Some((entry.stage, entry.name.clone())),
             ..Default::default()
@@ -141,6 +171,9 @@ fn translate_all(
     .unwrap_or_else(|error| panic!("{context}: MSL: {error}"));
     assert!(msl.contains("kernel"), "{context}: MSL has no kernel");
 
+    if !targets.hlsl {
+        return;
+    }
     let mut hlsl = String::new();
     let hlsl_options = naga::back::hlsl::Options {
         // 6.2 is the first shader model with 16-bit types.
@@ -158,7 +191,7 @@ fn translate_all(
         "{context}: HLSL has no entry point"
     );
 
-    if !glsl_too {
+    if !targets.glsl {
         return;
     }
     let mut glsl = String::new();
@@ -199,4 +232,83 @@ fn a_broken_shader_is_rejected() {
             .is_err(),
     };
     assert!(rejected);
+}
+
+/// The cooperative-matrix GEMM in the form the host builds (`gemm_cooperative` with the shared
+/// epilogue appended), f32 and f16.
+fn cooperative_gemm_forms() -> Vec<(&'static str, String)> {
+    let kernel = &resgraph::kernels::gemm::GEMM_COOPERATIVE_KERNEL;
+    vec![
+        ("f32", kernel.wgsl.to_string()),
+        (
+            "f16",
+            resgraph::gpu::pipelines::specialize_source(kernel.wgsl),
+        ),
+    ]
+}
+
+#[test]
+fn the_cooperative_gemm_validates_only_with_the_cooperative_matrix_capability() {
+    for (precision, source) in cooperative_gemm_forms() {
+        let module = naga::front::wgsl::parse_str(&source)
+            .unwrap_or_else(|error| panic!("{precision}: {}", error.emit_to_string(&source)));
+        // The f16 form uses 16x16 f16 operand tiles and f32 accumulators; the f32 form 8x8 f32.
+        let (side, operand_width) = if precision == "f16" { (16, 2) } else { (8, 4) };
+        let mut tile_types = 0;
+        for (_, ty) in module.types.iter() {
+            if let naga::TypeInner::CooperativeMatrix {
+                columns,
+                rows,
+                scalar,
+                role,
+            } = ty.inner
+            {
+                assert_eq!((columns as u32, rows as u32), (side, side), "{precision}");
+                let expected_width = if role == naga::CooperativeRole::C {
+                    4
+                } else {
+                    operand_width
+                };
+                assert_eq!(scalar.width, expected_width, "{precision} {role:?}");
+                tile_types += 1;
+            }
+        }
+        assert_eq!(tile_types, 3, "{precision}: the A, B and C tile types");
+
+        let without = Capabilities::all() - Capabilities::COOPERATIVE_MATRIX;
+        assert!(
+            Validator::new(ValidationFlags::all(), without)
+                .validate(&module)
+                .is_err(),
+            "{precision}: validated without the cooperative-matrix capability"
+        );
+        let info = Validator::new(ValidationFlags::all(), Capabilities::all())
+            .validate(&module)
+            .unwrap_or_else(|error| panic!("{precision}: {error:?}"));
+        let entry = &module.entry_points[0];
+        let (module, info) = naga::back::pipeline_constants::process_overrides(
+            &module,
+            &info,
+            Some((entry.stage, &entry.name)),
+            &PipelineConstants::default(),
+        )
+        .unwrap_or_else(|error| panic!("{precision}: overrides: {error}"));
+        let spirv = naga::back::spv::write_vec(
+            &module,
+            &info,
+            &naga::back::spv::Options::default(),
+            Some(&naga::back::spv::PipelineOptions {
+                shader_stage: entry.stage,
+                entry_point: entry.name.clone(),
+            }),
+        )
+        .unwrap_or_else(|error| panic!("{precision}: SPIR-V: {error}"));
+        // OpCapability CooperativeMatrixKHR (6022) must be declared: the word pair is
+        // (2 << 16 | OpCapability = 17, 6022).
+        let declares_capability = spirv.windows(2).any(|pair| pair == [(2 << 16) | 17, 6022]);
+        assert!(
+            declares_capability,
+            "{precision}: SPIR-V without CooperativeMatrixKHR"
+        );
+    }
 }

@@ -27,6 +27,11 @@ pub struct AdapterOptions {
     pub name_contains: Option<String>,
     /// Which kind of adapter to prefer when no name is given (`WGPU_POWER_PREF`: `high`, `low`).
     pub power_preference: wgpu::PowerPreference,
+    /// Whether to enable wgpu's experimental cooperative-matrix feature (tensor cores) when the
+    /// adapter has it, so that the cooperative GEMM can be chosen. On by default;
+    /// `RESGRAPH_COOPERATIVE_MATRIX=off` turns it off, for a driver whose implementation
+    /// misbehaves. wgpu marks the feature experimental: see [`wgpu::ExperimentalFeatures`].
+    pub cooperative_matrix: bool,
 }
 
 impl Default for AdapterOptions {
@@ -35,6 +40,7 @@ impl Default for AdapterOptions {
             backends: wgpu::Backends::all(),
             name_contains: None,
             power_preference: wgpu::PowerPreference::HighPerformance,
+            cooperative_matrix: true,
         }
     }
 }
@@ -54,6 +60,19 @@ impl AdapterOptions {
         }
         if let Some(preference) = wgpu::PowerPreference::from_env() {
             options.power_preference = preference;
+        }
+        if let Ok(value) = std::env::var("RESGRAPH_COOPERATIVE_MATRIX") {
+            options.cooperative_matrix = match value.trim().to_ascii_lowercase().as_str() {
+                "" | "on" | "1" | "true" => true,
+                "off" | "0" | "false" => false,
+                _ => {
+                    return Err(Error::InvalidSetting {
+                        name: "RESGRAPH_COOPERATIVE_MATRIX",
+                        value,
+                        expected: "on or off",
+                    });
+                }
+            };
         }
         Ok(options)
     }
@@ -201,6 +220,8 @@ pub struct GpuContext {
     /// A small storage buffer bound where a kernel declares an optional input that a dispatch
     /// does not use, so that one pipeline layout serves every epilogue.
     placeholder_storage: wgpu::Buffer,
+    /// The adapter's cooperative-matrix configurations, when the device has the feature.
+    cooperative_matrix_configs: Vec<wgpu::CooperativeMatrixProperties>,
 }
 
 impl GpuContext {
@@ -214,19 +235,49 @@ impl GpuContext {
             .map(|adapter| AdapterIdentity::from(&adapter.get_info()))
             .collect();
         let index = choose_adapter(&identities, options)?;
-        Self::from_adapter(&adapters[index])
+        Self::from_adapter_with_options(&adapters[index], options)
     }
 
     /// Opens a device on `adapter` with the adapter's own limits (not wgpu's conservative
     /// defaults: lavapipe's storage bindings go to 128 MiB, for instance) and every optional
     /// feature resgraph can use.
     pub fn from_adapter(adapter: &wgpu::Adapter) -> Result<Self> {
+        Self::from_adapter_with_options(adapter, &AdapterOptions::default())
+    }
+
+    /// As [`GpuContext::from_adapter`]; `options.cooperative_matrix` says whether to enable the
+    /// experimental cooperative-matrix feature when the adapter has it (the other fields choose
+    /// an adapter and are not used here).
+    pub fn from_adapter_with_options(
+        adapter: &wgpu::Adapter,
+        options: &AdapterOptions,
+    ) -> Result<Self> {
         let info = adapter.get_info();
+        let mut required_features = adapter.features() & ENGINE_OPTIONAL_FEATURES;
+        let cooperative_matrix_configs = if options.cooperative_matrix
+            && adapter
+                .features()
+                .contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+        {
+            required_features |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+            adapter.cooperative_matrix_properties()
+        } else {
+            Vec::new()
+        };
+        let experimental_features = if cooperative_matrix_configs.is_empty() {
+            wgpu::ExperimentalFeatures::disabled()
+        } else {
+            // SAFETY: the token only unlocks the EXPERIMENTAL_ features requested above. The one
+            // resgraph requests is used by a single kernel, which is validated by naga in the
+            // tests, chosen only when the adapter reports the exact tile configuration it uses,
+            // and which users can turn off (`AdapterOptions::cooperative_matrix`).
+            unsafe { wgpu::ExperimentalFeatures::enabled() }
+        };
         let descriptor = wgpu::DeviceDescriptor {
             label: Some("resgraph device"),
-            required_features: adapter.features() & ENGINE_OPTIONAL_FEATURES,
+            required_features,
             required_limits: adapter.limits(),
-            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            experimental_features,
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
         };
@@ -244,15 +295,37 @@ impl GpuContext {
                 errors.push(error.to_string());
             }
         }));
-        Ok(Self::assemble(device, queue, info, uncaptured_errors))
+        let mut context = Self::assemble(device, queue, info, uncaptured_errors);
+        context.cooperative_matrix_configs = cooperative_matrix_configs;
+        Ok(context)
     }
 
     /// Wraps a device and queue that a host application created. resgraph uses the features and
     /// limits the device was created with, and leaves the host's error handler alone: every
     /// operation resgraph performs runs inside its own error scopes.
+    ///
+    /// A device handle does not tell which cooperative-matrix tile shapes its adapter has, so
+    /// the cooperative GEMM stays off unless the host passes them on with
+    /// [`GpuContext::with_cooperative_matrix_configs`].
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Self {
         let info = device.adapter_info();
         Self::assemble(device, queue, info, Arc::new(Mutex::new(Vec::new())))
+    }
+
+    /// Tells resgraph which cooperative-matrix configurations the device's adapter has (what
+    /// `wgpu::Adapter::cooperative_matrix_properties` returned), for a host device created with
+    /// `Features::EXPERIMENTAL_COOPERATIVE_MATRIX`. Ignored when the device lacks the feature.
+    pub fn with_cooperative_matrix_configs(
+        mut self,
+        configs: Vec<wgpu::CooperativeMatrixProperties>,
+    ) -> Self {
+        if self
+            .features()
+            .contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+        {
+            self.cooperative_matrix_configs = configs;
+        }
+        self
     }
 
     fn assemble(
@@ -274,7 +347,14 @@ impl GpuContext {
             pipelines: PipelineCache::default(),
             uncaptured_errors,
             placeholder_storage,
+            cooperative_matrix_configs: Vec::new(),
         }
+    }
+
+    /// The cooperative-matrix (tensor core) tile configurations this context may use: empty
+    /// unless the device was created with `Features::EXPERIMENTAL_COOPERATIVE_MATRIX`.
+    pub fn cooperative_matrix_configs(&self) -> &[wgpu::CooperativeMatrixProperties] {
+        &self.cooperative_matrix_configs
     }
 
     /// The wgpu device.

@@ -66,12 +66,24 @@ pub fn specialize(kernel: &KernelSource, precision: crate::precision::Precision)
 }
 
 /// The f16 form of a shader's source: `enable f16;` first, and the `Scalar` alias set to f16.
+///
+/// A cooperative-matrix shader (one that enables `wgpu_cooperative_matrix`) also moves from 8×8
+/// to 16×16 tiles: drivers offer f16 tensor-core tiles at 16×16 and f32 ones at 8×8, so its
+/// `coop_mat8x8` types and its `const TILE` line change with the storage type.
 pub fn specialize_source(wgsl: &str) -> String {
-    format!(
-        "enable f16;\n{}",
-        wgsl.replace(STORAGE_ALIAS_F32, "alias Scalar = f16;")
-    )
+    let mut source = wgsl.replace(STORAGE_ALIAS_F32, "alias Scalar = f16;");
+    if source.contains(COOPERATIVE_MATRIX_ENABLE) {
+        source = source
+            .replace("coop_mat8x8<", "coop_mat16x16<")
+            .replace(COOPERATIVE_TILE_F32, "const TILE: u32 = 16u;");
+    }
+    format!("enable f16;\n{source}")
 }
+
+/// The directive that marks a cooperative-matrix shader.
+pub const COOPERATIVE_MATRIX_ENABLE: &str = "enable wgpu_cooperative_matrix;";
+/// A cooperative-matrix shader's tile side in its f32 form.
+pub const COOPERATIVE_TILE_F32: &str = "const TILE: u32 = 8u;";
 
 /// Identifies one compute pipeline: a shader, its entry point and the values of its WGSL
 /// `override` constants (booleans as 0 or 1).

@@ -4,8 +4,10 @@
 //! kernel's `[in, ceil(out/4)]` vec4 layout; after that a dispatch is prepared once (pipeline,
 //! parameters, bind group) and can be recorded into any number of compute passes.
 //!
-//! Two shader variants share the weight layout and work split: a portable one and a faster one
-//! that shares weights across a subgroup. [`GemmVariant::best_for`] picks per device.
+//! Three shader variants share the weight layout: a portable one, a faster one that shares
+//! weights across a subgroup, and one on cooperative matrices (tensor cores) for adapters that
+//! have wgpu's experimental feature. [`GemmVariant::best_for`] picks by rule; the tuner
+//! (`crate::tune`) picks by measuring.
 
 use crate::epilogue::{Activation, Epilogue};
 use crate::error::{Error, Result};
@@ -49,6 +51,18 @@ pub const GEMM_SUBGROUP_KERNEL: KernelSource = KernelSource {
     bindings: GEMM_BINDINGS,
 };
 
+/// The cooperative-matrix GEMM: tiles multiplied with `coopMultiplyAdd`, staged through
+/// workgroup memory, with the same fused epilogue.
+pub const GEMM_COOPERATIVE_KERNEL: KernelSource = KernelSource {
+    name: "gemm_cooperative",
+    wgsl: concat!(
+        include_str!("../../shaders/gemm_cooperative.wgsl"),
+        include_str!("../../shaders/fused_epilogue.wgsl")
+    ),
+    entry_point: "gemm",
+    bindings: GEMM_BINDINGS,
+};
+
 /// Output rows each invocation keeps in registers.
 pub const ROWS_PER_INVOCATION: u32 = 4;
 /// Output columns per workgroup: one block of the weight layout.
@@ -68,39 +82,111 @@ pub enum GemmVariant {
     /// `shaders/gemm_subgroup.wgsl`: register blocking plus weights shared through subgroup
     /// broadcasts; measured 2-4x faster than the portable variant on lavapipe.
     Subgroup,
+    /// `shaders/gemm_cooperative.wgsl`: cooperative matrices (tensor cores), 8×8 f32 tiles or
+    /// 16×16 f16 tiles with f32 accumulators. Needs `EXPERIMENTAL_COOPERATIVE_MATRIX`, the tile
+    /// configuration in the adapter's list, and a fixed subgroup size; chosen only by measuring.
+    Cooperative,
 }
 
 impl GemmVariant {
     /// Every variant, for tests and benchmarks.
-    pub const ALL: [GemmVariant; 2] = [GemmVariant::Portable, GemmVariant::Subgroup];
+    pub const ALL: [GemmVariant; 3] = [
+        GemmVariant::Portable,
+        GemmVariant::Subgroup,
+        GemmVariant::Cooperative,
+    ];
 
-    /// The fastest variant the context's device supports.
-    pub fn best_for(context: &GpuContext) -> GemmVariant {
-        if Self::Subgroup.supported_by(context) {
+    /// The variant the rules pick without measuring: the subgroup one where the device has it.
+    /// The cooperative variant is left to the tuner, which times it against the others.
+    pub fn best_for(context: &GpuContext, precision: Precision) -> GemmVariant {
+        if Self::Subgroup.supported_by(context, precision) {
             GemmVariant::Subgroup
         } else {
             GemmVariant::Portable
         }
     }
 
-    /// Whether the device can run this variant: the subgroup variant needs the `SUBGROUP`
-    /// feature and subgroups of at least 8 invocations.
-    pub fn supported_by(self, context: &GpuContext) -> bool {
+    /// Whether the device can run this variant with `precision` storage: the subgroup variant
+    /// needs the `SUBGROUP` feature and subgroups of at least 8 invocations; the cooperative one
+    /// needs the tile configuration of [`cooperative_config`] and a fixed subgroup size.
+    pub fn supported_by(self, context: &GpuContext, precision: Precision) -> bool {
+        let info = context.adapter_info();
         match self {
             GemmVariant::Portable => true,
             GemmVariant::Subgroup => {
                 context.features().contains(wgpu::Features::SUBGROUP)
-                    && context.adapter_info().subgroup_min_size >= INNER_CHUNK as u32
+                    && info.subgroup_min_size >= INNER_CHUNK as u32
+            }
+            GemmVariant::Cooperative => {
+                let wanted = cooperative_config(precision);
+                context.features().contains(wgpu::Features::SUBGROUP)
+                    && info.subgroup_min_size == info.subgroup_max_size
+                    && info.subgroup_min_size > 0
+                    && info.subgroup_min_size
+                        <= context.limits().max_compute_invocations_per_workgroup
+                    && context.cooperative_matrix_configs().contains(&wanted)
             }
         }
     }
 
-    /// The shader of this variant.
+    /// What the device lacks when [`Self::supported_by`] is false, for the error message.
+    fn requirement(self) -> &'static str {
+        match self {
+            GemmVariant::Portable => "nothing",
+            GemmVariant::Subgroup => "SUBGROUP (with subgroups of at least 8 invocations)",
+            GemmVariant::Cooperative => {
+                "EXPERIMENTAL_COOPERATIVE_MATRIX with 8x8x8 f32 tiles (f32) or 16x16x16 f16 tiles \
+                 with f32 accumulators (f16), and a fixed subgroup size"
+            }
+        }
+    }
+
+    /// The shader of this variant (its f32 form; see [`specialize`] for f16).
     pub fn kernel(self) -> &'static KernelSource {
         match self {
             GemmVariant::Portable => &GEMM_PORTABLE_KERNEL,
             GemmVariant::Subgroup => &GEMM_SUBGROUP_KERNEL,
+            GemmVariant::Cooperative => &GEMM_COOPERATIVE_KERNEL,
         }
+    }
+
+    /// Invocations per workgroup on `context`: the cooperative variant runs one subgroup per
+    /// workgroup.
+    pub fn workgroup_size(self, context: &GpuContext) -> u32 {
+        match self {
+            GemmVariant::Portable | GemmVariant::Subgroup => WORKGROUP_SIZE,
+            GemmVariant::Cooperative => context.adapter_info().subgroup_max_size,
+        }
+    }
+
+    /// Output rows and columns one workgroup covers with `precision` storage.
+    pub fn workgroup_tile(self, precision: Precision) -> (usize, usize) {
+        match self {
+            GemmVariant::Portable | GemmVariant::Subgroup => {
+                (ROWS_PER_WORKGROUP as usize, COLUMN_BLOCK)
+            }
+            GemmVariant::Cooperative => {
+                let tile = cooperative_config(precision).m_size as usize;
+                (4 * tile, 2 * tile)
+            }
+        }
+    }
+}
+
+/// The cooperative-matrix configuration the cooperative GEMM uses for `precision` storage:
+/// 8×8×8 f32 tiles, or 16×16×16 f16 tiles with f32 accumulators (the tensor-core shape).
+pub fn cooperative_config(precision: Precision) -> wgpu::CooperativeMatrixProperties {
+    let (side, ab_type) = match precision {
+        Precision::F32 => (8, wgpu::CooperativeScalarType::F32),
+        Precision::F16 => (16, wgpu::CooperativeScalarType::F16),
+    };
+    wgpu::CooperativeMatrixProperties {
+        m_size: side,
+        n_size: side,
+        k_size: side,
+        ab_type,
+        cr_type: wgpu::CooperativeScalarType::F32,
+        saturating_accumulation: false,
     }
 }
 
@@ -114,8 +200,13 @@ struct GemmParams {
     inner_padded: u32,
 }
 
-/// The pipeline key of one variant, epilogue and storage precision.
-pub fn kernel_key(variant: GemmVariant, epilogue: Epilogue, precision: Precision) -> KernelKey {
+/// The pipeline key of one variant, epilogue and storage precision on `context`.
+pub fn kernel_key(
+    context: &GpuContext,
+    variant: GemmVariant,
+    epilogue: Epilogue,
+    precision: Precision,
+) -> KernelKey {
     let kernel = specialize(variant.kernel(), precision);
     KernelKey {
         shader: kernel.name,
@@ -126,7 +217,7 @@ pub fn kernel_key(variant: GemmVariant, epilogue: Epilogue, precision: Precision
                 "APPLY_RELU",
                 u32::from(epilogue.activation == Activation::Relu),
             ),
-            ("WORKGROUP_SIZE", WORKGROUP_SIZE),
+            ("WORKGROUP_SIZE", variant.workgroup_size(context)),
         ],
     }
 }
@@ -245,6 +336,16 @@ impl LinearWeights {
     pub fn device_bytes(&self) -> u64 {
         self.weights.size() + self.bias.size()
     }
+
+    /// The weights in the blocked layout, for the other kernels that read it.
+    pub(crate) fn weights_buffer(&self) -> &wgpu::Buffer {
+        &self.weights
+    }
+
+    /// The bias, f32, zero-padded to a multiple of 16.
+    pub(crate) fn bias_buffer(&self) -> &wgpu::Buffer {
+        &self.bias
+    }
 }
 
 /// The operands of one fused GEMM.
@@ -343,13 +444,15 @@ pub struct PreparedGemm {
     params_buffer: wgpu::Buffer,
     params: GemmParams,
     column_blocks: u32,
+    rows_per_workgroup: usize,
 }
 
 impl PreparedGemm {
     /// Validates the operands and builds (or fetches from the cache) everything one dispatch
     /// needs, with the fastest variant the device supports.
     pub fn new(context: &GpuContext, operands: &GemmOperands<'_>) -> Result<Self> {
-        Self::with_variant(context, operands, GemmVariant::best_for(context))
+        let precision = operands.weights.precision();
+        Self::with_variant(context, operands, GemmVariant::best_for(context, precision))
     }
 
     /// As [`PreparedGemm::new`], with the variant chosen by the caller.
@@ -359,10 +462,11 @@ impl PreparedGemm {
         variant: GemmVariant,
     ) -> Result<Self> {
         operands.validate()?;
-        if !variant.supported_by(context) {
+        let precision = operands.weights.precision();
+        if !variant.supported_by(context, precision) {
             return Err(Error::MissingFeature {
-                what: format!("the {variant:?} gemm variant"),
-                feature: "SUBGROUP (with subgroups of at least 8 invocations)",
+                what: format!("the {variant:?} gemm variant with {precision} storage"),
+                feature: variant.requirement(),
                 adapter: context.adapter_info().name.clone(),
             });
         }
@@ -371,19 +475,19 @@ impl PreparedGemm {
             operands.weights.in_features(),
             operands.weights.out_features(),
         );
-        dispatch_size("gemm rows", rows, ROWS_PER_WORKGROUP as usize, context)?;
-        let column_blocks = dispatch_size("gemm columns", n, COLUMN_BLOCK, context)?;
+        let (rows_per_workgroup, columns_per_workgroup) = variant.workgroup_tile(precision);
+        dispatch_size("gemm rows", rows, rows_per_workgroup, context)?;
+        let column_blocks = dispatch_size("gemm columns", n, columns_per_workgroup, context)?;
         let params = GemmParams {
             rows: to_u32("gemm rows", rows)?,
             cols: to_u32("gemm columns", n)?,
             inner: to_u32("gemm inner dimension", k)?,
             inner_padded: to_u32("gemm inner dimension", k.next_multiple_of(INNER_CHUNK))?,
         };
-        let precision = operands.weights.precision();
         let pipeline = context.pipelines().get_or_create(
             context,
             &specialize(variant.kernel(), precision),
-            &kernel_key(variant, operands.epilogue(), precision),
+            &kernel_key(context, variant, operands.epilogue(), precision),
         )?;
         let residual = operands
             .residual
@@ -412,6 +516,7 @@ impl PreparedGemm {
             params_buffer,
             params,
             column_blocks,
+            rows_per_workgroup,
         })
     }
 
@@ -452,7 +557,7 @@ impl PreparedGemm {
         let rows = rows.clamp(1, self.max_rows());
         pass.set_pipeline(&self.pipeline.pipeline);
         pass.set_bind_group(0, &self.bind_group, &[]);
-        let row_groups = rows.div_ceil(ROWS_PER_WORKGROUP as usize) as u32;
+        let row_groups = rows.div_ceil(self.rows_per_workgroup) as u32;
         pass.dispatch_workgroups(row_groups, self.column_blocks, 1);
     }
 

@@ -3,6 +3,7 @@
 pub mod elementwise;
 pub mod gemm;
 pub mod gemv;
+pub mod residual_block;
 
 use crate::error::Result;
 use crate::gpu::buffers;
