@@ -19,9 +19,10 @@ use crate::graph::Graph;
 use crate::kernels::elementwise::{ElementwiseOperands, PreparedElementwise};
 use crate::kernels::gemm::{GemmOperands, GemmVariant, LinearWeights, PreparedGemm};
 use crate::kernels::gemv::{self, GEMV_MAX_BATCH, GemvOperands, PreparedGemv, TextureWeights};
-use crate::plan::{ElementwiseOp, Plan, StepKind, Storage, ValueId};
+use crate::kernels::residual_block::{self, PreparedResidualBlock, ResidualBlockOperands};
+use crate::plan::{ElementwiseOp, Plan, ResidualBlockSteps, StepKind, Storage, ValueId};
 use crate::precision::Precision;
-use crate::tune::{KernelChoice, TuningCache, TuningReport};
+use crate::tune::{BlockForm, KernelChoice, TuningCache, TuningReport};
 
 /// How to compile a model.
 #[derive(Clone, Debug)]
@@ -41,6 +42,24 @@ pub struct CompileOptions {
     pub tuning: Tuning,
     /// The tuning cache file; `None` uses [`TuningCache::default_path`].
     pub tuning_cache: Option<std::path::PathBuf>,
+    /// When a residual block runs as one dispatch of the whole-block kernel.
+    pub block_fusion: BlockFusion,
+}
+
+/// When the executor runs a residual block (`relu(W2·relu(W1·a + b1) + b2 + a)`) with the
+/// whole-block kernel instead of two GEMM dispatches. Either way the block needs a device and
+/// shape the kernel supports (see [`crate::kernels::residual_block::supported`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum BlockFusion {
+    /// Where it measured faster than the two dispatches: with [`Tuning::Measure`] each block
+    /// shape is timed both ways (and cached); with [`Tuning::Heuristic`], which measures nothing,
+    /// blocks run as two dispatches.
+    #[default]
+    WhereFaster,
+    /// For every block the kernel supports.
+    Always,
+    /// Never.
+    Never,
 }
 
 /// How a compile chooses each layer's kernel.
@@ -66,6 +85,7 @@ impl CompileOptions {
             precision: Precision::F32,
             tuning: Tuning::Heuristic,
             tuning_cache: None,
+            block_fusion: BlockFusion::WhereFaster,
         }
     }
 }
@@ -101,11 +121,14 @@ enum PreparedStep {
     Gemm(PreparedGemm),
     Gemv(PreparedGemv),
     Elementwise(PreparedElementwise),
+    /// Two steps of the plan (a residual block) in one dispatch.
+    ResidualBlock(PreparedResidualBlock),
 }
 
 impl PreparedStep {
     fn set_rows(&self, context: &GpuContext, rows: usize) -> Result<()> {
         match self {
+            PreparedStep::ResidualBlock(block) => block.set_rows(context, rows),
             PreparedStep::Gemm(gemm) => gemm.set_rows(context, rows),
             PreparedStep::Gemv(gemv) => gemv.set_rows(context, rows),
             PreparedStep::Elementwise(elementwise) => elementwise.set_rows(context, rows),
@@ -117,6 +140,7 @@ impl PreparedStep {
             PreparedStep::Gemm(gemm) => gemm.variant().kernel().name,
             PreparedStep::Gemv(_) => crate::kernels::gemv::GEMV_TEXTURE_KERNEL.name,
             PreparedStep::Elementwise(_) => crate::kernels::elementwise::ELEMENTWISE_KERNEL.name,
+            PreparedStep::ResidualBlock(_) => residual_block::RESIDUAL_BLOCK_KERNEL.name,
         }
     }
 
@@ -125,6 +149,7 @@ impl PreparedStep {
             PreparedStep::Gemm(gemm) => gemm.record_rows(pass, rows),
             PreparedStep::Gemv(gemv) => gemv.record_rows(pass, rows),
             PreparedStep::Elementwise(elementwise) => elementwise.record_rows(pass, rows),
+            PreparedStep::ResidualBlock(block) => block.record_rows(pass, rows),
         }
     }
 }
@@ -177,7 +202,7 @@ impl CompiledModel {
             .gemm_variant
             .unwrap_or_else(|| GemmVariant::best_for(&context, precision));
 
-        let (choices, tuning) = choose_kernels(&context, &plan, options, variant)?;
+        let (choices, fused_blocks, tuning) = choose_kernels(&context, &plan, options, variant)?;
         let layers = plan
             .layers
             .iter()
@@ -198,6 +223,17 @@ impl CompiledModel {
             })
             .collect::<Result<Vec<_>>>()?;
         let weight_bytes = layers.iter().map(LayerWeights::device_bytes).sum();
+        // choose_kernels put every fused block's layers in the blocked layout the whole-block
+        // kernel reads; a block whose layers are not (which cannot happen) runs as two steps.
+        let fused_blocks: Vec<ResidualBlockSteps> = fused_blocks
+            .into_iter()
+            .filter(|block| {
+                matches!(
+                    (&layers[block.first_layer], &layers[block.second_layer]),
+                    (LayerWeights::Blocked(..), LayerWeights::Blocked(..))
+                )
+            })
+            .collect();
 
         let input_width = graph.input_width();
         let input = DeviceMatrix::new_with_precision(
@@ -231,7 +267,37 @@ impl CompiledModel {
         };
 
         let mut steps = Vec::with_capacity(plan.steps.len());
-        for step in &plan.steps {
+        for (index, step) in plan.steps.iter().enumerate() {
+            if fused_blocks
+                .iter()
+                .any(|block| block.first_step + 1 == index)
+            {
+                // The second layer of a block that already runs as one dispatch.
+                continue;
+            }
+            let block_weights = fused_blocks
+                .iter()
+                .find(|block| block.first_step == index)
+                .and_then(|block| {
+                    match (&layers[block.first_layer], &layers[block.second_layer]) {
+                        (LayerWeights::Blocked(first, _), LayerWeights::Blocked(second, _)) => {
+                            Some((block, first, second))
+                        }
+                        _ => None,
+                    }
+                });
+            if let Some((block, first, second)) = block_weights {
+                steps.push(PreparedStep::ResidualBlock(PreparedResidualBlock::new(
+                    &context,
+                    &ResidualBlockOperands {
+                        input: &matrix(block.input)?,
+                        first,
+                        second,
+                        output: &matrix(block.output)?,
+                    },
+                )?));
+                continue;
+            }
             let output = matrix(step.output)?;
             let prepared = match &step.kind {
                 StepKind::Gemm {
@@ -695,13 +761,77 @@ impl CompiledModel {
     }
 }
 
-/// Each layer's kernel, by the rules or by measurement (see [`Tuning`]).
+/// Each layer's kernel and the residual blocks that run as one dispatch, by the rules or by
+/// measurement (see [`Tuning`] and [`BlockFusion`]).
 fn choose_kernels(
     context: &GpuContext,
     plan: &Plan,
     options: &CompileOptions,
     variant: GemmVariant,
-) -> Result<(Vec<KernelChoice>, TuningReport)> {
+) -> Result<(Vec<KernelChoice>, Vec<ResidualBlockSteps>, TuningReport)> {
+    let (mut choices, mut cache, mut report) =
+        choose_layer_kernels(context, plan, options, variant)?;
+    let mut fused = Vec::new();
+    for block in plan.residual_blocks() {
+        let (width, hidden) = (block.width, block.hidden);
+        if !residual_block::supported(context, options.precision, width, hidden) {
+            continue;
+        }
+        let split = (choices[block.first_layer], choices[block.second_layer]);
+        let fuse = match (options.block_fusion, cache.as_mut()) {
+            (BlockFusion::Never, _) | (BlockFusion::WhereFaster, None) => false,
+            (BlockFusion::Always, _) => true,
+            (BlockFusion::WhereFaster, Some(cache)) => {
+                let shape = (options.max_batch, width, hidden);
+                let key = crate::tune::block_key(context, options.precision, shape, split);
+                let known = report.blocks.iter().find(|entry| entry.key == key);
+                let form = match known {
+                    Some(entry) => entry.form,
+                    None => {
+                        let entry = crate::tune::choose_block(
+                            context,
+                            cache,
+                            options.precision,
+                            shape,
+                            split,
+                        )?;
+                        if entry.measured.is_empty() {
+                            report.cached += 1;
+                        } else {
+                            report.measured += 1;
+                        }
+                        let form = entry.form;
+                        report.blocks.push(entry);
+                        form
+                    }
+                };
+                form == BlockForm::WholeBlock
+            }
+        };
+        if fuse {
+            // The whole-block kernel reads both layers in the blocked buffer layout.
+            for layer in [block.first_layer, block.second_layer] {
+                if choices[layer] == KernelChoice::GemvTexture {
+                    choices[layer] = KernelChoice::Gemm(variant);
+                }
+            }
+            fused.push(block);
+        }
+    }
+    if let Some(cache) = cache.as_mut() {
+        cache.save()?;
+    }
+    Ok((choices, fused, report))
+}
+
+/// Each layer's kernel by the rules, or by measurement with the tuning cache (then returned, so
+/// that block choices use it too).
+fn choose_layer_kernels(
+    context: &GpuContext,
+    plan: &Plan,
+    options: &CompileOptions,
+    variant: GemmVariant,
+) -> Result<(Vec<KernelChoice>, Option<TuningCache>, TuningReport)> {
     let max_batch = options.max_batch;
     let measure = options.tuning == Tuning::Measure && options.gemm_variant.is_none();
     if !measure {
@@ -722,7 +852,7 @@ fn choose_kernels(
                 }
             })
             .collect();
-        return Ok((choices, TuningReport::default()));
+        return Ok((choices, None, TuningReport::default()));
     }
     let mut cache = TuningCache::open(
         options
@@ -759,8 +889,7 @@ fn choose_kernels(
         };
         choices.push(choice);
     }
-    cache.save()?;
-    Ok((choices, report))
+    Ok((choices, Some(cache), report))
 }
 
 impl std::fmt::Debug for CompiledModel {

@@ -442,6 +442,19 @@ fn tune(options: &AdapterOptions, args: &BenchArgs) -> resgraph::Result<()> {
         };
         println!("  {} -> {}  {times}", shape.key, shape.choice.name());
     }
+    for block in &report.blocks {
+        let times = if block.measured.is_empty() {
+            "(cached)".to_string()
+        } else {
+            block
+                .measured
+                .iter()
+                .map(|(form, time)| format!("{} {:.3} ms", form.name(), millis(*time)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        println!("  {} -> {}  {times}", block.key, block.form.name());
+    }
     Ok(())
 }
 

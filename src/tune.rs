@@ -18,6 +18,7 @@ use crate::gpu::buffers::DeviceMatrix;
 use crate::gpu::context::GpuContext;
 use crate::kernels::gemm::{GemmOperands, GemmVariant, LinearWeights, PreparedGemm};
 use crate::kernels::gemv::{self, GemvOperands, PreparedGemv, TextureWeights};
+use crate::kernels::residual_block::{self, PreparedResidualBlock, ResidualBlockOperands};
 use crate::precision::Precision;
 
 /// Batches up to this size also try the texture GEMV (above it the GEMV is never competitive
@@ -91,6 +92,44 @@ pub struct TuningReport {
     pub cache_path: Option<PathBuf>,
     /// Every shape's choice.
     pub shapes: Vec<ShapeChoice>,
+    /// Every residual block's form (whole-block kernel or two dispatches), when measured.
+    pub blocks: Vec<BlockChoice>,
+}
+
+/// How a residual block runs: the whole-block kernel, or its two layers' own kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BlockForm {
+    /// One dispatch of `shaders/residual_block.wgsl`.
+    WholeBlock,
+    /// Two dispatches, each layer with its own chosen kernel.
+    TwoDispatches,
+}
+
+impl BlockForm {
+    /// The name stored in the cache and reported by `tune`.
+    pub fn name(self) -> &'static str {
+        match self {
+            BlockForm::WholeBlock => residual_block::RESIDUAL_BLOCK_KERNEL.name,
+            BlockForm::TwoDispatches => "two_dispatches",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Self> {
+        [BlockForm::WholeBlock, BlockForm::TwoDispatches]
+            .into_iter()
+            .find(|form| form.name() == name)
+    }
+}
+
+/// One residual block shape's entry: the form chosen and, when measured now, both times.
+#[derive(Clone, Debug)]
+pub struct BlockChoice {
+    /// The cache key (adapter, precision, rows, width, hidden and the two layers' kernels).
+    pub key: String,
+    /// The form chosen.
+    pub form: BlockForm,
+    /// Median time of each form, when measured in this compile (empty when from cache).
+    pub measured: Vec<(BlockForm, Duration)>,
 }
 
 /// The on-disk cache of choices.
@@ -125,24 +164,23 @@ impl TuningCache {
 
     /// The cached choice for `key`, if any.
     pub fn get(&self, key: &str) -> Option<KernelChoice> {
+        self.get_name(key).and_then(KernelChoice::from_name)
+    }
+
+    /// The name stored for `key`, if any.
+    fn get_name(&self, key: &str) -> Option<&str> {
         self.entries
             .get(key)
             .and_then(|entry| entry.get("kernel"))
             .and_then(Json::as_str)
-            .and_then(KernelChoice::from_name)
     }
 
-    fn insert(&mut self, key: &str, choice: KernelChoice, measured: &[(KernelChoice, Duration)]) {
+    fn insert(&mut self, key: &str, choice: &str, measured: &[(&'static str, Duration)]) {
         let times: serde_json::Map<String, Json> = measured
             .iter()
-            .map(|(candidate, time)| {
-                (
-                    candidate.name().to_string(),
-                    json!(time.as_secs_f64() * 1e3),
-                )
-            })
+            .map(|(candidate, time)| (candidate.to_string(), json!(time.as_secs_f64() * 1e3)))
             .collect();
-        let entry = json!({"kernel": choice.name(), "median_ms": times});
+        let entry = json!({"kernel": choice, "median_ms": times});
         self.entries.insert(key.to_string(), entry.clone());
         self.added.insert(key.to_string(), entry);
     }
@@ -246,7 +284,11 @@ pub fn choose(
         .min_by_key(|(_, time)| *time)
         .map(|(choice, _)| *choice)
         .unwrap_or(KernelChoice::Gemm(GemmVariant::Portable));
-    cache.insert(&key, choice, &measured);
+    let named: Vec<(&'static str, Duration)> = measured
+        .iter()
+        .map(|(candidate, time)| (candidate.name(), *time))
+        .collect();
+    cache.insert(&key, choice.name(), &named);
     Ok(ShapeChoice {
         key,
         choice,
@@ -263,50 +305,127 @@ fn time_candidate(
     out: usize,
     inp: usize,
 ) -> Result<Duration> {
-    let weight: Vec<f32> = (0..out * inp)
-        .map(|i| ((i % 7) as f32 - 3.0) * 0.01)
-        .collect();
-    let matrix = |label: &str, r: usize, c: usize| {
-        DeviceMatrix::new_with_precision(context, label, r, c, precision)
-    };
-    let input = matrix("tuning input", rows, inp)?;
-    input.fill(context, 0.5)?;
-    let residual = matrix("tuning residual", rows, out)?;
-    residual.fill(context, 0.25)?;
-    let output = matrix("tuning output", rows, out)?;
+    let input = tuning_matrix(context, precision, "tuning input", rows, inp, 0.5)?;
+    let residual = tuning_matrix(context, precision, "tuning residual", rows, out, 0.25)?;
+    let output = tuning_matrix(context, precision, "tuning output", rows, out, 0.0)?;
     // The most expensive epilogue, as in a residual block's second layer.
-    let run: Box<dyn Fn() -> Result<()>> = match candidate {
+    let layer = prepare_candidate(
+        context,
+        precision,
+        candidate,
+        (out, inp),
+        &input,
+        Some(&residual),
+        &output,
+    )?;
+    median_time(context, |pass| layer.record(pass))
+}
+
+/// A device matrix for timing, filled with `value`.
+fn tuning_matrix(
+    context: &GpuContext,
+    precision: Precision,
+    label: &str,
+    rows: usize,
+    cols: usize,
+    value: f32,
+) -> Result<DeviceMatrix> {
+    let matrix = DeviceMatrix::new_with_precision(context, label, rows, cols, precision)?;
+    matrix.fill(context, value)?;
+    Ok(matrix)
+}
+
+/// Synthetic weights of an `out` × `inp` layer: small values, no NaN.
+fn tuning_weights(out: usize, inp: usize) -> Vec<f32> {
+    (0..out * inp)
+        .map(|i| ((i % 7) as f32 - 3.0) * 0.01)
+        .collect()
+}
+
+/// One layer prepared with a candidate kernel, for timing.
+enum PreparedCandidate {
+    Gemm(PreparedGemm),
+    Gemv(PreparedGemv),
+}
+
+impl PreparedCandidate {
+    fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
+        match self {
+            PreparedCandidate::Gemm(gemm) => gemm.record(pass),
+            PreparedCandidate::Gemv(gemv) => gemv.record_rows(pass, gemv.max_rows()),
+        }
+    }
+}
+
+/// Prepares `relu(input · Wᵀ [+ residual])` for an `out` × `inp` layer of synthetic weights with
+/// `candidate`.
+fn prepare_candidate(
+    context: &GpuContext,
+    precision: Precision,
+    candidate: KernelChoice,
+    (out, inp): (usize, usize),
+    input: &DeviceMatrix,
+    residual: Option<&DeviceMatrix>,
+    output: &DeviceMatrix,
+) -> Result<PreparedCandidate> {
+    let weight = tuning_weights(out, inp);
+    Ok(match candidate {
         KernelChoice::Gemm(variant) => {
             let weights =
                 LinearWeights::upload_with_precision(context, out, inp, &weight, None, precision)?;
-            let gemm = PreparedGemm::with_variant(
+            PreparedCandidate::Gemm(PreparedGemm::with_variant(
                 context,
                 &GemmOperands {
-                    input: &input,
+                    input,
                     weights: &weights,
-                    residual: Some(&residual),
-                    output: &output,
+                    residual,
+                    output,
                     activation: Activation::Relu,
                 },
                 variant,
-            )?;
-            Box::new(move || gemm.submit(context).and_then(|()| context.wait_idle()))
+            )?)
         }
         KernelChoice::GemvTexture => {
             let weights =
                 TextureWeights::upload_with_precision(context, out, inp, &weight, None, precision)?;
-            let gemv = PreparedGemv::new(
+            PreparedCandidate::Gemv(PreparedGemv::new(
                 context,
                 &GemvOperands {
-                    input: &input,
+                    input,
                     weights: &weights,
-                    residual: Some(&residual),
-                    output: &output,
+                    residual,
+                    output,
                     activation: Activation::Relu,
                 },
-            )?;
-            Box::new(move || gemv.submit(context).and_then(|()| context.wait_idle()))
+            )?)
         }
+    })
+}
+
+/// Median time of recording `record` into one compute pass, submitting it and waiting, after
+/// one untimed run.
+fn median_time(
+    context: &GpuContext,
+    record: impl Fn(&mut wgpu::ComputePass<'_>),
+) -> Result<Duration> {
+    let run = || -> Result<()> {
+        context.scoped("timing a tuning candidate", || {
+            let mut encoder =
+                context
+                    .device()
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                        label: Some("resgraph tuning"),
+                    });
+            {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("resgraph tuning"),
+                    timestamp_writes: None,
+                });
+                record(&mut pass);
+            }
+            context.queue().submit([encoder.finish()]);
+        })?;
+        context.wait_idle()
     };
     run()?;
     let mut times = Vec::with_capacity(TIMED_RUNS);
@@ -317,4 +436,114 @@ fn time_candidate(
     }
     times.sort_unstable();
     Ok(times[times.len() / 2])
+}
+
+/// The cache key of a residual block of `width` with a `hidden` layer, run for `rows` rows, whose
+/// layers would otherwise run with `split`.
+pub fn block_key(
+    context: &GpuContext,
+    precision: Precision,
+    (rows, width, hidden): (usize, usize, usize),
+    split: (KernelChoice, KernelChoice),
+) -> String {
+    let info = context.adapter_info();
+    format!(
+        "{}|{} {}|{}|{}|block|m{rows}|w{width}|h{hidden}|{}+{}",
+        info.name,
+        info.driver,
+        info.driver_info,
+        info.backend,
+        precision.name(),
+        split.0.name(),
+        split.1.name()
+    )
+}
+
+/// Chooses how a residual block runs: from the cache, else by timing the whole-block kernel
+/// against the two layers' chosen kernels recorded in one pass (as the executor runs them).
+/// The caller checks first that the device can run the whole-block kernel.
+pub fn choose_block(
+    context: &GpuContext,
+    cache: &mut TuningCache,
+    precision: Precision,
+    (rows, width, hidden): (usize, usize, usize),
+    split: (KernelChoice, KernelChoice),
+) -> Result<BlockChoice> {
+    let key = block_key(context, precision, (rows, width, hidden), split);
+    if let Some(form) = cache.get_name(&key).and_then(BlockForm::from_name) {
+        return Ok(BlockChoice {
+            key,
+            form,
+            measured: Vec::new(),
+        });
+    }
+    let input = tuning_matrix(context, precision, "tuning block input", rows, width, 0.5)?;
+    let hidden_matrix =
+        tuning_matrix(context, precision, "tuning block hidden", rows, hidden, 0.0)?;
+    let output = tuning_matrix(context, precision, "tuning block output", rows, width, 0.0)?;
+
+    let upload = |out: usize, inp: usize| {
+        LinearWeights::upload_with_precision(
+            context,
+            out,
+            inp,
+            &tuning_weights(out, inp),
+            None,
+            precision,
+        )
+    };
+    let (first, second) = (upload(hidden, width)?, upload(width, hidden)?);
+    let block = PreparedResidualBlock::new(
+        context,
+        &ResidualBlockOperands {
+            input: &input,
+            first: &first,
+            second: &second,
+            output: &output,
+        },
+    )?;
+    let whole = median_time(context, |pass| block.record_rows(pass, rows))?;
+
+    let first_layer = prepare_candidate(
+        context,
+        precision,
+        split.0,
+        (hidden, width),
+        &input,
+        None,
+        &hidden_matrix,
+    )?;
+    let second_layer = prepare_candidate(
+        context,
+        precision,
+        split.1,
+        (width, hidden),
+        &hidden_matrix,
+        Some(&input),
+        &output,
+    )?;
+    let two = median_time(context, |pass| {
+        first_layer.record(pass);
+        second_layer.record(pass);
+    })?;
+
+    let measured = vec![
+        (BlockForm::WholeBlock, whole),
+        (BlockForm::TwoDispatches, two),
+    ];
+    let form = if whole < two {
+        BlockForm::WholeBlock
+    } else {
+        BlockForm::TwoDispatches
+    };
+    let named: Vec<(&'static str, Duration)> = measured
+        .iter()
+        .map(|(form, time)| (form.name(), *time))
+        .collect();
+    cache.insert(&key, form.name(), &named);
+    Ok(BlockChoice {
+        key,
+        form,
+        measured,
+    })
 }

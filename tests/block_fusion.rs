@@ -4,15 +4,19 @@
 
 mod common;
 
+use std::sync::Arc;
+
 use resgraph::epilogue::{Activation, Epilogue};
+use resgraph::exec::{BlockFusion, CompileOptions, CompiledModel, Tuning};
 use resgraph::gpu::buffers::DeviceMatrix;
 use resgraph::gpu::context::GpuContext;
+use resgraph::graph::synthetic::{MlpShape, mlp, random_input};
 use resgraph::kernels::gemm::LinearWeights;
-use resgraph::kernels::residual_block::{
-    self, PreparedResidualBlock, ResidualBlockOperands,
-};
+use resgraph::kernels::residual_block::{self, PreparedResidualBlock, ResidualBlockOperands};
+use resgraph::plan::Plan;
 use resgraph::precision::Precision;
-use resgraph::reference::{LinearRef, linear_f64, to_f64};
+use resgraph::reference::{LinearRef, forward_f64, linear_f64, to_f64};
+use resgraph::tune::BlockForm;
 
 /// Runs one block `relu(W2·relu(W1·a + b1) + b2 + a)` with the fused kernel and returns the
 /// relative error against the f64 reference.
@@ -32,26 +36,13 @@ fn check_block(
     let w2 = common::uniform(&mut rng, width * hidden, -s2, s2);
     let b2 = common::uniform(&mut rng, width, -s2, s2);
 
-    let first = LinearWeights::upload_with_precision(
-        context,
-        hidden,
-        width,
-        &w1,
-        Some(&b1),
-        precision,
-    )
-    .expect("first layer");
-    let second = LinearWeights::upload_with_precision(
-        context,
-        width,
-        hidden,
-        &w2,
-        Some(&b2),
-        precision,
-    )
-    .expect("second layer");
-    let input =
-        DeviceMatrix::new_with_precision(context, "a", rows, width, precision).expect("a");
+    let first =
+        LinearWeights::upload_with_precision(context, hidden, width, &w1, Some(&b1), precision)
+            .expect("first layer");
+    let second =
+        LinearWeights::upload_with_precision(context, width, hidden, &w2, Some(&b2), precision)
+            .expect("second layer");
+    let input = DeviceMatrix::new_with_precision(context, "a", rows, width, precision).expect("a");
     input.write(context, &a).expect("write a");
     let output =
         DeviceMatrix::new_with_precision(context, "out", rows, width, precision).expect("out");
@@ -153,4 +144,202 @@ fn the_block_kernel_matches_the_reference_in_f16() {
             eprintln!("block {shape:?} f16: relative error {error:.2e}");
         }
     }
+}
+
+fn shape(input_width: usize, width: usize, hidden_width: usize, depth: usize) -> MlpShape {
+    MlpShape {
+        input_width,
+        width,
+        hidden_width,
+        depth,
+        output_width: 7,
+        residual: true,
+    }
+}
+
+fn compile(
+    context: &Arc<GpuContext>,
+    graph: &resgraph::graph::Graph,
+    batch: usize,
+    fusion: BlockFusion,
+    tuning: Tuning,
+    cache: Option<&std::path::Path>,
+) -> CompiledModel {
+    let options = CompileOptions {
+        block_fusion: fusion,
+        tuning,
+        tuning_cache: cache.map(std::path::Path::to_path_buf),
+        ..CompileOptions::new(batch)
+    };
+    CompiledModel::compile(Arc::clone(context), graph, &options).expect("compile")
+}
+
+fn shared(context: &'static GpuContext) -> Arc<GpuContext> {
+    Arc::new(GpuContext::from_device(
+        context.device().clone(),
+        context.queue().clone(),
+    ))
+}
+
+#[test]
+fn the_planner_finds_every_residual_block_and_no_plain_one() {
+    let graph = mlp(shape(20, 33, 17, 5), 1.0, 1).expect("graph");
+    let plan = Plan::new(&graph).expect("plan");
+    let blocks = plan.residual_blocks();
+    assert_eq!(blocks.len(), 5);
+    for block in &blocks {
+        assert_eq!((block.width, block.hidden), (33, 17));
+        assert_eq!(block.input, plan.steps[block.first_step].reads()[0]);
+        assert_eq!(block.output, plan.steps[block.first_step + 1].output);
+    }
+    let plain = mlp(
+        MlpShape {
+            residual: false,
+            ..shape(20, 33, 17, 5)
+        },
+        1.0,
+        1,
+    )
+    .expect("plain graph");
+    assert!(
+        Plan::new(&plain)
+            .expect("plan")
+            .residual_blocks()
+            .is_empty()
+    );
+}
+
+#[test]
+fn a_fused_model_runs_one_dispatch_per_block_and_matches_the_reference() {
+    for context in block_contexts() {
+        let context = shared(context);
+        for (index, &(input_width, width, hidden, depth, batch)) in [
+            (20, 33, 17, 5, 9),
+            (3, 127, 512, 2, 1),
+            (40, 64, 64, 3, 127),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let graph =
+                mlp(shape(input_width, width, hidden, depth), 1.0, index as u64).expect("graph");
+            let input = random_input(batch * input_width, 90 + index as u64);
+            let reference = forward_f64(&graph, &input, batch);
+            let fused = compile(
+                &context,
+                &graph,
+                batch,
+                BlockFusion::Always,
+                Tuning::Heuristic,
+                None,
+            );
+            let split = compile(
+                &context,
+                &graph,
+                batch,
+                BlockFusion::Never,
+                Tuning::Heuristic,
+                None,
+            );
+            // A stem and a head layer besides the blocks.
+            assert_eq!(fused.dispatches_per_run(), depth + 2);
+            assert_eq!(split.dispatches_per_run(), 2 * depth + 2);
+            let block_steps = fused
+                .step_kernels()
+                .iter()
+                .filter(|name| **name == "residual_block")
+                .count();
+            assert_eq!(block_steps, depth);
+            for (model, form) in [(&fused, "fused"), (&split, "two dispatches")] {
+                let what = format!("{form} {width}x{hidden} depth {depth} batch {batch}");
+                let out = model.run(&input).expect("run");
+                let error = common::assert_close(&out, &reference, 1e-5, &what);
+                eprintln!("{what}: relative error {error:.2e}");
+            }
+            // A smaller batch on the same compiled model.
+            let rows = batch.div_ceil(2);
+            let out = fused
+                .run(&input[..rows * input_width])
+                .expect("smaller batch");
+            let reference = forward_f64(&graph, &input[..rows * input_width], rows);
+            common::assert_close(&out, &reference, 1e-5, "fused, smaller batch");
+        }
+    }
+}
+
+#[test]
+fn blocks_the_kernel_cannot_run_stay_two_dispatches() {
+    // A hidden width past what the kernel keeps on chip, and (on llvmpipe GL) a device without
+    // subgroups: asking for fusion changes nothing there, and results stay right.
+    let mut cases = vec![(common::primary_context(), 513usize)];
+    for (_, context) in common::contexts() {
+        if !residual_block::supported(context, Precision::F32, 16, 16) {
+            cases.push((context, 16));
+        }
+    }
+    for (context, hidden) in cases {
+        let context = shared(context);
+        let graph = mlp(shape(5, 24, hidden, 2), 1.0, 3).expect("graph");
+        let model = compile(
+            &context,
+            &graph,
+            4,
+            BlockFusion::Always,
+            Tuning::Heuristic,
+            None,
+        );
+        assert_eq!(model.dispatches_per_run(), 2 * 2 + 2, "hidden {hidden}");
+        let input = random_input(4 * 5, 4);
+        let out = model.run(&input).expect("run");
+        common::assert_close(&out, &forward_f64(&graph, &input, 4), 1e-5, "unfused");
+    }
+}
+
+#[test]
+fn measured_fusion_times_both_forms_once_and_then_uses_the_cache() {
+    let context = shared(block_contexts()[0]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cache = dir.path().join("tuning.json");
+    let graph = mlp(shape(12, 48, 40, 3), 1.0, 8).expect("graph");
+    let batch = 16;
+    let first = compile(
+        &context,
+        &graph,
+        batch,
+        BlockFusion::WhereFaster,
+        Tuning::Measure,
+        Some(&cache),
+    );
+    let report = first.tuning_report();
+    // Three identical blocks: one shape, measured both ways once.
+    assert_eq!(report.blocks.len(), 1);
+    let block = &report.blocks[0];
+    assert_eq!(block.measured.len(), 2, "{block:?}");
+    let fused_steps = first
+        .step_kernels()
+        .iter()
+        .filter(|name| **name == "residual_block")
+        .count();
+    let expected = if block.form == BlockForm::WholeBlock {
+        3
+    } else {
+        0
+    };
+    assert_eq!(fused_steps, expected, "{block:?}");
+    eprintln!("block choice: {block:?}");
+
+    let second = compile(
+        &context,
+        &graph,
+        batch,
+        BlockFusion::WhereFaster,
+        Tuning::Measure,
+        Some(&cache),
+    );
+    assert_eq!(second.tuning_report().measured, 0);
+    assert_eq!(second.tuning_report().blocks[0].form, block.form);
+    assert_eq!(second.step_kernels(), first.step_kernels());
+    let input = random_input(batch * 12, 9);
+    let out = second.run(&input).expect("run");
+    common::assert_close(&out, &forward_f64(&graph, &input, batch), 1e-5, "tuned");
 }

@@ -208,10 +208,7 @@ impl PreparedResidualBlock {
             rows: to_u32("residual block rows", rows)?,
             cols: to_u32("residual block width", width)?,
             hidden: to_u32("residual block hidden width", hidden)?,
-            cols_padded: to_u32(
-                "residual block width",
-                width.next_multiple_of(INNER_CHUNK),
-            )?,
+            cols_padded: to_u32("residual block width", width.next_multiple_of(INNER_CHUNK))?,
             hidden_padded: to_u32(
                 "residual block hidden width",
                 hidden.next_multiple_of(INNER_CHUNK),
@@ -224,9 +221,7 @@ impl PreparedResidualBlock {
             entry_point: kernel.entry_point,
             constants: Vec::new(),
         };
-        let pipeline = context
-            .pipelines()
-            .get_or_create(context, &kernel, &key)?;
+        let pipeline = context.pipelines().get_or_create(context, &kernel, &key)?;
         let (bind_group, params_buffer) =
             context.scoped("binding the residual block operands", || {
                 let params_buffer = create_params_buffer(

@@ -85,6 +85,26 @@ impl Step {
     }
 }
 
+/// Two consecutive GEMM steps that form a residual block,
+/// `relu(W2·relu(W1·a + b1) + b2 + a)`, which the whole-block kernel can run as one dispatch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResidualBlockSteps {
+    /// The index of the first layer's step in [`Plan::steps`]; the second layer's is the next.
+    pub first_step: usize,
+    /// The first layer (`width → hidden`), an index into [`Plan::layers`].
+    pub first_layer: usize,
+    /// The second layer (`hidden → width`).
+    pub second_layer: usize,
+    /// The block input `a`, also its shortcut.
+    pub input: ValueId,
+    /// The block output.
+    pub output: ValueId,
+    /// The width of `a` and of the output.
+    pub width: usize,
+    /// The hidden width.
+    pub hidden: usize,
+}
+
 /// A compiled-for-execution view of a graph: fused steps in order, where each value lives, and how
 /// wide each activation slot must be.
 #[derive(Clone, Debug)]
@@ -119,6 +139,72 @@ impl Plan {
             slot_widths,
             input: fused.input,
             output: fused.output,
+        })
+    }
+
+    /// Every residual block among the steps: a GEMM step `h = relu(a·W1ᵀ + b1)` directly
+    /// followed by `relu(h·W2ᵀ + b2 + a)`, where nothing else reads `h` and `h` is not the output.
+    pub fn residual_blocks(&self) -> Vec<ResidualBlockSteps> {
+        let mut blocks = Vec::new();
+        let mut index = 0;
+        while index + 1 < self.steps.len() {
+            match self.residual_block_at(index) {
+                Some(block) => {
+                    blocks.push(block);
+                    index += 2;
+                }
+                None => index += 1,
+            }
+        }
+        blocks
+    }
+
+    fn residual_block_at(&self, index: usize) -> Option<ResidualBlockSteps> {
+        let (first, second) = (&self.steps[index], &self.steps[index + 1]);
+        let StepKind::Gemm {
+            layer: first_layer,
+            input,
+            residual: None,
+            activation: Activation::Relu,
+        } = first.kind
+        else {
+            return None;
+        };
+        let StepKind::Gemm {
+            layer: second_layer,
+            input: second_input,
+            residual: Some(shortcut),
+            activation: Activation::Relu,
+        } = second.kind
+        else {
+            return None;
+        };
+        let hidden_value = first.output;
+        let hidden_read_elsewhere = self
+            .steps
+            .iter()
+            .enumerate()
+            .any(|(other, step)| other != index + 1 && step.reads().contains(&hidden_value));
+        if second_input != hidden_value
+            || shortcut != input
+            || hidden_value == self.output
+            || hidden_read_elsewhere
+        {
+            return None;
+        }
+        let width = self.value_widths[input.0];
+        let hidden = self.value_widths[hidden_value.0];
+        if self.value_widths[second.output.0] != width {
+            return None;
+        }
+        Some(ResidualBlockSteps {
+            first_step: index,
+            first_layer,
+            second_layer,
+            input,
+            output: second.output,
+            width,
+            hidden,
         })
     }
 
