@@ -218,6 +218,10 @@ fn info(options: &AdapterOptions) -> resgraph::Result<()> {
             limits.max_buffer_size >> 20
         );
         println!(
+            "    max uniform binding    {} KiB",
+            limits.max_uniform_buffer_binding_size >> 10
+        );
+        println!(
             "    workgroup storage      {} KiB",
             limits.max_compute_workgroup_storage_size >> 10
         );

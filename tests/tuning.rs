@@ -44,15 +44,27 @@ fn the_second_compile_takes_every_choice_from_the_cache() {
         residual: true,
     };
     let graph = mlp(shape, 1.0, 4).expect("graph");
+    // Distinct shapes: stem, fc1, fc2, head, and the residual block (timed whole against its two
+    // layers) where the device can run the whole-block kernel.
+    let block_shapes = usize::from(resgraph::kernels::residual_block::supported(
+        &context,
+        resgraph::precision::Precision::F32,
+        48,
+        80,
+    ));
     for batch in [1, 96] {
         let first = tuned(&context, &graph, batch, &cache);
-        // Distinct shapes: stem, fc1, fc2, head.
-        assert_eq!(first.tuning_report().measured, 4, "batch {batch}");
+        assert_eq!(first.tuning_report().blocks.len(), block_shapes);
+        assert_eq!(
+            first.tuning_report().measured,
+            4 + block_shapes,
+            "batch {batch}"
+        );
         assert_eq!(first.tuning_report().cached, 0);
         assert!(cache.exists());
         let second = tuned(&context, &graph, batch, &cache);
         assert_eq!(second.tuning_report().measured, 0, "batch {batch} re-tuned");
-        assert_eq!(second.tuning_report().cached, 4);
+        assert_eq!(second.tuning_report().cached, 4 + block_shapes);
         assert_eq!(first.step_kernels(), second.step_kernels());
         let input = random_input(batch * 20, 3);
         let output = second.run(&input).expect("run");
@@ -69,12 +81,14 @@ fn a_damaged_cache_is_rebuilt_not_an_error() {
     std::fs::write(&cache, b"{ this is not json").expect("write");
     let graph = mlp(MlpShape::square(16, 1), 1.0, 1).expect("graph");
     let model = tuned(&context, &graph, 2, &cache);
-    assert_eq!(model.tuning_report().measured, 1);
+    // One layer shape (both layers are 16x16), and the block where the kernel can run it.
+    let shapes = 1 + model.tuning_report().blocks.len();
+    assert_eq!(model.tuning_report().measured, shapes);
     let text = std::fs::read_to_string(&cache).expect("cache rewritten");
     let json: serde_json::Value = serde_json::from_str(&text).expect("valid JSON now");
     assert_eq!(
         json["entries"].as_object().map(|entries| entries.len()),
-        Some(1)
+        Some(shapes)
     );
 }
 
