@@ -66,20 +66,23 @@ def key(r): return (r["width"], r["depth"], r["batch"], r["precision"])
 ours = {key(r): r for r in rows if r.get("engine", "resgraph") == "resgraph" and "adapter" in r or "error" in r}
 torch = {key(r): r for r in rows if r.get("engine") == "torch"}
 device = next((r["adapter"]["name"] for r in rows if "adapter" in r), "?")
-print(f"| shape (width x depth x batch) | precision | resgraph full run ms (median) | resgraph GFLOP/s | resgraph max rel err | torch full ms | torch forward ms | resgraph / torch (full) |")
-print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+print(f"| shape (width x depth x batch) | precision | resgraph full run ms (median) | resgraph GFLOP/s | resgraph max rel err | resgraph kernels | torch full ms | torch forward ms | resgraph / torch (full) |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 for k in sorted(set(ours) | set(torch)):
     o, t = ours.get(k, {}), torch.get(k, {})
     shape = f"{k[0]}x{k[1]}x{k[2]}"
     if "error" in o:
-        mine = ("error: " + o["error"], "", "")
+        mine = ("error: " + o["error"], "", "", "")
     elif o:
-        mine = (f"{o['median_ms']:.3f}", f"{o['gflops']:.1f}", f"{o.get('max_rel_err', float('nan')):.1e}")
+        # Which kernels the tuner chose: gemm_cooperative is the tensor-core GEMM, residual_block
+        # the whole-block kernel.
+        kernels = " ".join(o.get("kernels", []))
+        mine = (f"{o['median_ms']:.3f}", f"{o['gflops']:.1f}", f"{o.get('max_rel_err', float('nan')):.1e}", kernels)
     else:
-        mine = ("-", "", "")
+        mine = ("-", "", "", "")
     tf = f"{t['full_ms']:.3f}" if t else "-"
     tw = f"{t['forward_ms']:.3f}" if t else "-"
     ratio = f"{o['median_ms'] / t['full_ms']:.2f}" if o and t and "median_ms" in o else "-"
-    print(f"| {shape} | {k[3]} | {mine[0]} | {mine[1]} | {mine[2]} | {tf} | {tw} | {ratio} |")
+    print(f"| {shape} | {k[3]} | {mine[0]} | {mine[1]} | {mine[2]} | {mine[3]} | {tf} | {tw} | {ratio} |")
 print(f"\nresgraph adapter: {device}")
 PY

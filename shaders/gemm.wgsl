@@ -30,12 +30,17 @@ struct GemmParams {
 @group(0) @binding(3) var<storage, read> bias: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read> residual: array<Scalar>;
 @group(0) @binding(5) var<storage, read_write> output: array<Scalar>;
+// The activations again (the same buffer), read as vec4 when VEC4_ACTIVATIONS.
+@group(0) @binding(6) var<storage, read> activations4: array<vec4<Scalar>>;
 
 // The epilogue, fixed per pipeline so that the driver removes the branches it does not take.
 override APPLY_RELU: bool = false;
 override ADD_RESIDUAL: bool = false;
 // Invocations per workgroup; a multiple of 8.
 override WORKGROUP_SIZE: u32 = 64u;
+// Whether inner is a multiple of 4, so that activations can be read 4 at a time (see
+// gemm_subgroup.wgsl: on CPU adapters a vec4 load costs about what a scalar load does).
+override VEC4_ACTIVATIONS: bool = false;
 
 @compute @workgroup_size(WORKGROUP_SIZE, 1, 1)
 fn gemm(
@@ -78,32 +83,134 @@ fn gemm(
     var acc3_2 = vec4<f32>(0.0);
     var acc3_3 = vec4<f32>(0.0);
     var w_index = block * params.inner_padded * 4u;
-    for (var k = 0u; k < inner; k = k + 1u) {
-        let w0 = vec4<f32>(weights[w_index]);
-        let w1 = vec4<f32>(weights[w_index + 1u]);
-        let w2 = vec4<f32>(weights[w_index + 2u]);
-        let w3 = vec4<f32>(weights[w_index + 3u]);
-        w_index = w_index + 4u;
-        let x0 = vec4<f32>(f32(activations[x_base0 + k]));
-        let x1 = vec4<f32>(f32(activations[x_base1 + k]));
-        let x2 = vec4<f32>(f32(activations[x_base2 + k]));
-        let x3 = vec4<f32>(f32(activations[x_base3 + k]));
-        acc0_0 = fma(x0, w0, acc0_0);
-        acc0_1 = fma(x0, w1, acc0_1);
-        acc0_2 = fma(x0, w2, acc0_2);
-        acc0_3 = fma(x0, w3, acc0_3);
-        acc1_0 = fma(x1, w0, acc1_0);
-        acc1_1 = fma(x1, w1, acc1_1);
-        acc1_2 = fma(x1, w2, acc1_2);
-        acc1_3 = fma(x1, w3, acc1_3);
-        acc2_0 = fma(x2, w0, acc2_0);
-        acc2_1 = fma(x2, w1, acc2_1);
-        acc2_2 = fma(x2, w2, acc2_2);
-        acc2_3 = fma(x2, w3, acc2_3);
-        acc3_0 = fma(x3, w0, acc3_0);
-        acc3_1 = fma(x3, w1, acc3_1);
-        acc3_2 = fma(x3, w2, acc3_2);
-        acc3_3 = fma(x3, w3, acc3_3);
+    // Four k's at a time: the weights are padded to a multiple of 8 k's, so their loads stay in
+    // bounds, and activations past the end of a row are zero.
+    for (var k0 = 0u; k0 < inner; k0 = k0 + 4u) {
+        var x0_chunk: vec4<f32>;
+        var x1_chunk: vec4<f32>;
+        var x2_chunk: vec4<f32>;
+        var x3_chunk: vec4<f32>;
+        if (VEC4_ACTIVATIONS) {
+            // inner is a multiple of 4: one vec4 load per row for the four k's.
+            x0_chunk = vec4<f32>(activations4[(x_base0 + k0) / 4u]);
+            x1_chunk = vec4<f32>(activations4[(x_base1 + k0) / 4u]);
+            x2_chunk = vec4<f32>(activations4[(x_base2 + k0) / 4u]);
+            x3_chunk = vec4<f32>(activations4[(x_base3 + k0) / 4u]);
+        } else {
+            for (var j = 0u; j < 4u; j = j + 1u) {
+                let in_row = k0 + j < inner;
+                let k = min(k0 + j, inner - 1u);
+                x0_chunk[j] = select(0.0, f32(activations[x_base0 + k]), in_row);
+                x1_chunk[j] = select(0.0, f32(activations[x_base1 + k]), in_row);
+                x2_chunk[j] = select(0.0, f32(activations[x_base2 + k]), in_row);
+                x3_chunk[j] = select(0.0, f32(activations[x_base3 + k]), in_row);
+            }
+        }
+        {
+            let w0 = vec4<f32>(weights[w_index + 0u]);
+            let w1 = vec4<f32>(weights[w_index + 1u]);
+            let w2 = vec4<f32>(weights[w_index + 2u]);
+            let w3 = vec4<f32>(weights[w_index + 3u]);
+            let x0 = vec4<f32>(x0_chunk[0]);
+            let x1 = vec4<f32>(x1_chunk[0]);
+            let x2 = vec4<f32>(x2_chunk[0]);
+            let x3 = vec4<f32>(x3_chunk[0]);
+            acc0_0 = fma(x0, w0, acc0_0);
+            acc0_1 = fma(x0, w1, acc0_1);
+            acc0_2 = fma(x0, w2, acc0_2);
+            acc0_3 = fma(x0, w3, acc0_3);
+            acc1_0 = fma(x1, w0, acc1_0);
+            acc1_1 = fma(x1, w1, acc1_1);
+            acc1_2 = fma(x1, w2, acc1_2);
+            acc1_3 = fma(x1, w3, acc1_3);
+            acc2_0 = fma(x2, w0, acc2_0);
+            acc2_1 = fma(x2, w1, acc2_1);
+            acc2_2 = fma(x2, w2, acc2_2);
+            acc2_3 = fma(x2, w3, acc2_3);
+            acc3_0 = fma(x3, w0, acc3_0);
+            acc3_1 = fma(x3, w1, acc3_1);
+            acc3_2 = fma(x3, w2, acc3_2);
+            acc3_3 = fma(x3, w3, acc3_3);
+        }
+        {
+            let w0 = vec4<f32>(weights[w_index + 4u]);
+            let w1 = vec4<f32>(weights[w_index + 5u]);
+            let w2 = vec4<f32>(weights[w_index + 6u]);
+            let w3 = vec4<f32>(weights[w_index + 7u]);
+            let x0 = vec4<f32>(x0_chunk[1]);
+            let x1 = vec4<f32>(x1_chunk[1]);
+            let x2 = vec4<f32>(x2_chunk[1]);
+            let x3 = vec4<f32>(x3_chunk[1]);
+            acc0_0 = fma(x0, w0, acc0_0);
+            acc0_1 = fma(x0, w1, acc0_1);
+            acc0_2 = fma(x0, w2, acc0_2);
+            acc0_3 = fma(x0, w3, acc0_3);
+            acc1_0 = fma(x1, w0, acc1_0);
+            acc1_1 = fma(x1, w1, acc1_1);
+            acc1_2 = fma(x1, w2, acc1_2);
+            acc1_3 = fma(x1, w3, acc1_3);
+            acc2_0 = fma(x2, w0, acc2_0);
+            acc2_1 = fma(x2, w1, acc2_1);
+            acc2_2 = fma(x2, w2, acc2_2);
+            acc2_3 = fma(x2, w3, acc2_3);
+            acc3_0 = fma(x3, w0, acc3_0);
+            acc3_1 = fma(x3, w1, acc3_1);
+            acc3_2 = fma(x3, w2, acc3_2);
+            acc3_3 = fma(x3, w3, acc3_3);
+        }
+        {
+            let w0 = vec4<f32>(weights[w_index + 8u]);
+            let w1 = vec4<f32>(weights[w_index + 9u]);
+            let w2 = vec4<f32>(weights[w_index + 10u]);
+            let w3 = vec4<f32>(weights[w_index + 11u]);
+            let x0 = vec4<f32>(x0_chunk[2]);
+            let x1 = vec4<f32>(x1_chunk[2]);
+            let x2 = vec4<f32>(x2_chunk[2]);
+            let x3 = vec4<f32>(x3_chunk[2]);
+            acc0_0 = fma(x0, w0, acc0_0);
+            acc0_1 = fma(x0, w1, acc0_1);
+            acc0_2 = fma(x0, w2, acc0_2);
+            acc0_3 = fma(x0, w3, acc0_3);
+            acc1_0 = fma(x1, w0, acc1_0);
+            acc1_1 = fma(x1, w1, acc1_1);
+            acc1_2 = fma(x1, w2, acc1_2);
+            acc1_3 = fma(x1, w3, acc1_3);
+            acc2_0 = fma(x2, w0, acc2_0);
+            acc2_1 = fma(x2, w1, acc2_1);
+            acc2_2 = fma(x2, w2, acc2_2);
+            acc2_3 = fma(x2, w3, acc2_3);
+            acc3_0 = fma(x3, w0, acc3_0);
+            acc3_1 = fma(x3, w1, acc3_1);
+            acc3_2 = fma(x3, w2, acc3_2);
+            acc3_3 = fma(x3, w3, acc3_3);
+        }
+        {
+            let w0 = vec4<f32>(weights[w_index + 12u]);
+            let w1 = vec4<f32>(weights[w_index + 13u]);
+            let w2 = vec4<f32>(weights[w_index + 14u]);
+            let w3 = vec4<f32>(weights[w_index + 15u]);
+            let x0 = vec4<f32>(x0_chunk[3]);
+            let x1 = vec4<f32>(x1_chunk[3]);
+            let x2 = vec4<f32>(x2_chunk[3]);
+            let x3 = vec4<f32>(x3_chunk[3]);
+            acc0_0 = fma(x0, w0, acc0_0);
+            acc0_1 = fma(x0, w1, acc0_1);
+            acc0_2 = fma(x0, w2, acc0_2);
+            acc0_3 = fma(x0, w3, acc0_3);
+            acc1_0 = fma(x1, w0, acc1_0);
+            acc1_1 = fma(x1, w1, acc1_1);
+            acc1_2 = fma(x1, w2, acc1_2);
+            acc1_3 = fma(x1, w3, acc1_3);
+            acc2_0 = fma(x2, w0, acc2_0);
+            acc2_1 = fma(x2, w1, acc2_1);
+            acc2_2 = fma(x2, w2, acc2_2);
+            acc2_3 = fma(x2, w3, acc2_3);
+            acc3_0 = fma(x3, w0, acc3_0);
+            acc3_1 = fma(x3, w1, acc3_1);
+            acc3_2 = fma(x3, w2, acc3_2);
+            acc3_3 = fma(x3, w3, acc3_3);
+        }
+        w_index = w_index + 16u;
     }
 
     let col0 = block * 16u;

@@ -39,12 +39,18 @@ struct GemmParams {
 @group(0) @binding(3) var<storage, read> bias: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read> residual: array<Scalar>;
 @group(0) @binding(5) var<storage, read_write> output: array<Scalar>;
+// The activations again (the same buffer), read as vec4 when VEC4_ACTIVATIONS.
+@group(0) @binding(6) var<storage, read> activations4: array<vec4<Scalar>>;
 
 // The epilogue, fixed per pipeline so that the driver removes the branches it does not take.
 override APPLY_RELU: bool = false;
 override ADD_RESIDUAL: bool = false;
 // Invocations per workgroup; a multiple of 8.
 override WORKGROUP_SIZE: u32 = 64u;
+// Whether inner is a multiple of 4, so that activations can be read 4 at a time. On CPU adapters
+// every storage load instruction runs a lane-by-lane loop, whatever its width, so one vec4 load
+// costs about what one scalar load does: this halves the kernel's time on lavapipe.
+override VEC4_ACTIVATIONS: bool = false;
 
 @compute @workgroup_size(WORKGROUP_SIZE, 1, 1)
 fn gemm(
@@ -95,29 +101,57 @@ fn gemm(
         let w2 = vec4<f32>(weights[w_index + 2u]);
         let w3 = vec4<f32>(weights[w_index + 3u]);
         w_index = w_index + 32u;
-        var x0: array<f32, 8>;
-        var x1: array<f32, 8>;
-        var x2: array<f32, 8>;
-        var x3: array<f32, 8>;
-        for (var j = 0u; j < 8u; j = j + 1u) {
-            // Past the end of a row (inner not a multiple of 8) the padded weights are zero;
-            // the activation is set to zero too so that an infinite input cannot make a NaN.
-            let in_row = k0 + j < inner;
-            let k = min(k0 + j, inner - 1u);
-            x0[j] = select(0.0, f32(activations[x_base0 + k]), in_row);
-            x1[j] = select(0.0, f32(activations[x_base1 + k]), in_row);
-            x2[j] = select(0.0, f32(activations[x_base2 + k]), in_row);
-            x3[j] = select(0.0, f32(activations[x_base3 + k]), in_row);
+        // The chunk's 8 activations of each row, as two vec4 (k0..k0+3 and k0+4..k0+7).
+        var x0_low: vec4<f32>;
+        var x1_low: vec4<f32>;
+        var x2_low: vec4<f32>;
+        var x3_low: vec4<f32>;
+        var x0_high: vec4<f32>;
+        var x1_high: vec4<f32>;
+        var x2_high: vec4<f32>;
+        var x3_high: vec4<f32>;
+        if (VEC4_ACTIVATIONS) {
+            // inner is a multiple of 4: each half of the chunk is one vec4 load, which lies
+            // either wholly inside the row or wholly past its end (then it is zero).
+            let k4 = k0 / 4u;
+            let in_row_high = k0 + 4u < inner;
+            let k4_high = min(k4 + 1u, inner / 4u - 1u);
+            x0_low = vec4<f32>(activations4[x_base0 / 4u + k4]);
+            x1_low = vec4<f32>(activations4[x_base1 / 4u + k4]);
+            x2_low = vec4<f32>(activations4[x_base2 / 4u + k4]);
+            x3_low = vec4<f32>(activations4[x_base3 / 4u + k4]);
+            let zero = vec4<f32>(0.0);
+            x0_high = select(zero, vec4<f32>(activations4[x_base0 / 4u + k4_high]), in_row_high);
+            x1_high = select(zero, vec4<f32>(activations4[x_base1 / 4u + k4_high]), in_row_high);
+            x2_high = select(zero, vec4<f32>(activations4[x_base2 / 4u + k4_high]), in_row_high);
+            x3_high = select(zero, vec4<f32>(activations4[x_base3 / 4u + k4_high]), in_row_high);
+        } else {
+            for (var j = 0u; j < 4u; j = j + 1u) {
+                // Past the end of a row (inner not a multiple of 8) the padded weights are zero;
+                // the activation is set to zero too so that an infinite input cannot make a NaN.
+                let in_row_low = k0 + j < inner;
+                let in_row_high = k0 + 4u + j < inner;
+                let k_low = min(k0 + j, inner - 1u);
+                let k_high = min(k0 + 4u + j, inner - 1u);
+                x0_low[j] = select(0.0, f32(activations[x_base0 + k_low]), in_row_low);
+                x1_low[j] = select(0.0, f32(activations[x_base1 + k_low]), in_row_low);
+                x2_low[j] = select(0.0, f32(activations[x_base2 + k_low]), in_row_low);
+                x3_low[j] = select(0.0, f32(activations[x_base3 + k_low]), in_row_low);
+                x0_high[j] = select(0.0, f32(activations[x_base0 + k_high]), in_row_high);
+                x1_high[j] = select(0.0, f32(activations[x_base1 + k_high]), in_row_high);
+                x2_high[j] = select(0.0, f32(activations[x_base2 + k_high]), in_row_high);
+                x3_high[j] = select(0.0, f32(activations[x_base3 + k_high]), in_row_high);
+            }
         }
         {
             let w0_k = subgroupBroadcast(w0, 0u);
             let w1_k = subgroupBroadcast(w1, 0u);
             let w2_k = subgroupBroadcast(w2, 0u);
             let w3_k = subgroupBroadcast(w3, 0u);
-            let x0_k = vec4<f32>(x0[0]);
-            let x1_k = vec4<f32>(x1[0]);
-            let x2_k = vec4<f32>(x2[0]);
-            let x3_k = vec4<f32>(x3[0]);
+            let x0_k = vec4<f32>(x0_low[0]);
+            let x1_k = vec4<f32>(x1_low[0]);
+            let x2_k = vec4<f32>(x2_low[0]);
+            let x3_k = vec4<f32>(x3_low[0]);
             acc0_0 = fma(x0_k, w0_k, acc0_0);
             acc0_1 = fma(x0_k, w1_k, acc0_1);
             acc0_2 = fma(x0_k, w2_k, acc0_2);
@@ -140,10 +174,10 @@ fn gemm(
             let w1_k = subgroupBroadcast(w1, 1u);
             let w2_k = subgroupBroadcast(w2, 1u);
             let w3_k = subgroupBroadcast(w3, 1u);
-            let x0_k = vec4<f32>(x0[1]);
-            let x1_k = vec4<f32>(x1[1]);
-            let x2_k = vec4<f32>(x2[1]);
-            let x3_k = vec4<f32>(x3[1]);
+            let x0_k = vec4<f32>(x0_low[1]);
+            let x1_k = vec4<f32>(x1_low[1]);
+            let x2_k = vec4<f32>(x2_low[1]);
+            let x3_k = vec4<f32>(x3_low[1]);
             acc0_0 = fma(x0_k, w0_k, acc0_0);
             acc0_1 = fma(x0_k, w1_k, acc0_1);
             acc0_2 = fma(x0_k, w2_k, acc0_2);
@@ -166,10 +200,10 @@ fn gemm(
             let w1_k = subgroupBroadcast(w1, 2u);
             let w2_k = subgroupBroadcast(w2, 2u);
             let w3_k = subgroupBroadcast(w3, 2u);
-            let x0_k = vec4<f32>(x0[2]);
-            let x1_k = vec4<f32>(x1[2]);
-            let x2_k = vec4<f32>(x2[2]);
-            let x3_k = vec4<f32>(x3[2]);
+            let x0_k = vec4<f32>(x0_low[2]);
+            let x1_k = vec4<f32>(x1_low[2]);
+            let x2_k = vec4<f32>(x2_low[2]);
+            let x3_k = vec4<f32>(x3_low[2]);
             acc0_0 = fma(x0_k, w0_k, acc0_0);
             acc0_1 = fma(x0_k, w1_k, acc0_1);
             acc0_2 = fma(x0_k, w2_k, acc0_2);
@@ -192,10 +226,10 @@ fn gemm(
             let w1_k = subgroupBroadcast(w1, 3u);
             let w2_k = subgroupBroadcast(w2, 3u);
             let w3_k = subgroupBroadcast(w3, 3u);
-            let x0_k = vec4<f32>(x0[3]);
-            let x1_k = vec4<f32>(x1[3]);
-            let x2_k = vec4<f32>(x2[3]);
-            let x3_k = vec4<f32>(x3[3]);
+            let x0_k = vec4<f32>(x0_low[3]);
+            let x1_k = vec4<f32>(x1_low[3]);
+            let x2_k = vec4<f32>(x2_low[3]);
+            let x3_k = vec4<f32>(x3_low[3]);
             acc0_0 = fma(x0_k, w0_k, acc0_0);
             acc0_1 = fma(x0_k, w1_k, acc0_1);
             acc0_2 = fma(x0_k, w2_k, acc0_2);
@@ -218,10 +252,10 @@ fn gemm(
             let w1_k = subgroupBroadcast(w1, 4u);
             let w2_k = subgroupBroadcast(w2, 4u);
             let w3_k = subgroupBroadcast(w3, 4u);
-            let x0_k = vec4<f32>(x0[4]);
-            let x1_k = vec4<f32>(x1[4]);
-            let x2_k = vec4<f32>(x2[4]);
-            let x3_k = vec4<f32>(x3[4]);
+            let x0_k = vec4<f32>(x0_high[0]);
+            let x1_k = vec4<f32>(x1_high[0]);
+            let x2_k = vec4<f32>(x2_high[0]);
+            let x3_k = vec4<f32>(x3_high[0]);
             acc0_0 = fma(x0_k, w0_k, acc0_0);
             acc0_1 = fma(x0_k, w1_k, acc0_1);
             acc0_2 = fma(x0_k, w2_k, acc0_2);
@@ -244,10 +278,10 @@ fn gemm(
             let w1_k = subgroupBroadcast(w1, 5u);
             let w2_k = subgroupBroadcast(w2, 5u);
             let w3_k = subgroupBroadcast(w3, 5u);
-            let x0_k = vec4<f32>(x0[5]);
-            let x1_k = vec4<f32>(x1[5]);
-            let x2_k = vec4<f32>(x2[5]);
-            let x3_k = vec4<f32>(x3[5]);
+            let x0_k = vec4<f32>(x0_high[1]);
+            let x1_k = vec4<f32>(x1_high[1]);
+            let x2_k = vec4<f32>(x2_high[1]);
+            let x3_k = vec4<f32>(x3_high[1]);
             acc0_0 = fma(x0_k, w0_k, acc0_0);
             acc0_1 = fma(x0_k, w1_k, acc0_1);
             acc0_2 = fma(x0_k, w2_k, acc0_2);
@@ -270,10 +304,10 @@ fn gemm(
             let w1_k = subgroupBroadcast(w1, 6u);
             let w2_k = subgroupBroadcast(w2, 6u);
             let w3_k = subgroupBroadcast(w3, 6u);
-            let x0_k = vec4<f32>(x0[6]);
-            let x1_k = vec4<f32>(x1[6]);
-            let x2_k = vec4<f32>(x2[6]);
-            let x3_k = vec4<f32>(x3[6]);
+            let x0_k = vec4<f32>(x0_high[2]);
+            let x1_k = vec4<f32>(x1_high[2]);
+            let x2_k = vec4<f32>(x2_high[2]);
+            let x3_k = vec4<f32>(x3_high[2]);
             acc0_0 = fma(x0_k, w0_k, acc0_0);
             acc0_1 = fma(x0_k, w1_k, acc0_1);
             acc0_2 = fma(x0_k, w2_k, acc0_2);
@@ -296,10 +330,10 @@ fn gemm(
             let w1_k = subgroupBroadcast(w1, 7u);
             let w2_k = subgroupBroadcast(w2, 7u);
             let w3_k = subgroupBroadcast(w3, 7u);
-            let x0_k = vec4<f32>(x0[7]);
-            let x1_k = vec4<f32>(x1[7]);
-            let x2_k = vec4<f32>(x2[7]);
-            let x3_k = vec4<f32>(x3[7]);
+            let x0_k = vec4<f32>(x0_high[3]);
+            let x1_k = vec4<f32>(x1_high[3]);
+            let x2_k = vec4<f32>(x2_high[3]);
+            let x3_k = vec4<f32>(x3_high[3]);
             acc0_0 = fma(x0_k, w0_k, acc0_0);
             acc0_1 = fma(x0_k, w1_k, acc0_1);
             acc0_2 = fma(x0_k, w2_k, acc0_2);

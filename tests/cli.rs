@@ -82,7 +82,16 @@ fn bench_json_check_reports_every_key_and_a_small_error() {
         assert!(report.get(key).is_some(), "missing {key} in {report}");
     }
     assert!(report["adapter"]["name"].is_string() && report["adapter"]["backend"].is_string());
-    assert_eq!(report["dispatches_per_run"], 4);
+    // Two blocks: two dispatches each, or one each where the tuner measured the whole-block
+    // kernel faster (at this tiny size the two forms are close, so either may win).
+    let whole_blocks = report["kernels"]
+        .as_array()
+        .is_some_and(|kernels| kernels.iter().any(|kernel| kernel == "residual_block"));
+    let expected_dispatches = if whole_blocks { 2 } else { 4 };
+    assert_eq!(
+        report["dispatches_per_run"], expected_dispatches,
+        "{report}"
+    );
     assert_eq!(report["width"], 33);
     let error = report["max_rel_err"].as_f64().expect("a number");
     assert!(error <= 1e-5, "max_rel_err {error}");

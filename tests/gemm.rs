@@ -98,7 +98,12 @@ fn check_gemm_variant(
 
 /// Shapes that hit every edge: one row, one column, K of one, primes, and non-multiples of the
 /// kernel's 4- and 8-wide column tiles and its 8-, 16- and 64-wide row groups.
-const AWKWARD_SHAPES: [(usize, usize, usize); 12] = [
+/// (M, N, K). K covers both ways the register-blocked kernels read activations: four at a time
+/// where K is a multiple of 4 (8, 64, 1000; 4 and 12 end half-way through a chunk of 8), one at a
+/// time otherwise.
+const AWKWARD_SHAPES: [(usize, usize, usize); 14] = [
+    (3, 17, 4),
+    (33, 20, 12),
     (1, 1, 1),
     (1, 3, 17),
     (3, 17, 1),
@@ -234,7 +239,7 @@ fn pipelines_are_built_once_and_then_reused() {
     let context = common::primary_context();
     for variant in variants(context) {
         for epilogue in Epilogue::ALL {
-            let key = kernel_key(context, variant, epilogue, Precision::F32);
+            let key = kernel_key(context, variant, epilogue, Precision::F32, 64);
             let first = context
                 .pipelines()
                 .get_or_create(context, variant.kernel(), &key)

@@ -27,6 +27,9 @@ const GEMM_BINDINGS: &[BindingKind] = &[
     BindingKind::StorageRead,      // 3: bias, padded to 16
     BindingKind::StorageRead,      // 4: residual R [rows, cols]
     BindingKind::StorageReadWrite, // 5: output [rows, cols]
+    // 6: X again, read as vec4 where the inner dimension is a multiple of 4 (a placeholder
+    // otherwise, and unused by the cooperative kernel).
+    BindingKind::StorageRead,
 ];
 
 /// The portable GEMM: register blocking only, runs on every adapter.
@@ -159,6 +162,17 @@ impl GemmVariant {
         }
     }
 
+    /// Whether the variant reads a layer's activations four at a time (`VEC4_ACTIVATIONS`): the
+    /// register-blocked variants do when the inner dimension is a multiple of 4. On lavapipe that
+    /// halves the subgroup GEMM's time, because every load instruction, whatever its width,
+    /// runs a lane-by-lane loop there.
+    pub fn reads_vec4_activations(self, inner: usize) -> bool {
+        match self {
+            GemmVariant::Portable | GemmVariant::Subgroup => inner.is_multiple_of(4),
+            GemmVariant::Cooperative => false,
+        }
+    }
+
     /// Output rows and columns one workgroup covers with `precision` storage.
     pub fn workgroup_tile(self, precision: Precision) -> (usize, usize) {
         match self {
@@ -200,25 +214,31 @@ struct GemmParams {
     inner_padded: u32,
 }
 
-/// The pipeline key of one variant, epilogue and storage precision on `context`.
+/// The pipeline key of one variant, epilogue and storage precision on `context`, for a layer
+/// whose inner dimension is `inner`.
 pub fn kernel_key(
     context: &GpuContext,
     variant: GemmVariant,
     epilogue: Epilogue,
     precision: Precision,
+    inner: usize,
 ) -> KernelKey {
     let kernel = specialize(variant.kernel(), precision);
+    let mut constants = vec![
+        ("ADD_RESIDUAL", u32::from(epilogue.add_residual)),
+        (
+            "APPLY_RELU",
+            u32::from(epilogue.activation == Activation::Relu),
+        ),
+        ("WORKGROUP_SIZE", variant.workgroup_size(context)),
+    ];
+    if variant.reads_vec4_activations(inner) {
+        constants.push(("VEC4_ACTIVATIONS", 1));
+    }
     KernelKey {
         shader: kernel.name,
         entry_point: kernel.entry_point,
-        constants: vec![
-            ("ADD_RESIDUAL", u32::from(epilogue.add_residual)),
-            (
-                "APPLY_RELU",
-                u32::from(epilogue.activation == Activation::Relu),
-            ),
-            ("WORKGROUP_SIZE", variant.workgroup_size(context)),
-        ],
+        constants,
     }
 }
 
@@ -487,8 +507,14 @@ impl PreparedGemm {
         let pipeline = context.pipelines().get_or_create(
             context,
             &specialize(variant.kernel(), precision),
-            &kernel_key(context, variant, operands.epilogue(), precision),
+            &kernel_key(context, variant, operands.epilogue(), precision, k),
         )?;
+        // The vec4 view of the activations, or a placeholder that satisfies the binding.
+        let activations4 = if variant.reads_vec4_activations(k) {
+            operands.input.buffer()
+        } else {
+            context.placeholder_storage()
+        };
         let residual = operands
             .residual
             .map_or(context.placeholder_storage(), DeviceMatrix::buffer);
@@ -505,6 +531,7 @@ impl PreparedGemm {
                     operands.weights.bias.as_entire_binding(),
                     residual.as_entire_binding(),
                     operands.output.buffer().as_entire_binding(),
+                    activations4.as_entire_binding(),
                 ],
             );
             (bind_group, params_buffer)
