@@ -403,12 +403,12 @@ fn tuning_summary(report: &resgraph::tune::TuningReport) -> String {
         });
     if report.measured == 0 {
         format!(
-            "tuning: all {} layer shape(s) from the cache ({cache}); nothing re-tuned",
+            "tuning: all {} shape(s) (layers and residual blocks) from the cache ({cache}); nothing re-tuned",
             report.cached
         )
     } else {
         format!(
-            "tuning: measured {} layer shape(s), {} from the cache; choices saved to {cache}",
+            "tuning: measured {} shape(s) (layers and residual blocks), {} from the cache; choices saved to {cache}",
             report.measured, report.cached
         )
     }

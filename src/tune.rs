@@ -1,8 +1,10 @@
 //! Kernel choice by measurement, per adapter and layer shape, cached on disk.
 //!
 //! For each distinct layer shape of a model (rows, out, in, precision) the tuner times every
-//! kernel the device can run it with (the tiled GEMM variants, and the texture GEMV for small
-//! batches) and keeps the fastest. Choices are stored in a JSON file in the platform's cache
+//! kernel the device can run it with (the tiled GEMM variants, the cooperative-matrix one where
+//! the adapter has it, and the texture GEMV for small batches) and keeps the fastest; for each
+//! residual block shape it times the whole-block kernel against the two layers' chosen kernels
+//! ([`choose_block`]). Choices are stored in a JSON file in the platform's cache
 //! directory (`RESGRAPH_CACHE_DIR` overrides it), keyed by adapter, driver and shape, so the
 //! second compile on the same machine measures nothing.
 
