@@ -795,11 +795,7 @@ fn choose_kernels(
                             shape,
                             split,
                         )?;
-                        if entry.measured.is_empty() {
-                            report.cached += 1;
-                        } else {
-                            report.measured += 1;
-                        }
+                        report.count(!entry.measured.is_empty());
                         let form = entry.form;
                         report.blocks.push(entry);
                         form
@@ -877,11 +873,7 @@ fn choose_layer_kernels(
             Some(choice) => choice,
             None => {
                 let entry = crate::tune::choose(context, &mut cache, options.precision, shape)?;
-                if entry.measured.is_empty() {
-                    report.cached += 1;
-                } else {
-                    report.measured += 1;
-                }
+                report.count(!entry.measured.is_empty());
                 let choice = entry.choice;
                 report.shapes.push(entry);
                 choice

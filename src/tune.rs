@@ -98,6 +98,17 @@ pub struct TuningReport {
     pub blocks: Vec<BlockChoice>,
 }
 
+impl TuningReport {
+    /// Counts one shape's choice: measured now, or taken from the cache.
+    pub(crate) fn count(&mut self, measured_now: bool) {
+        if measured_now {
+            self.measured += 1;
+        } else {
+            self.cached += 1;
+        }
+    }
+}
+
 /// How a residual block runs: the whole-block kernel, or its two layers' own kernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum BlockForm {
@@ -177,9 +188,14 @@ impl TuningCache {
             .and_then(Json::as_str)
     }
 
-    fn insert(&mut self, key: &str, choice: &str, measured: &[(&'static str, Duration)]) {
+    /// Records `choice` for `key` with every candidate's median time, by name.
+    fn insert<'a>(
+        &mut self,
+        key: &str,
+        choice: &str,
+        measured: impl Iterator<Item = (&'a str, Duration)>,
+    ) {
         let times: serde_json::Map<String, Json> = measured
-            .iter()
             .map(|(candidate, time)| (candidate.to_string(), json!(time.as_secs_f64() * 1e3)))
             .collect();
         let entry = json!({"kernel": choice, "median_ms": times});
@@ -286,11 +302,10 @@ pub fn choose(
         .min_by_key(|(_, time)| *time)
         .map(|(choice, _)| *choice)
         .unwrap_or(KernelChoice::Gemm(GemmVariant::Portable));
-    let named: Vec<(&'static str, Duration)> = measured
+    let named = measured
         .iter()
-        .map(|(candidate, time)| (candidate.name(), *time))
-        .collect();
-    cache.insert(&key, choice.name(), &named);
+        .map(|(candidate, time)| (candidate.name(), *time));
+    cache.insert(&key, choice.name(), named);
     Ok(ShapeChoice {
         key,
         choice,
@@ -538,11 +553,8 @@ pub fn choose_block(
     } else {
         BlockForm::TwoDispatches
     };
-    let named: Vec<(&'static str, Duration)> = measured
-        .iter()
-        .map(|(form, time)| (form.name(), *time))
-        .collect();
-    cache.insert(&key, form.name(), &named);
+    let named = measured.iter().map(|(form, time)| (form.name(), *time));
+    cache.insert(&key, form.name(), named);
     Ok(BlockChoice {
         key,
         form,

@@ -169,24 +169,31 @@ fn the_software_vulkan_adapter_runs_the_subgroup_variant() {
     }
 }
 
+/// Prepares a small GEMM with `variant` on a device that cannot run it, and returns the error.
+fn error_preparing(context: &GpuContext, variant: GemmVariant) -> resgraph::Error {
+    let weights = LinearWeights::upload(context, 3, 5, &[0.5; 15], None).expect("weights");
+    let input = DeviceMatrix::new(context, "x", 2, 5).expect("x");
+    let output = DeviceMatrix::new(context, "y", 2, 3).expect("y");
+    let operands = GemmOperands {
+        input: &input,
+        weights: &weights,
+        residual: None,
+        output: &output,
+        activation: Activation::Identity,
+    };
+    match PreparedGemm::with_variant(context, &operands, variant) {
+        Ok(_) => panic!("{variant:?} was prepared on a device that lacks what it needs"),
+        Err(error) => error,
+    }
+}
+
 #[test]
 fn a_variant_the_device_lacks_is_a_typed_error() {
     for (_, context) in common::contexts() {
         if GemmVariant::Subgroup.supported_by(context, Precision::F32) {
             continue;
         }
-        let weights = LinearWeights::upload(context, 2, 2, &[0.0; 4], None).expect("weights");
-        let input = DeviceMatrix::new(context, "x", 1, 2).expect("x");
-        let output = DeviceMatrix::new(context, "y", 1, 2).expect("y");
-        let operands = GemmOperands {
-            input: &input,
-            weights: &weights,
-            residual: None,
-            output: &output,
-            activation: Activation::Identity,
-        };
-        let error = PreparedGemm::with_variant(context, &operands, GemmVariant::Subgroup)
-            .expect_err("the subgroup variant on a device without subgroups");
+        let error = error_preparing(context, GemmVariant::Subgroup);
         assert!(
             matches!(error, resgraph::Error::MissingFeature { .. }),
             "{error}"
@@ -307,18 +314,7 @@ fn without_cooperative_matrices_the_cooperative_gemm_is_refused_and_tuning_falls
             assert!(!GemmVariant::Cooperative.supported_by(context, precision));
         }
 
-        let weights = LinearWeights::upload(context, 3, 5, &[0.5; 15], None).expect("weights");
-        let input = DeviceMatrix::new(context, "x", 2, 5).expect("x");
-        let output = DeviceMatrix::new(context, "y", 2, 3).expect("y");
-        let operands = GemmOperands {
-            input: &input,
-            weights: &weights,
-            residual: None,
-            output: &output,
-            activation: Activation::Identity,
-        };
-        let error = PreparedGemm::with_variant(context, &operands, GemmVariant::Cooperative)
-            .expect_err("the cooperative variant without the feature");
+        let error = error_preparing(context, GemmVariant::Cooperative);
         match &error {
             resgraph::Error::MissingFeature { feature, .. } => {
                 assert!(
