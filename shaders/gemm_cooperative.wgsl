@@ -4,8 +4,11 @@
 // Needs wgpu's Features::EXPERIMENTAL_COOPERATIVE_MATRIX and an adapter that reports the tile
 // configuration this file is specialised for (the host checks
 // Adapter::cooperative_matrix_properties before it builds the pipeline):
-//   f32 storage: 8x8x8 tiles, f32 A and B, f32 accumulators (what wgpu offers on Metal);
-//   f16 storage: 16x16x16 tiles, f16 A and B, f32 accumulators (NVIDIA and AMD tensor cores).
+//   f32 storage: 8x8x8 tiles, f32 A and B, f32 accumulators (Apple GPUs through Metal);
+//   f16 storage: 16x16x16 tiles, f16 A and B, f32 accumulators (tensor cores, e.g. NVIDIA's
+//   Vulkan driver).
+// It also needs a fixed subgroup size, since a workgroup must be exactly one subgroup (naga does
+// not allow cooperative operations under a branch on the subgroup index).
 // This is the f32 form. The host makes the f16 one by rewriting `alias Scalar`, `coop_mat8x8` and
 // `const TILE` (see specialize_source in src/gpu/pipelines.rs).
 //

@@ -774,7 +774,11 @@ fn choose_kernels(
     let mut fused = Vec::new();
     for block in plan.residual_blocks() {
         let (width, hidden) = (block.width, block.hidden);
-        if !residual_block::supported(context, options.precision, width, hidden) {
+        if !residual_block::supported(
+            context,
+            options.precision,
+            (options.max_batch, width, hidden),
+        ) {
             continue;
         }
         let split = (choices[block.first_layer], choices[block.second_layer]);

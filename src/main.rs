@@ -445,6 +445,9 @@ fn tune(options: &AdapterOptions, args: &BenchArgs) -> resgraph::Result<()> {
                 .join(", ")
         };
         println!("  {} -> {}  {times}", shape.key, shape.choice.name());
+        for (candidate, why) in &shape.rejected {
+            println!("    {} left out: {why}", candidate.name());
+        }
     }
     for block in &report.blocks {
         let times = if block.measured.is_empty() {
@@ -458,6 +461,9 @@ fn tune(options: &AdapterOptions, args: &BenchArgs) -> resgraph::Result<()> {
                 .join(", ")
         };
         println!("  {} -> {}  {times}", block.key, block.form.name());
+        if let Some(why) = &block.rejected {
+            println!("    residual_block left out: {why}");
+        }
     }
     Ok(())
 }

@@ -55,16 +55,19 @@ impl KernelChoice {
             .find(|choice| choice.name() == name)
     }
 
-    /// Whether `context` can run this kernel for an `out` × `inp` layer stored in `precision`.
+    /// Whether `context` can run this kernel for `rows` of an `out` × `inp` layer stored in
+    /// `precision`.
     pub fn supported(
         self,
         context: &GpuContext,
         precision: Precision,
-        out: usize,
-        inp: usize,
+        (rows, out, inp): (usize, usize, usize),
     ) -> bool {
         match self {
-            KernelChoice::Gemm(variant) => variant.supported_by(context, precision),
+            KernelChoice::Gemm(variant) => {
+                variant.supported_by(context, precision)
+                    && variant.fits(context, precision, rows, out)
+            }
             KernelChoice::GemvTexture => {
                 gemv::supported_by(context) && TextureWeights::fits(context, out, inp)
             }
@@ -75,12 +78,55 @@ impl KernelChoice {
 /// One layer shape's entry: the choice and, when it was measured now, each candidate's time.
 #[derive(Clone, Debug)]
 pub struct ShapeChoice {
-    /// The cache key (adapter, driver, backend, precision, rows, out, in).
+    /// The cache key (adapter, driver, backend, precision, rows, out, in, the candidates).
     pub key: String,
     /// The kernel chosen.
     pub choice: KernelChoice,
     /// Median time of each candidate, when measured in this compile (empty when from cache).
     pub measured: Vec<(KernelChoice, Duration)>,
+    /// Candidates left out when measured now, and why: one that failed to build or run, or
+    /// whose result disagreed with the portable GEMM's.
+    pub rejected: Vec<(KernelChoice, String)>,
+}
+
+/// The kernels the tuner times for `rows` of an `out` × `inp` layer on `context`, the portable
+/// GEMM first (it is the reference the others' results are checked against).
+pub fn candidates(
+    context: &GpuContext,
+    precision: Precision,
+    (rows, out, inp): (usize, usize, usize),
+) -> Vec<KernelChoice> {
+    let mut candidates: Vec<KernelChoice> = GemmVariant::ALL
+        .into_iter()
+        .map(KernelChoice::Gemm)
+        .collect();
+    if rows <= GEMV_CANDIDATE_MAX_ROWS {
+        candidates.push(KernelChoice::GemvTexture);
+    }
+    candidates.retain(|candidate| candidate.supported(context, precision, (rows, out, inp)));
+    candidates
+}
+
+/// Checks a candidate's result on the tuning data against the reference kernel's: finite, and
+/// within the precision's tolerance. An experimental kernel that a driver miscompiles is thereby
+/// never chosen, however fast.
+pub fn check_candidate_output(
+    output: &[f32],
+    reference: &[f32],
+    precision: Precision,
+) -> std::result::Result<(), String> {
+    if let Some(index) = output.iter().position(|value| !value.is_finite()) {
+        return Err(format!("output[{index}] = {} is not finite", output[index]));
+    }
+    let reference: Vec<f64> = reference.iter().map(|&value| f64::from(value)).collect();
+    let error = crate::reference::relative_error(output, &reference);
+    if error > precision.tolerance() {
+        return Err(format!(
+            "relative error {error:.1e} against the reference kernel's result (tolerance {:.0e})",
+            precision.tolerance()
+        ));
+    }
+    Ok(())
 }
 
 /// What tuning did for one compile.
@@ -143,6 +189,9 @@ pub struct BlockChoice {
     pub form: BlockForm,
     /// Median time of each form, when measured in this compile (empty when from cache).
     pub measured: Vec<(BlockForm, Duration)>,
+    /// Why the whole-block kernel was left out when measured now, if it was: it failed to build
+    /// or run, or its result disagreed with the two dispatches'.
+    pub rejected: Option<String>,
 }
 
 /// The on-disk cache of choices.
@@ -253,13 +302,20 @@ pub fn shape_key(
     inp: usize,
 ) -> String {
     let info = context.adapter_info();
+    // The candidates are part of the key: a choice made without a kernel (the cooperative one
+    // turned off, or an older resgraph) must not stop that kernel from being timed later.
+    let offered: Vec<&str> = candidates(context, precision, (rows, out, inp))
+        .into_iter()
+        .map(KernelChoice::name)
+        .collect();
     format!(
-        "{}|{} {}|{}|{}|m{rows}|n{out}|k{inp}",
+        "{}|{} {}|{}|{}|m{rows}|n{out}|k{inp}|{}",
         info.name,
         info.driver,
         info.driver_info,
         info.backend,
-        precision.name()
+        precision.name(),
+        offered.join("+")
     )
 }
 
@@ -273,28 +329,34 @@ pub fn choose(
 ) -> Result<ShapeChoice> {
     let key = shape_key(context, precision, rows, out, inp);
     if let Some(choice) = cache.get(&key)
-        && choice.supported(context, precision, out, inp)
+        && choice.supported(context, precision, (rows, out, inp))
     {
         return Ok(ShapeChoice {
             key,
             choice,
             measured: Vec::new(),
+            rejected: Vec::new(),
         });
     }
-    let mut candidates: Vec<KernelChoice> = GemmVariant::ALL
-        .into_iter()
-        .map(KernelChoice::Gemm)
-        .collect();
-    if rows <= GEMV_CANDIDATE_MAX_ROWS {
-        candidates.push(KernelChoice::GemvTexture);
-    }
     let mut measured = Vec::new();
-    for candidate in candidates {
-        if candidate.supported(context, precision, out, inp) {
-            measured.push((
-                candidate,
-                time_candidate(context, precision, candidate, rows, out, inp)?,
-            ));
+    let mut rejected = Vec::new();
+    let mut reference: Option<Vec<f32>> = None;
+    for candidate in candidates(context, precision, (rows, out, inp)) {
+        let outcome = time_candidate(context, precision, candidate, rows, out, inp);
+        match (outcome, &reference) {
+            // The portable GEMM is the reference; without it there is nothing to choose from.
+            (Err(error), None) => return Err(error),
+            (Err(error), Some(_)) => rejected.push((candidate, error.to_string())),
+            (Ok((time, output)), None) => {
+                reference = Some(output);
+                measured.push((candidate, time));
+            }
+            (Ok((time, output)), Some(expected)) => {
+                match check_candidate_output(&output, expected, precision) {
+                    Ok(()) => measured.push((candidate, time)),
+                    Err(why) => rejected.push((candidate, why)),
+                }
+            }
         }
     }
     let choice = measured
@@ -310,10 +372,12 @@ pub fn choose(
         key,
         choice,
         measured,
+        rejected,
     })
 }
 
-/// Median time of one dispatch of `candidate` (submitted and waited for), on synthetic data.
+/// Median time of one dispatch of `candidate` (submitted and waited for) on synthetic data, and
+/// its result, for checking.
 fn time_candidate(
     context: &GpuContext,
     precision: Precision,
@@ -321,7 +385,7 @@ fn time_candidate(
     rows: usize,
     out: usize,
     inp: usize,
-) -> Result<Duration> {
+) -> Result<(Duration, Vec<f32>)> {
     let input = tuning_matrix(context, precision, "tuning input", rows, inp, 0.5)?;
     let residual = tuning_matrix(context, precision, "tuning residual", rows, out, 0.25)?;
     let output = tuning_matrix(context, precision, "tuning output", rows, out, 0.0)?;
@@ -335,20 +399,25 @@ fn time_candidate(
         Some(&residual),
         &output,
     )?;
-    median_time(context, |pass| layer.record(pass))
+    let time = median_time(context, |pass| layer.record(pass))?;
+    Ok((time, output.read(context)?))
 }
 
-/// A device matrix for timing, filled with `value`.
+/// A device matrix for timing: values around `scale` that vary along rows and columns, so that a
+/// kernel mixing up rows, columns or the inner dimension gives a visibly different result.
 fn tuning_matrix(
     context: &GpuContext,
     precision: Precision,
     label: &str,
     rows: usize,
     cols: usize,
-    value: f32,
+    scale: f32,
 ) -> Result<DeviceMatrix> {
     let matrix = DeviceMatrix::new_with_precision(context, label, rows, cols, precision)?;
-    matrix.fill(context, value)?;
+    let values: Vec<f32> = (0..rows * cols)
+        .map(|i| scale * (((i % 11) as f32) - 5.0 + ((i / cols) % 3) as f32) / 5.0)
+        .collect();
+    matrix.write(context, &values)?;
     Ok(matrix)
 }
 
@@ -492,6 +561,7 @@ pub fn choose_block(
             key,
             form,
             measured: Vec::new(),
+            rejected: None,
         });
     }
     let input = tuning_matrix(context, precision, "tuning block input", rows, width, 0.5)?;
@@ -509,18 +579,6 @@ pub fn choose_block(
             precision,
         )
     };
-    let (first, second) = (upload(hidden, width)?, upload(width, hidden)?);
-    let block = PreparedResidualBlock::new(
-        context,
-        &ResidualBlockOperands {
-            input: &input,
-            first: &first,
-            second: &second,
-            output: &output,
-        },
-    )?;
-    let whole = median_time(context, |pass| block.record_rows(pass, rows))?;
-
     let first_layer = prepare_candidate(
         context,
         precision,
@@ -543,21 +601,44 @@ pub fn choose_block(
         first_layer.record(pass);
         second_layer.record(pass);
     })?;
+    let expected = output.read(context)?;
 
-    let measured = vec![
-        (BlockForm::WholeBlock, whole),
-        (BlockForm::TwoDispatches, two),
-    ];
-    let form = if whole < two {
-        BlockForm::WholeBlock
-    } else {
-        BlockForm::TwoDispatches
+    let mut measured = vec![(BlockForm::TwoDispatches, two)];
+    let whole_block = || -> Result<(Duration, Vec<f32>)> {
+        let (first, second) = (upload(hidden, width)?, upload(width, hidden)?);
+        let block = PreparedResidualBlock::new(
+            context,
+            &ResidualBlockOperands {
+                input: &input,
+                first: &first,
+                second: &second,
+                output: &output,
+            },
+        )?;
+        output.fill(context, f32::NAN)?;
+        let time = median_time(context, |pass| block.record_rows(pass, rows))?;
+        Ok((time, output.read(context)?))
     };
+    let rejected = match whole_block() {
+        Err(error) => Some(error.to_string()),
+        Ok((time, result)) => match check_candidate_output(&result, &expected, precision) {
+            Ok(()) => {
+                measured.push((BlockForm::WholeBlock, time));
+                None
+            }
+            Err(why) => Some(why),
+        },
+    };
+    let form = measured
+        .iter()
+        .min_by_key(|(_, time)| *time)
+        .map_or(BlockForm::TwoDispatches, |(form, _)| *form);
     let named = measured.iter().map(|(form, time)| (form.name(), *time));
     cache.insert(&key, form.name(), named);
     Ok(BlockChoice {
         key,
         form,
         measured,
+        rejected,
     })
 }

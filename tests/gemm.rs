@@ -356,21 +356,28 @@ fn without_cooperative_matrices_the_cooperative_gemm_is_refused_and_tuning_falls
 }
 
 #[test]
-fn cooperative_tile_shapes_claimed_for_a_device_without_the_feature_are_ignored() {
+fn cooperative_tile_shapes_from_a_host_are_used_only_with_the_feature() {
     // A host passing tile configurations for a device created without the feature must not
-    // switch the cooperative kernel on: the shader would not compile there.
+    // switch the cooperative kernel on (its shader would not compile there); with the feature,
+    // they are what the cooperative kernel is chosen by.
     let context = common::primary_context();
+    let claimed = vec![
+        cooperative_config(Precision::F32),
+        cooperative_config(Precision::F16),
+    ];
+    let host_context = GpuContext::from_device(context.device().clone(), context.queue().clone())
+        .with_cooperative_matrix_configs(claimed.clone());
     if context
         .features()
         .contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
     {
-        return;
+        assert_eq!(
+            host_context.cooperative_matrix_configs(),
+            claimed.as_slice()
+        );
+    } else {
+        assert!(host_context.cooperative_matrix_configs().is_empty());
+        assert!(!GemmVariant::Cooperative.supported_by(&host_context, Precision::F32));
+        assert!(!GemmVariant::Cooperative.supported_by(&host_context, Precision::F16));
     }
-    let host_context = GpuContext::from_device(context.device().clone(), context.queue().clone())
-        .with_cooperative_matrix_configs(vec![
-            cooperative_config(Precision::F32),
-            cooperative_config(Precision::F16),
-        ]);
-    assert!(host_context.cooperative_matrix_configs().is_empty());
-    assert!(!GemmVariant::Cooperative.supported_by(&host_context, Precision::F32));
 }

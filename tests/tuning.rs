@@ -46,13 +46,12 @@ fn the_second_compile_takes_every_choice_from_the_cache() {
     let graph = mlp(shape, 1.0, 4).expect("graph");
     // Distinct shapes: stem, fc1, fc2, head, and the residual block (timed whole against its two
     // layers) where the device can run the whole-block kernel.
-    let block_shapes = usize::from(resgraph::kernels::residual_block::supported(
-        &context,
-        resgraph::precision::Precision::F32,
-        48,
-        80,
-    ));
     for batch in [1, 96] {
+        let block_shapes = usize::from(resgraph::kernels::residual_block::supported(
+            &context,
+            resgraph::precision::Precision::F32,
+            (batch, 48, 80),
+        ));
         let first = tuned(&context, &graph, batch, &cache);
         assert_eq!(first.tuning_report().blocks.len(), block_shapes);
         assert_eq!(
@@ -82,7 +81,12 @@ fn a_damaged_cache_is_rebuilt_not_an_error() {
     let graph = mlp(MlpShape::square(16, 1), 1.0, 1).expect("graph");
     let model = tuned(&context, &graph, 2, &cache);
     // One layer shape (both layers are 16x16), and the block where the kernel can run it.
-    let shapes = 1 + model.tuning_report().blocks.len();
+    let shapes = 1 + usize::from(resgraph::kernels::residual_block::supported(
+        &context,
+        resgraph::precision::Precision::F32,
+        (2, 16, 16),
+    ));
+    assert_eq!(model.tuning_report().blocks.len(), shapes - 1);
     assert_eq!(model.tuning_report().measured, shapes);
     let text = std::fs::read_to_string(&cache).expect("cache rewritten");
     let json: serde_json::Value = serde_json::from_str(&text).expect("valid JSON now");
@@ -110,4 +114,26 @@ fn two_processes_tuning_at_once_keep_each_others_entries() {
         let key = resgraph::tune::shape_key(&context, precision, rows, 8, 8);
         assert!(merged.get(&key).is_some(), "lost the entry for {rows} rows");
     }
+}
+
+#[test]
+fn a_candidate_whose_result_disagrees_with_the_reference_is_rejected() {
+    // The tuner keeps a kernel only if its result on the tuning data matches the portable
+    // GEMM's: a miscompiled experimental kernel must never win on speed.
+    use resgraph::precision::Precision;
+    use resgraph::tune::check_candidate_output;
+    let reference: Vec<f32> = (0..64).map(|i| (i as f32 - 20.0) * 0.125).collect();
+    assert!(check_candidate_output(&reference, &reference, Precision::F32).is_ok());
+    let nearly: Vec<f32> = reference.iter().map(|value| value * (1.0 + 1e-7)).collect();
+    assert!(check_candidate_output(&nearly, &reference, Precision::F32).is_ok());
+    let f16_rounding: Vec<f32> = reference.iter().map(|value| value * (1.0 + 1e-3)).collect();
+    assert!(check_candidate_output(&f16_rounding, &reference, Precision::F32).is_err());
+    assert!(check_candidate_output(&f16_rounding, &reference, Precision::F16).is_ok());
+    let zeros = vec![0.0f32; reference.len()];
+    assert!(check_candidate_output(&zeros, &reference, Precision::F16).is_err());
+    let mut with_nan = reference.clone();
+    with_nan[7] = f32::NAN;
+    let why = check_candidate_output(&with_nan, &reference, Precision::F16).expect_err("NaN");
+    assert!(why.contains("output[7]"), "{why}");
+    assert!(check_candidate_output(&reference[1..], &reference, Precision::F16).is_err());
 }

@@ -264,15 +264,16 @@ impl GpuContext {
         } else {
             Vec::new()
         };
-        let experimental_features = if cooperative_matrix_configs.is_empty() {
-            wgpu::ExperimentalFeatures::disabled()
-        } else {
-            // SAFETY: the token only unlocks the EXPERIMENTAL_ features requested above. The one
-            // resgraph requests is used by a single kernel, which is validated by naga in the
-            // tests, chosen only when the adapter reports the exact tile configuration it uses,
-            // and which users can turn off (`AdapterOptions::cooperative_matrix`).
-            unsafe { wgpu::ExperimentalFeatures::enabled() }
-        };
+        let experimental_features =
+            if !required_features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) {
+                wgpu::ExperimentalFeatures::disabled()
+            } else {
+                // SAFETY: the token only unlocks the EXPERIMENTAL_ features requested above. The one
+                // resgraph requests is used by a single kernel, which is validated by naga in the
+                // tests, chosen only when the adapter reports the exact tile configuration it uses,
+                // and which users can turn off (`AdapterOptions::cooperative_matrix`).
+                unsafe { wgpu::ExperimentalFeatures::enabled() }
+            };
         let descriptor = wgpu::DeviceDescriptor {
             label: Some("resgraph device"),
             required_features,

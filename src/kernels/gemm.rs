@@ -1,8 +1,9 @@
-//! Host side of `shaders/gemm.wgsl`: the fused `act(X·Wᵀ + b [+ R])` kernel.
+//! Host side of the fused `act(X·Wᵀ + b [+ R])` GEMM kernels (`shaders/gemm*.wgsl`).
 //!
 //! A layer's weights are converted once, at upload, from PyTorch's `[out, in]` layout to the
-//! kernel's `[in, ceil(out/4)]` vec4 layout; after that a dispatch is prepared once (pipeline,
-//! parameters, bind group) and can be recorded into any number of compute passes.
+//! kernels' blocked layout `[ceil(out/16)][in_padded][16]` (`in_padded` the next multiple of 8);
+//! after that a dispatch is prepared once (pipeline, parameters, bind group) and can be recorded
+//! into any number of compute passes.
 //!
 //! Three shader variants share the weight layout: a portable one, a faster one that shares
 //! weights across a subgroup, and one on cooperative matrices (tensor cores) for adapters that
@@ -19,7 +20,8 @@ use crate::gpu::pipelines::{
 use crate::precision::Precision;
 use crate::shape::check_linear_shape;
 
-/// The bindings both GEMM variants declare, in binding order.
+/// The bindings of the GEMM kernels, in binding order (the cooperative kernel leaves binding 6
+/// unused).
 const GEMM_BINDINGS: &[BindingKind] = &[
     BindingKind::Uniform,          // 0: params
     BindingKind::StorageRead,      // 1: activations X [rows, inner]
@@ -123,13 +125,27 @@ impl GemmVariant {
             GemmVariant::Cooperative => {
                 let wanted = cooperative_config(precision);
                 context.features().contains(wgpu::Features::SUBGROUP)
-                    && info.subgroup_min_size == info.subgroup_max_size
-                    && info.subgroup_min_size > 0
-                    && info.subgroup_min_size
-                        <= context.limits().max_compute_invocations_per_workgroup
+                    && fixed_subgroup_size(context).is_some_and(|size| {
+                        size <= context.limits().max_compute_invocations_per_workgroup
+                    })
                     && context.cooperative_matrix_configs().contains(&wanted)
             }
         }
+    }
+
+    /// Whether a dispatch of this variant for `rows` × `cols` outputs fits the device's
+    /// workgroup-count limit (the cooperative variant's workgroups cover fewer rows).
+    pub fn fits(
+        self,
+        context: &GpuContext,
+        precision: Precision,
+        rows: usize,
+        cols: usize,
+    ) -> bool {
+        let (rows_per_workgroup, cols_per_workgroup) = self.workgroup_tile(precision);
+        let limit = u64::from(context.limits().max_compute_workgroups_per_dimension);
+        (rows.div_ceil(rows_per_workgroup) as u64) <= limit
+            && (cols.div_ceil(cols_per_workgroup) as u64) <= limit
     }
 
     /// What the device lacks when [`Self::supported_by`] is false, for the error message.
@@ -139,7 +155,7 @@ impl GemmVariant {
             GemmVariant::Subgroup => "SUBGROUP (with subgroups of at least 8 invocations)",
             GemmVariant::Cooperative => {
                 "EXPERIMENTAL_COOPERATIVE_MATRIX with 8x8x8 f32 tiles (f32) or 16x16x16 f16 tiles \
-                 with f32 accumulators (f16), and a fixed subgroup size"
+                 with f32 accumulators (f16), and a known fixed subgroup size"
             }
         }
     }
@@ -158,7 +174,7 @@ impl GemmVariant {
     pub fn workgroup_size(self, context: &GpuContext) -> u32 {
         match self {
             GemmVariant::Portable | GemmVariant::Subgroup => WORKGROUP_SIZE,
-            GemmVariant::Cooperative => context.adapter_info().subgroup_max_size,
+            GemmVariant::Cooperative => fixed_subgroup_size(context).unwrap_or(WORKGROUP_SIZE),
         }
     }
 
@@ -184,6 +200,25 @@ impl GemmVariant {
                 (4 * tile, 2 * tile)
             }
         }
+    }
+}
+
+/// The subgroup size every workgroup of the device runs with, when it is known: the cooperative
+/// GEMM makes each workgroup exactly one subgroup, because cooperative operations are
+/// subgroup-wide and naga does not allow them under a branch on the subgroup index.
+///
+/// Known where the adapter reports one size (NVIDIA: 32), and on Apple GPUs, whose SIMD-groups
+/// are always 32 wide although wgpu's Metal backend reports the range 4–64. Adapters that can
+/// run either of two sizes (AMD RDNA: 32 or 64, Intel: 8 to 32) have none, and keep the other
+/// variants.
+pub fn fixed_subgroup_size(context: &GpuContext) -> Option<u32> {
+    let info = context.adapter_info();
+    if info.subgroup_min_size > 0 && info.subgroup_min_size == info.subgroup_max_size {
+        Some(info.subgroup_min_size)
+    } else if info.backend == wgpu::Backend::Metal && info.name.starts_with("Apple") {
+        Some(32)
+    } else {
+        None
     }
 }
 
@@ -235,6 +270,8 @@ pub fn kernel_key(
     if variant.reads_vec4_activations(inner) {
         constants.push(("VEC4_ACTIVATIONS", 1));
     }
+    // Sorted by name, as KernelKey asks, so that equal keys hash equally.
+    constants.sort_unstable();
     KernelKey {
         shader: kernel.name,
         entry_point: kernel.entry_point,

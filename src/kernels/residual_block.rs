@@ -62,13 +62,12 @@ struct BlockParams {
     padding: [u32; 3],
 }
 
-/// Why the device cannot run the block kernel for a block of `width` with a `hidden` layer,
-/// or `None` when it can.
+/// Why the device cannot run the block kernel for `rows` of a block of `width` with a `hidden`
+/// layer, or `None` when it can.
 pub fn unsupported_reason(
     context: &GpuContext,
     precision: Precision,
-    width: usize,
-    hidden: usize,
+    (rows, width, hidden): (usize, usize, usize),
 ) -> Option<String> {
     let limits = context.limits();
     if !context.features().contains(wgpu::Features::SUBGROUP)
@@ -93,15 +92,27 @@ pub fn unsupported_reason(
             "the hidden width {hidden} is over the {MAX_HIDDEN} the block kernel keeps on chip"
         ));
     }
-    if width == 0 || hidden == 0 {
-        return Some("a zero-width layer".to_string());
+    if width == 0 || hidden == 0 || rows == 0 {
+        return Some("a zero-sized dimension".to_string());
+    }
+    let groups = rows.div_ceil(BLOCK_ROWS) as u64;
+    if groups > u64::from(limits.max_compute_workgroups_per_dimension) {
+        return Some(format!(
+            "{rows} rows need {groups} workgroups, over the device's {}",
+            limits.max_compute_workgroups_per_dimension
+        ));
     }
     None
 }
 
-/// Whether the device can run the block kernel for a block of `width` with a `hidden` layer.
-pub fn supported(context: &GpuContext, precision: Precision, width: usize, hidden: usize) -> bool {
-    unsupported_reason(context, precision, width, hidden).is_none()
+/// Whether the device can run the block kernel for `rows` of a block of `width` with a `hidden`
+/// layer.
+pub fn supported(
+    context: &GpuContext,
+    precision: Precision,
+    (rows, width, hidden): (usize, usize, usize),
+) -> bool {
+    unsupported_reason(context, precision, (rows, width, hidden)).is_none()
 }
 
 /// The operands of one whole residual block.
@@ -184,14 +195,21 @@ impl PreparedResidualBlock {
     pub fn new(context: &GpuContext, operands: &ResidualBlockOperands<'_>) -> Result<Self> {
         let (width, hidden) = operands.validate()?;
         let precision = operands.first.precision();
-        if let Some(reason) = unsupported_reason(context, precision, width, hidden) {
+        if hidden > MAX_HIDDEN {
+            return Err(Error::shape_mismatch(
+                "residual block hidden width",
+                format!("at most {MAX_HIDDEN} (the whole-block kernel keeps it on chip)"),
+                hidden,
+            ));
+        }
+        let rows = operands.input.rows();
+        if let Some(reason) = unsupported_reason(context, precision, (1, width, hidden)) {
             return Err(Error::MissingFeature {
                 what: format!("the whole-block kernel for a {width}x{hidden} block ({reason})"),
-                feature: "SUBGROUP, 16 KiB of workgroup memory and a hidden width up to 512",
+                feature: "SUBGROUP (subgroups of at least 8) and 16 KiB of workgroup memory",
                 adapter: context.adapter_info().name.clone(),
             });
         }
-        let rows = operands.input.rows();
         let groups = rows.div_ceil(BLOCK_ROWS) as u64;
         let limit = context.limits().max_compute_workgroups_per_dimension;
         if groups > u64::from(limit) {
