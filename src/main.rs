@@ -434,38 +434,32 @@ fn tune(options: &AdapterOptions, args: &BenchArgs) -> resgraph::Result<()> {
     );
     println!("{}", tuning_summary(report));
     for shape in &report.shapes {
-        let times = if shape.measured.is_empty() {
-            "(cached)".to_string()
-        } else {
-            shape
-                .measured
-                .iter()
-                .map(|(choice, time)| format!("{} {:.3} ms", choice.name(), millis(*time)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let times = measured_times(shape.measured.iter().map(|(c, t)| (c.name(), *t)));
         println!("  {} -> {}  {times}", shape.key, shape.choice.name());
         for (candidate, why) in &shape.rejected {
             println!("    {} left out: {why}", candidate.name());
         }
     }
     for block in &report.blocks {
-        let times = if block.measured.is_empty() {
-            "(cached)".to_string()
-        } else {
-            block
-                .measured
-                .iter()
-                .map(|(form, time)| format!("{} {:.3} ms", form.name(), millis(*time)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let times = measured_times(block.measured.iter().map(|(f, t)| (f.name(), *t)));
         println!("  {} -> {}  {times}", block.key, block.form.name());
         if let Some(why) = &block.rejected {
             println!("    residual_block left out: {why}");
         }
     }
     Ok(())
+}
+
+/// What `tune` prints for one shape: each candidate's median time, or `(cached)`.
+fn measured_times<'a>(measured: impl Iterator<Item = (&'a str, std::time::Duration)>) -> String {
+    let times: Vec<String> = measured
+        .map(|(name, time)| format!("{name} {:.3} ms", millis(time)))
+        .collect();
+    if times.is_empty() {
+        "(cached)".to_string()
+    } else {
+        times.join(", ")
+    }
 }
 
 fn run_model(options: &AdapterOptions, args: &RunArgs) -> resgraph::Result<()> {
