@@ -22,6 +22,7 @@
 //! assert_eq!(output.read(&context)?, vec![1.5, 0.0]);
 //! # Ok(()) }
 //! ```
+#![warn(missing_docs)]
 
 pub mod bench;
 pub mod epilogue;

@@ -1,6 +1,6 @@
 //! Model and data files: ONNX and safetensors in, `.npy` in and out. Every loader checks what it
 //! reads against what the file claims before allocating or building anything, and turns every
-//! problem into an [`Error`](crate::Error) that names the file and the place in it.
+//! problem into an [`Error`] that names the file and the place in it.
 
 pub mod npy;
 pub mod onnx;
