@@ -4,9 +4,11 @@
 //! kernel the device can run it with (the tiled GEMM variants, the cooperative-matrix one where
 //! the adapter has it, and the texture GEMV for small batches) and keeps the fastest; for each
 //! residual block shape it times the whole-block kernel against the two layers' chosen kernels
-//! ([`choose_block`]). Choices are stored in a JSON file in the platform's cache
-//! directory (`RESGRAPH_CACHE_DIR` overrides it), keyed by adapter, driver and shape, so the
-//! second compile on the same machine measures nothing.
+//! ([`choose_block`]). A candidate is kept only if its result on the tuning data agrees with the
+//! reference's (the portable GEMM, or the two dispatches): one that fails or disagrees is left
+//! out and reported. Choices are stored in a JSON file in the platform's cache
+//! directory (`RESGRAPH_CACHE_DIR` overrides it), keyed by adapter, driver, shape and the
+//! candidates offered, so the second compile on the same machine measures nothing.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -115,15 +117,39 @@ pub fn check_candidate_output(
     reference: &[f32],
     precision: Precision,
 ) -> std::result::Result<(), String> {
+    if output.len() != reference.len() {
+        return Err(format!(
+            "{} outputs, the reference has {}",
+            output.len(),
+            reference.len()
+        ));
+    }
     if let Some(index) = output.iter().position(|value| !value.is_finite()) {
         return Err(format!("output[{index}] = {} is not finite", output[index]));
     }
-    let reference: Vec<f64> = reference.iter().map(|&value| f64::from(value)).collect();
-    let error = crate::reference::relative_error(output, &reference);
-    if error > precision.tolerance() {
+    let tolerance = precision.tolerance();
+    let reference_f64: Vec<f64> = reference.iter().map(|&value| f64::from(value)).collect();
+    let error = crate::reference::relative_error(output, &reference_f64);
+    // A NaN error (from a non-finite reference) fails too.
+    if error.is_nan() || error > tolerance {
         return Err(format!(
-            "relative error {error:.1e} against the reference kernel's result (tolerance {:.0e})",
-            precision.tolerance()
+            "relative error {error:.1e} against the reference kernel's result (tolerance {tolerance:.0e})"
+        ));
+    }
+    // The L2 error of a whole matrix hides a few wrong elements (an unwritten column, say), so
+    // every element must also be close, relative to the largest reference value.
+    let largest = reference
+        .iter()
+        .fold(0.0f32, |max, value| max.max(value.abs()));
+    let worst = output
+        .iter()
+        .zip(reference)
+        .map(|(value, expected)| (value - expected).abs())
+        .fold(0.0f32, f32::max);
+    let allowed = 10.0 * tolerance * f64::from(largest);
+    if worst.is_nan() || f64::from(worst) > allowed {
+        return Err(format!(
+            "an element is off by {worst:.2e}, with the largest reference value {largest:.2e}"
         ));
     }
     Ok(())
@@ -338,32 +364,39 @@ pub fn choose(
             rejected: Vec::new(),
         });
     }
-    let mut measured = Vec::new();
+    // The portable GEMM is the reference every other candidate's result is checked against. It
+    // runs first, even where `candidates` would leave it out, so that a shape no kernel can run
+    // is the portable GEMM's own typed error (a dispatch too large, say) rather than a choice.
+    let portable = KernelChoice::Gemm(GemmVariant::Portable);
+    let (portable_time, reference) = time_candidate(context, precision, portable, rows, out, inp)?;
+    if let Some(index) = reference.iter().position(|value| !value.is_finite()) {
+        return Err(crate::Error::Gpu {
+            operation: "checking the portable GEMM while tuning".to_string(),
+            message: format!("its output[{index}] is {} on finite data", reference[index]),
+        });
+    }
+    let mut measured = vec![(portable, portable_time)];
     let mut rejected = Vec::new();
-    let mut reference: Option<Vec<f32>> = None;
     for candidate in candidates(context, precision, (rows, out, inp)) {
-        let outcome = time_candidate(context, precision, candidate, rows, out, inp);
-        match (outcome, &reference) {
-            // The portable GEMM is the reference; without it there is nothing to choose from.
-            (Err(error), None) => return Err(error),
-            (Err(error), Some(_)) => rejected.push((candidate, error.to_string())),
-            (Ok((time, output)), None) => {
-                reference = Some(output);
-                measured.push((candidate, time));
-            }
-            (Ok((time, output)), Some(expected)) => {
-                match check_candidate_output(&output, expected, precision) {
-                    Ok(()) => measured.push((candidate, time)),
-                    Err(why) => rejected.push((candidate, why)),
-                }
+        if candidate == portable {
+            continue;
+        }
+        match time_candidate(context, precision, candidate, rows, out, inp) {
+            Ok((time, output)) => match check_candidate_output(&output, &reference, precision) {
+                Ok(()) => measured.push((candidate, time)),
+                Err(why) => rejected.push((candidate, why)),
+            },
+            Err(error) => {
+                // A candidate that failed is left out, unless the device itself is gone.
+                context.wait_idle()?;
+                rejected.push((candidate, error.to_string()));
             }
         }
     }
     let choice = measured
         .iter()
         .min_by_key(|(_, time)| *time)
-        .map(|(choice, _)| *choice)
-        .unwrap_or(KernelChoice::Gemm(GemmVariant::Portable));
+        .map_or(portable, |(choice, _)| *choice);
     let named = measured
         .iter()
         .map(|(candidate, time)| (candidate.name(), *time));
@@ -386,9 +419,17 @@ fn time_candidate(
     out: usize,
     inp: usize,
 ) -> Result<(Duration, Vec<f32>)> {
-    let input = tuning_matrix(context, precision, "tuning input", rows, inp, 0.5)?;
-    let residual = tuning_matrix(context, precision, "tuning residual", rows, out, 0.25)?;
-    let output = tuning_matrix(context, precision, "tuning output", rows, out, 0.0)?;
+    let input = tuning_matrix(context, precision, "tuning input", (rows, inp), (1.0, 1))?;
+    let residual = tuning_matrix(
+        context,
+        precision,
+        "tuning residual",
+        (rows, out),
+        (0.25, 2),
+    )?;
+    let output = tuning_matrix(context, precision, "tuning output", (rows, out), (0.0, 3))?;
+    // Poisoned, so that an output the candidate never writes shows up as NaN.
+    output.fill(context, f32::NAN)?;
     // The most expensive epilogue, as in a residual block's second layer.
     let layer = prepare_candidate(
         context,
@@ -403,29 +444,42 @@ fn time_candidate(
     Ok((time, output.read(context)?))
 }
 
-/// A device matrix for timing: values around `scale` that vary along rows and columns, so that a
-/// kernel mixing up rows, columns or the inner dimension gives a visibly different result.
+/// `len` pseudo-random values in `[-scale, scale)`, different for every `salt`: no row, column or
+/// period repeats, so a kernel that mixes up rows, columns or the inner dimension gets a
+/// different result from the reference kernel's (splitmix64 of index and salt).
+fn tuning_values(len: usize, scale: f32, salt: u64) -> Vec<f32> {
+    (0..len as u64)
+        .map(|index| {
+            let mut z = index
+                .wrapping_add(salt.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+                .wrapping_add(0x9e37_79b9_7f4a_7c15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            let unit = (z >> 40) as f32 / (1u64 << 24) as f32;
+            scale * (2.0 * unit - 1.0)
+        })
+        .collect()
+}
+
+/// A device matrix of [`tuning_values`] for timing and checking candidates.
 fn tuning_matrix(
     context: &GpuContext,
     precision: Precision,
     label: &str,
-    rows: usize,
-    cols: usize,
-    scale: f32,
+    (rows, cols): (usize, usize),
+    (scale, salt): (f32, u64),
 ) -> Result<DeviceMatrix> {
     let matrix = DeviceMatrix::new_with_precision(context, label, rows, cols, precision)?;
-    let values: Vec<f32> = (0..rows * cols)
-        .map(|i| scale * (((i % 11) as f32) - 5.0 + ((i / cols) % 3) as f32) / 5.0)
-        .collect();
-    matrix.write(context, &values)?;
+    matrix.write(context, &tuning_values(rows * cols, scale, salt))?;
     Ok(matrix)
 }
 
-/// Synthetic weights of an `out` × `inp` layer: small values, no NaN.
+/// Synthetic weights of an `out` × `inp` layer, scaled by `1/sqrt(inp)` as a trained layer's
+/// are, so that the matrix product, not the residual, dominates the output.
 fn tuning_weights(out: usize, inp: usize) -> Vec<f32> {
-    (0..out * inp)
-        .map(|i| ((i % 7) as f32 - 3.0) * 0.01)
-        .collect()
+    let scale = 1.0 / (inp as f32).sqrt();
+    tuning_values(out * inp, scale, (out as u64) << 32 | inp as u64)
 }
 
 /// One layer prepared with a candidate kernel, for timing.
@@ -564,10 +618,27 @@ pub fn choose_block(
             rejected: None,
         });
     }
-    let input = tuning_matrix(context, precision, "tuning block input", rows, width, 0.5)?;
-    let hidden_matrix =
-        tuning_matrix(context, precision, "tuning block hidden", rows, hidden, 0.0)?;
-    let output = tuning_matrix(context, precision, "tuning block output", rows, width, 0.0)?;
+    let input = tuning_matrix(
+        context,
+        precision,
+        "tuning block input",
+        (rows, width),
+        (1.0, 4),
+    )?;
+    let hidden_matrix = tuning_matrix(
+        context,
+        precision,
+        "tuning block hidden",
+        (rows, hidden),
+        (0.0, 5),
+    )?;
+    let output = tuning_matrix(
+        context,
+        precision,
+        "tuning block output",
+        (rows, width),
+        (0.0, 6),
+    )?;
 
     let upload = |out: usize, inp: usize| {
         LinearWeights::upload_with_precision(
@@ -602,6 +673,12 @@ pub fn choose_block(
         second_layer.record(pass);
     })?;
     let expected = output.read(context)?;
+    if let Some(index) = expected.iter().position(|value| !value.is_finite()) {
+        return Err(crate::Error::Gpu {
+            operation: "checking a residual block's two dispatches while tuning".to_string(),
+            message: format!("output[{index}] is {} on finite data", expected[index]),
+        });
+    }
 
     let mut measured = vec![(BlockForm::TwoDispatches, two)];
     let whole_block = || -> Result<(Duration, Vec<f32>)> {
@@ -620,7 +697,11 @@ pub fn choose_block(
         Ok((time, output.read(context)?))
     };
     let rejected = match whole_block() {
-        Err(error) => Some(error.to_string()),
+        Err(error) => {
+            // Left out, unless the device itself is gone.
+            context.wait_idle()?;
+            Some(error.to_string())
+        }
         Ok((time, result)) => match check_candidate_output(&result, &expected, precision) {
             Ok(()) => {
                 measured.push((BlockForm::WholeBlock, time));

@@ -136,4 +136,14 @@ fn a_candidate_whose_result_disagrees_with_the_reference_is_rejected() {
     let why = check_candidate_output(&with_nan, &reference, Precision::F16).expect_err("NaN");
     assert!(why.contains("output[7]"), "{why}");
     assert!(check_candidate_output(&reference[1..], &reference, Precision::F16).is_err());
+    // One wrong element among many: small in the L2 norm of the whole matrix, caught per element.
+    let wide: Vec<f32> = (0..10_000).map(|i| 1.0 + (i % 3) as f32 * 0.1).collect();
+    let mut one_off = wide.clone();
+    one_off[9_999] += 0.5;
+    let why = check_candidate_output(&one_off, &wide, Precision::F16).expect_err("one element");
+    assert!(why.contains("element"), "{why}");
+    // A reference that is not finite lets nothing pass.
+    let mut broken_reference = reference.clone();
+    broken_reference[3] = f32::NAN;
+    assert!(check_candidate_output(&reference, &broken_reference, Precision::F16).is_err());
 }

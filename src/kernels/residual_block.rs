@@ -191,7 +191,9 @@ pub struct PreparedResidualBlock {
 
 impl PreparedResidualBlock {
     /// Validates the operands and builds (or fetches from the cache) everything the dispatch
-    /// needs. A device or shape the kernel cannot serve is `Error::MissingFeature`.
+    /// needs. A hidden width over [`MAX_HIDDEN`] is a shape mismatch, a device without what the
+    /// kernel needs `Error::MissingFeature`, and more rows than the device's workgroup limit
+    /// allows `Error::DispatchTooLarge`.
     pub fn new(context: &GpuContext, operands: &ResidualBlockOperands<'_>) -> Result<Self> {
         let (width, hidden) = operands.validate()?;
         let precision = operands.first.precision();
