@@ -549,22 +549,7 @@ fn median_time(
     record: impl Fn(&mut wgpu::ComputePass<'_>),
 ) -> Result<Duration> {
     let run = || -> Result<()> {
-        context.scoped("timing a tuning candidate", || {
-            let mut encoder =
-                context
-                    .device()
-                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                        label: Some("resgraph tuning"),
-                    });
-            {
-                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some("resgraph tuning"),
-                    timestamp_writes: None,
-                });
-                record(&mut pass);
-            }
-            context.queue().submit([encoder.finish()]);
-        })?;
+        context.submit_pass("resgraph tuning", &record)?;
         context.wait_idle()
     };
     run()?;

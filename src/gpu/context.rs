@@ -352,6 +352,29 @@ impl GpuContext {
         }
     }
 
+    /// Records one compute pass with `record` into a command buffer of its own and submits it
+    /// (without waiting), inside the error scopes of [`GpuContext::scoped`]. `label` names the
+    /// encoder and the pass, and says what was being done in an error.
+    pub fn submit_pass(
+        &self,
+        label: &str,
+        record: impl FnOnce(&mut wgpu::ComputePass<'_>),
+    ) -> Result<()> {
+        self.scoped(label, || {
+            let mut encoder = self
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
+            {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some(label),
+                    timestamp_writes: None,
+                });
+                record(&mut pass);
+            }
+            self.queue.submit([encoder.finish()]);
+        })
+    }
+
     /// The cooperative-matrix (tensor core) tile configurations this context may use: empty
     /// unless the device was created with `Features::EXPERIMENTAL_COOPERATIVE_MATRIX`.
     pub fn cooperative_matrix_configs(&self) -> &[wgpu::CooperativeMatrixProperties] {

@@ -20,6 +20,8 @@ use crate::gpu::pipelines::{
 use crate::precision::Precision;
 use crate::shape::check_linear_shape;
 
+use super::{to_u32, workgroup_count};
+
 /// The bindings of the GEMM kernels, in binding order (the cooperative kernel leaves binding 6
 /// unused).
 const GEMM_BINDINGS: &[BindingKind] = &[
@@ -143,9 +145,8 @@ impl GemmVariant {
         cols: usize,
     ) -> bool {
         let (rows_per_workgroup, cols_per_workgroup) = self.workgroup_tile(precision);
-        let limit = u64::from(context.limits().max_compute_workgroups_per_dimension);
-        (rows.div_ceil(rows_per_workgroup) as u64) <= limit
-            && (cols.div_ceil(cols_per_workgroup) as u64) <= limit
+        workgroup_count("gemm rows", rows, rows_per_workgroup, context).is_ok()
+            && workgroup_count("gemm columns", cols, cols_per_workgroup, context).is_ok()
     }
 
     /// What the device lacks when [`Self::supported_by`] is false, for the error message.
@@ -533,8 +534,8 @@ impl PreparedGemm {
             operands.weights.out_features(),
         );
         let (rows_per_workgroup, columns_per_workgroup) = variant.workgroup_tile(precision);
-        dispatch_size("gemm rows", rows, rows_per_workgroup, context)?;
-        let column_blocks = dispatch_size("gemm columns", n, columns_per_workgroup, context)?;
+        workgroup_count("gemm rows", rows, rows_per_workgroup, context)?;
+        let column_blocks = workgroup_count("gemm columns", n, columns_per_workgroup, context)?;
         let params = GemmParams {
             rows: to_u32("gemm rows", rows)?,
             cols: to_u32("gemm columns", n)?,
@@ -647,16 +648,7 @@ impl PreparedGemm {
 
     /// Submits the dispatch on the context's queue (without waiting for it).
     pub fn submit(&self, context: &GpuContext) -> Result<()> {
-        context.scoped("running the gemm", || {
-            let mut encoder =
-                context
-                    .device()
-                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                        label: Some("resgraph gemm"),
-                    });
-            self.encode(&mut encoder);
-            context.queue().submit([encoder.finish()]);
-        })
+        context.submit_pass("resgraph gemm", |pass| self.record(pass))
     }
 
     /// Floating-point operations of one dispatch over all prepared rows (`2·M·N·K`).
@@ -671,28 +663,4 @@ pub fn run_gemm(context: &GpuContext, operands: &GemmOperands<'_>) -> Result<()>
     let prepared = PreparedGemm::new(context, operands)?;
     prepared.submit(context)?;
     context.wait_idle()
-}
-
-fn dispatch_size(
-    what: &str,
-    items: usize,
-    per_workgroup: usize,
-    context: &GpuContext,
-) -> Result<u32> {
-    let groups = (items as u64).div_ceil(per_workgroup as u64);
-    let limit = context.limits().max_compute_workgroups_per_dimension;
-    if groups > u64::from(limit) {
-        return Err(Error::DispatchTooLarge {
-            what: what.to_string(),
-            requested: groups,
-            limit,
-        });
-    }
-    Ok(groups as u32)
-}
-
-fn to_u32(what: &str, value: usize) -> Result<u32> {
-    u32::try_from(value).map_err(|_| {
-        Error::shape_mismatch(what, format!("at most {}", u32::MAX), value.to_string())
-    })
 }

@@ -411,21 +411,8 @@ impl PreparedGemv {
 
     /// Submits the dispatch on the context's queue (without waiting).
     pub fn submit(&self, context: &GpuContext) -> Result<()> {
-        context.scoped("running the gemv", || {
-            let mut encoder =
-                context
-                    .device()
-                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                        label: Some("resgraph gemv"),
-                    });
-            {
-                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some("resgraph gemv"),
-                    timestamp_writes: None,
-                });
-                self.record_rows(&mut pass, self.max_rows());
-            }
-            context.queue().submit([encoder.finish()]);
+        context.submit_pass("resgraph gemv", |pass| {
+            self.record_rows(pass, self.max_rows());
         })
     }
 }

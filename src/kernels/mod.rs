@@ -5,9 +5,36 @@ pub mod gemm;
 pub mod gemv;
 pub mod residual_block;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gpu::buffers;
 use crate::gpu::context::GpuContext;
+
+/// Workgroups needed for `items` at `per_workgroup` each along one dimension, or
+/// `Error::DispatchTooLarge` when that is over the device's per-dimension limit.
+pub(crate) fn workgroup_count(
+    what: &str,
+    items: usize,
+    per_workgroup: usize,
+    context: &GpuContext,
+) -> Result<u32> {
+    let groups = (items as u64).div_ceil(per_workgroup as u64);
+    let limit = context.limits().max_compute_workgroups_per_dimension;
+    if groups > u64::from(limit) {
+        return Err(Error::DispatchTooLarge {
+            what: what.to_string(),
+            requested: groups,
+            limit,
+        });
+    }
+    Ok(groups as u32)
+}
+
+/// `value` as a shader's u32 parameter, or a shape mismatch when it does not fit.
+pub(crate) fn to_u32(what: &str, value: usize) -> Result<u32> {
+    u32::try_from(value).map_err(|_| {
+        Error::shape_mismatch(what, format!("at most {}", u32::MAX), value.to_string())
+    })
+}
 
 /// Uploads a layer's bias as f32, zero-padded to a multiple of 16 values (the GEMM's column
 /// block; the GEMV reads it as vec4), with zeros for a layer without bias. Every kernel keeps its

@@ -17,6 +17,7 @@ use crate::gpu::pipelines::{
     BindingKind, CachedPipeline, KernelKey, KernelSource, create_params_buffer, specialize,
 };
 use crate::kernels::gemm::{INNER_CHUNK, LinearWeights};
+use crate::kernels::{to_u32, workgroup_count};
 use crate::precision::Precision;
 
 /// The bindings of the block kernel, in binding order.
@@ -95,14 +96,9 @@ pub fn unsupported_reason(
     if width == 0 || hidden == 0 || rows == 0 {
         return Some("a zero-sized dimension".to_string());
     }
-    let groups = rows.div_ceil(BLOCK_ROWS) as u64;
-    if groups > u64::from(limits.max_compute_workgroups_per_dimension) {
-        return Some(format!(
-            "{rows} rows need {groups} workgroups, over the device's {}",
-            limits.max_compute_workgroups_per_dimension
-        ));
-    }
-    None
+    workgroup_count("residual block rows", rows, BLOCK_ROWS, context)
+        .err()
+        .map(|error| error.to_string())
 }
 
 /// Whether the device can run the block kernel for `rows` of a block of `width` with a `hidden`
@@ -212,18 +208,7 @@ impl PreparedResidualBlock {
                 adapter: context.adapter_info().name.clone(),
             });
         }
-        let groups = rows.div_ceil(BLOCK_ROWS) as u64;
-        let limit = context.limits().max_compute_workgroups_per_dimension;
-        if groups > u64::from(limit) {
-            return Err(Error::DispatchTooLarge {
-                what: "residual block rows".to_string(),
-                requested: groups,
-                limit,
-            });
-        }
-        let to_u32 = |what: &str, value: usize| {
-            u32::try_from(value).map_err(|_| Error::shape_mismatch(what, "at most 2^32 - 1", value))
-        };
+        workgroup_count("residual block rows", rows, BLOCK_ROWS, context)?;
         let params = BlockParams {
             rows: to_u32("residual block rows", rows)?,
             cols: to_u32("residual block width", width)?,
@@ -307,21 +292,8 @@ impl PreparedResidualBlock {
 
     /// Submits the dispatch for all prepared rows on the context's queue (without waiting).
     pub fn submit(&self, context: &GpuContext) -> Result<()> {
-        context.scoped("running the residual block", || {
-            let mut encoder =
-                context
-                    .device()
-                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                        label: Some("resgraph residual block"),
-                    });
-            {
-                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some("resgraph residual block"),
-                    timestamp_writes: None,
-                });
-                self.record_rows(&mut pass, self.max_rows());
-            }
-            context.queue().submit([encoder.finish()]);
+        context.submit_pass("resgraph residual block", |pass| {
+            self.record_rows(pass, self.max_rows());
         })
     }
 }
