@@ -5,9 +5,9 @@
 // The flat index is spread over a 2-D grid of workgroups, so that tensors of more than
 // 65535 * 256 elements stay within the per-dimension workgroup limit.
 
-// The storage type of activations and weights: f32, or f16 for f16 models (the host then
-// specialises this line and adds `enable f16;`). Arithmetic is always f32.
-alias Scalar = f32;
+// `Scalar`, the storage type of activations and weights (f32, or f16 for f16 models), is declared
+// by the host's source generator (src/kernels/source.rs), which also adds `enable f16;` for f16.
+// Arithmetic is always f32.
 
 struct ElementwiseParams {
     len: u32,

@@ -1,6 +1,7 @@
-// The fused epilogue shared by the GEMM and GEMV kernels. It is not a shader on its own: the host
-// appends it to every kernel whose source says `// requires: fused_epilogue.wgsl`, and it uses that
-// kernel's `params` (rows, cols), `residual`, `output`, `Scalar`, `ADD_RESIDUAL` and `APPLY_RELU`.
+// The fused epilogue shared by the GEMM and GEMV kernels. It is not a shader on its own: the host's
+// source generator (src/kernels/source.rs) appends it to every kernel that lists it among its
+// pieces, and it uses that kernel's `params` (rows, cols), `residual`, `output`, `Scalar`,
+// `ADD_RESIDUAL` and `APPLY_RELU`.
 
 // Adds the residual, applies the activation and stores those of 4 outputs that lie inside the
 // matrix.

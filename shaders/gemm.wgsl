@@ -13,9 +13,9 @@
 // Each invocation keeps 4 rows x 16 columns of outputs in registers (register blocking): every
 // loaded weight feeds 4 FMAs and every loaded activation 16.
 
-// The storage type of activations and weights: f32, or f16 for f16 models (the host then
-// specialises this line and adds `enable f16;`). Arithmetic is always f32.
-alias Scalar = f32;
+// `Scalar`, the storage type of activations and weights (f32, or f16 for f16 models), is declared
+// by the host's source generator (src/kernels/source.rs), which also adds `enable f16;` for f16.
+// Arithmetic is always f32.
 
 struct GemmParams {
     rows: u32,
@@ -238,4 +238,3 @@ fn gemm(
 
 // store4 (the residual, activation and bounds-checked store) is in fused_epilogue.wgsl, which
 // the host appends to this file.
-// requires: fused_epilogue.wgsl

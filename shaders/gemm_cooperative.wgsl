@@ -9,8 +9,9 @@
 //   Vulkan driver).
 // It also needs a fixed subgroup size, since a workgroup must be exactly one subgroup (naga does
 // not allow cooperative operations under a branch on the subgroup index).
-// This is the f32 form. The host makes the f16 one by rewriting `alias Scalar`, `coop_mat8x8` and
-// `const TILE` (see specialize_source in src/gpu/pipelines.rs).
+// The host's source generator (src/kernels/source.rs) declares the storage type `Scalar`, the
+// tile side `TILE` and the tile types `TileA`, `TileB` and `TileC` for the configuration of the
+// model's precision, and enables `wgpu_cooperative_matrix` (and `f16`).
 //
 // Layouts are those of gemm.wgsl: activations [rows, inner] row-major; weights in 16-column
 // blocks [ceil(cols/16)][inner_padded][16]; bias [ceil(cols/16) * 16] f32 as vec4.
@@ -28,16 +29,6 @@
 //
 // Cooperative operations need uniform control flow: no invocation returns early, and the loop
 // around them runs for a uniform count.
-
-enable wgpu_cooperative_matrix;
-
-// The storage type of activations and weights; the accumulators are always f32.
-alias Scalar = f32;
-// The side of one cooperative-matrix tile (8 for f32, 16 for f16).
-const TILE: u32 = 8u;
-alias TileA = coop_mat8x8<Scalar, A>;
-alias TileB = coop_mat8x8<Scalar, B>;
-alias TileC = coop_mat8x8<f32, C>;
 
 // Outputs per workgroup: 4 x 2 tiles.
 const TILE_ROWS: u32 = 4u * TILE;
@@ -151,4 +142,3 @@ fn gemm(
 
 // store4 (the residual, activation and bounds-checked store) is in fused_epilogue.wgsl, which
 // the host appends to this file.
-// requires: fused_epilogue.wgsl

@@ -22,9 +22,9 @@
 // activations differ per row and are loaded directly. No workgroup memory, no barriers (a barrier
 // turns every 8 lanes into a coroutine on lavapipe).
 
-// The storage type of activations and weights: f32, or f16 for f16 models (the host then
-// specialises this line and adds `enable f16;`). Arithmetic is always f32.
-alias Scalar = f32;
+// `Scalar`, the storage type of activations and weights (f32, or f16 for f16 models), is declared
+// by the host's source generator (src/kernels/source.rs), which also adds `enable f16;` for f16.
+// Arithmetic is always f32.
 
 struct GemmParams {
     rows: u32,
@@ -378,4 +378,3 @@ fn gemm(
 
 // store4 (the residual, activation and bounds-checked store) is in fused_epilogue.wgsl, which
 // the host appends to this file.
-// requires: fused_epilogue.wgsl

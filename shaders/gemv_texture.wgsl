@@ -22,9 +22,9 @@
 // 512 x 512 matrix-vector product. The activations of one row are the same for every invocation,
 // so each invocation loads one of every 8 and subgroupBroadcast shares them.
 
-// The storage type of activations and weights: f32, or f16 for f16 models (the host then
-// specialises this line and adds `enable f16;`). Arithmetic is always f32.
-alias Scalar = f32;
+// `Scalar`, the storage type of activations and weights (f32, or f16 for f16 models), is declared
+// by the host's source generator (src/kernels/source.rs), which also adds `enable f16;` for f16.
+// Arithmetic is always f32.
 
 struct GemvParams {
     rows: u32,
@@ -173,4 +173,3 @@ fn gemv(
 
 // store4 (the residual, activation and bounds-checked store) is in fused_epilogue.wgsl, which
 // the host appends to this file.
-// requires: fused_epilogue.wgsl

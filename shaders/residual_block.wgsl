@@ -21,9 +21,9 @@
 // workgroup streams both weight matrices, and a small batch is one workgroup. The planner times it
 // against the two-dispatch form and keeps the faster.
 
-// The storage type of activations and weights (f16 for f16 models); arithmetic is f32, and the
-// hidden activation is kept in f32.
-alias Scalar = f32;
+// `Scalar`, the storage type of activations and weights (f32, or f16 for f16 models), is declared
+// by the host's source generator (src/kernels/source.rs), which also adds `enable f16;` for f16.
+// Arithmetic is always f32, and the hidden activation is kept in f32.
 
 struct BlockParams {
     // Rows of the batch.
@@ -651,4 +651,3 @@ fn store_hidden(r: u32, col0: u32, low: vec4<f32>, high: vec4<f32>) {
 
 // store4 (the residual, activation and bounds-checked store) is in fused_epilogue.wgsl, which
 // the host appends to this file.
-// requires: fused_epilogue.wgsl

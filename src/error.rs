@@ -80,6 +80,61 @@ pub enum Error {
         actual: String,
     },
 
+    /// A kernel's output buffer is also one of its inputs: the kernel reads values it has
+    /// already overwritten, so the launch path refuses it.
+    #[error(
+        "{what}: the output must be a buffer distinct from every input, but it is the {operand}"
+    )]
+    AliasedOutput {
+        /// The dispatch, e.g. `gemm operands`.
+        what: String,
+        /// Which input it aliases, e.g. `input` or `residual`.
+        operand: &'static str,
+    },
+
+    /// Matrices that one kernel reads and writes are stored in different precisions.
+    #[error("{what}: every matrix must be stored in {expected}, but the {operand} is {actual}")]
+    PrecisionMismatch {
+        /// The dispatch, e.g. `gemm operands`.
+        what: String,
+        /// Which operand differs.
+        operand: &'static str,
+        /// The precision of the weights (or first operand), which the others must share.
+        expected: crate::precision::Precision,
+        /// The precision of the operand that differs.
+        actual: crate::precision::Precision,
+    },
+
+    /// A buffer given by a host application lacks a usage or size the operation needs.
+    #[error("{what}: expected {expected}, got {actual}")]
+    BufferUsage {
+        /// The buffer's role, e.g. `encoded model input`.
+        what: String,
+        /// What was needed, e.g. `a COPY_SRC buffer of at least 64 bytes`.
+        expected: String,
+        /// What the buffer has.
+        actual: String,
+    },
+
+    /// A kernel cannot serve a shape that is otherwise valid (a hidden layer wider than the
+    /// whole-block kernel keeps on chip, a dimension past the shaders' 32-bit indices).
+    #[error("the {kernel} kernel cannot serve {what}: {reason}")]
+    UnsupportedShape {
+        /// The kernel, e.g. `residual_block`.
+        kernel: &'static str,
+        /// The shape, e.g. `a block of width 64 with a hidden layer of 600`.
+        what: String,
+        /// Why not.
+        reason: String,
+    },
+
+    /// Compile options that contradict each other.
+    #[error("conflicting compile options: {reason}")]
+    ConflictingOptions {
+        /// Which options, and why they cannot hold together.
+        reason: String,
+    },
+
     /// A graph node's operands do not fit together.
     #[error("node {node:?}: expected {expected}, got {actual}")]
     GraphShape {

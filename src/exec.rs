@@ -16,10 +16,11 @@ use crate::error::{Error, Result};
 use crate::gpu::buffers::{self, DeviceMatrix, STORAGE_USAGE};
 use crate::gpu::context::GpuContext;
 use crate::graph::Graph;
-use crate::kernels::elementwise::{ElementwiseOperands, PreparedElementwise};
-use crate::kernels::gemm::{GemmOperands, GemmVariant, LinearWeights, PreparedGemm};
-use crate::kernels::gemv::{self, GEMV_MAX_BATCH, GemvOperands, PreparedGemv, TextureWeights};
-use crate::kernels::residual_block::{self, PreparedResidualBlock, ResidualBlockOperands};
+use crate::kernels::PreparedKernel;
+use crate::kernels::elementwise::{ElementwiseOperands, prepare_elementwise};
+use crate::kernels::gemm::{GemmOperands, GemmVariant, LinearWeights, prepare_gemm};
+use crate::kernels::gemv::{self, GEMV_MAX_BATCH, GemvOperands, TextureWeights, prepare_gemv};
+use crate::kernels::residual_block::{self, ResidualBlockOperands, prepare_residual_block};
 use crate::plan::{ElementwiseOp, Plan, ResidualBlockSteps, StepKind, Storage, ValueId};
 use crate::precision::Precision;
 use crate::tune::{BlockForm, KernelChoice, TuningCache, TuningReport};
@@ -117,43 +118,6 @@ impl LayerWeights {
     }
 }
 
-enum PreparedStep {
-    Gemm(PreparedGemm),
-    Gemv(PreparedGemv),
-    Elementwise(PreparedElementwise),
-    /// Two steps of the plan (a residual block) in one dispatch.
-    ResidualBlock(PreparedResidualBlock),
-}
-
-impl PreparedStep {
-    fn set_rows(&self, context: &GpuContext, rows: usize) -> Result<()> {
-        match self {
-            PreparedStep::ResidualBlock(block) => block.set_rows(context, rows),
-            PreparedStep::Gemm(gemm) => gemm.set_rows(context, rows),
-            PreparedStep::Gemv(gemv) => gemv.set_rows(context, rows),
-            PreparedStep::Elementwise(elementwise) => elementwise.set_rows(context, rows),
-        }
-    }
-
-    fn kernel_name(&self) -> &'static str {
-        match self {
-            PreparedStep::Gemm(gemm) => gemm.variant().kernel().name,
-            PreparedStep::Gemv(_) => crate::kernels::gemv::GEMV_TEXTURE_KERNEL.name,
-            PreparedStep::Elementwise(_) => crate::kernels::elementwise::ELEMENTWISE_KERNEL.name,
-            PreparedStep::ResidualBlock(_) => residual_block::RESIDUAL_BLOCK_KERNEL.name,
-        }
-    }
-
-    fn record_rows(&self, pass: &mut wgpu::ComputePass<'_>, rows: usize) {
-        match self {
-            PreparedStep::Gemm(gemm) => gemm.record_rows(pass, rows),
-            PreparedStep::Gemv(gemv) => gemv.record_rows(pass, rows),
-            PreparedStep::Elementwise(elementwise) => elementwise.record_rows(pass, rows),
-            PreparedStep::ResidualBlock(block) => block.record_rows(pass, rows),
-        }
-    }
-}
-
 struct TimestampQueries {
     query_set: wgpu::QuerySet,
     resolve: wgpu::Buffer,
@@ -175,7 +139,7 @@ pub struct CompiledModel {
     weight_bytes: u64,
     input: DeviceMatrix,
     output_buffer: wgpu::Buffer,
-    steps: Vec<PreparedStep>,
+    steps: Vec<PreparedKernel>,
     readback: wgpu::Buffer,
     timestamps: Option<TimestampQueries>,
     run_lock: futures_intrusive::sync::Mutex<RunState>,
@@ -287,7 +251,7 @@ impl CompiledModel {
                     }
                 });
             if let Some((block, first, second)) = block_weights {
-                steps.push(PreparedStep::ResidualBlock(PreparedResidualBlock::new(
+                steps.push(prepare_residual_block(
                     &context,
                     &ResidualBlockOperands {
                         input: &matrix(block.input)?,
@@ -295,7 +259,7 @@ impl CompiledModel {
                         second,
                         output: &matrix(block.output)?,
                     },
-                )?));
+                )?);
                 continue;
             }
             let output = matrix(step.output)?;
@@ -309,20 +273,18 @@ impl CompiledModel {
                     let input = matrix(*input)?;
                     let residual = residual.map(&matrix).transpose()?;
                     match &layers[*layer] {
-                        LayerWeights::Blocked(weights, variant) => {
-                            PreparedStep::Gemm(PreparedGemm::with_variant(
-                                &context,
-                                &GemmOperands {
-                                    input: &input,
-                                    weights,
-                                    residual: residual.as_ref(),
-                                    output: &output,
-                                    activation: *activation,
-                                },
-                                *variant,
-                            )?)
-                        }
-                        LayerWeights::Texture(weights) => PreparedStep::Gemv(PreparedGemv::new(
+                        LayerWeights::Blocked(weights, variant) => prepare_gemm(
+                            &context,
+                            &GemmOperands {
+                                input: &input,
+                                weights,
+                                residual: residual.as_ref(),
+                                output: &output,
+                                activation: *activation,
+                            },
+                            *variant,
+                        )?,
+                        LayerWeights::Texture(weights) => prepare_gemv(
                             &context,
                             &GemvOperands {
                                 input: &input,
@@ -331,13 +293,13 @@ impl CompiledModel {
                                 output: &output,
                                 activation: *activation,
                             },
-                        )?),
+                        )?,
                     }
                 }
                 StepKind::Elementwise { op, left, right } => {
                     let left = matrix(*left)?;
                     let right = right.map(&matrix).transpose()?;
-                    PreparedStep::Elementwise(PreparedElementwise::new(
+                    prepare_elementwise(
                         &context,
                         &ElementwiseOperands {
                             left: &left,
@@ -345,7 +307,7 @@ impl CompiledModel {
                             output: &output,
                             relu: *op == ElementwiseOp::Relu,
                         },
-                    )?)
+                    )?
                 }
             };
             steps.push(prepared);
@@ -484,18 +446,18 @@ impl CompiledModel {
         let input_bytes = self.bytes_of(batch * self.input_width);
         let output_bytes = self.bytes_of(batch * self.output_width);
         if input.size() < input_bytes || !input.usage().contains(wgpu::BufferUsages::COPY_SRC) {
-            return Err(Error::shape_mismatch(
-                "encoded model input",
-                format!("a COPY_SRC buffer of at least {input_bytes} bytes"),
-                format!("{} bytes, usage {:?}", input.size(), input.usage()),
-            ));
+            return Err(Error::BufferUsage {
+                what: "encoded model input".to_string(),
+                expected: format!("a COPY_SRC buffer of at least {input_bytes} bytes"),
+                actual: format!("{} bytes, usage {:?}", input.size(), input.usage()),
+            });
         }
         if output.size() < output_bytes || !output.usage().contains(wgpu::BufferUsages::COPY_DST) {
-            return Err(Error::shape_mismatch(
-                "encoded model output",
-                format!("a COPY_DST buffer of at least {output_bytes} bytes"),
-                format!("{} bytes, usage {:?}", output.size(), output.usage()),
-            ));
+            return Err(Error::BufferUsage {
+                what: "encoded model output".to_string(),
+                expected: format!("a COPY_DST buffer of at least {output_bytes} bytes"),
+                actual: format!("{} bytes, usage {:?}", output.size(), output.usage()),
+            });
         }
         let mut state = pollster::block_on(self.run_lock.lock());
         self.prepare_rows(&mut state, batch)?;
@@ -533,7 +495,7 @@ impl CompiledModel {
 
     /// The shader each step runs, in order (e.g. `gemm_subgroup`, `gemv_texture`).
     pub fn step_kernels(&self) -> Vec<&'static str> {
-        self.steps.iter().map(PreparedStep::kernel_name).collect()
+        self.steps.iter().map(PreparedKernel::kernel_name).collect()
     }
 
     /// Bytes of the activation slots (the input buffer not counted).

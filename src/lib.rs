@@ -1,44 +1,67 @@
 //! resgraph: residual networks on any GPU.
 //!
-//! WGSL compute kernels fuse GEMM + bias, ReLU and residual-add; the Rust host runs them on any
-//! wgpu adapter (Vulkan, Metal, DX12, GL).
+//! WGSL compute kernels fuse GEMM + bias, ReLU and residual-add; the Rust host compiles a
+//! residual network once onto any wgpu adapter (Vulkan, Metal, DX12, GL) and then runs each
+//! inference as one command buffer.
 //!
 //! ```no_run
-//! use resgraph::epilogue::Activation;
-//! use resgraph::gpu::buffers::DeviceMatrix;
-//! use resgraph::gpu::context::{AdapterOptions, GpuContext};
-//! use resgraph::kernels::gemm::{run_gemm, GemmOperands, LinearWeights};
+//! use std::sync::Arc;
+//! use resgraph::{AdapterOptions, CompileOptions, CompiledModel, GpuContext, GraphBuilder, LinearParams};
 //!
 //! # fn main() -> resgraph::Result<()> {
-//! let context = GpuContext::new(&AdapterOptions::from_env()?)?;
-//! // A 3 -> 2 linear layer, weight in PyTorch's [out, in] layout.
-//! let weights = LinearWeights::upload(&context, 2, 3, &[1., 0., 0., 0., 1., 0.], Some(&[0.5, -9.]))?;
-//! let input = DeviceMatrix::from_host(&context, "x", 1, 3, &[1., 2., 3.])?;
-//! let output = DeviceMatrix::new(&context, "y", 1, 2)?;
-//! run_gemm(&context, &GemmOperands {
-//!     input: &input, weights: &weights, residual: None, output: &output,
-//!     activation: Activation::Relu,
-//! })?;
-//! assert_eq!(output.read(&context)?, vec![1.5, 0.0]);
+//! let context = Arc::new(GpuContext::new(&AdapterOptions::from_env()?)?);
+//! let mut graph = GraphBuilder::new();
+//! let x = graph.input("x", 3)?;
+//! // A 3 -> 2 linear layer, weight in PyTorch's [out, in] layout, then a ReLU.
+//! let weights = LinearParams::new(2, 3, vec![1., 0., 0., 0., 1., 0.], Some(vec![0.5, -9.]))?;
+//! let y = graph.linear("fc", x, weights)?;
+//! let y = graph.relu("relu", y)?;
+//! let model = CompiledModel::compile(context, &graph.build(y)?, &CompileOptions::new(1))?;
+//! assert_eq!(model.run(&[1., 2., 3.])?, vec![1.5, 0.0]);
 //! # Ok(()) }
 //! ```
+//!
+//! The types a user needs are re-exported here. The modules are the engine's layers (graph →
+//! plan → selection → executor → kernels → gpu, see `ARCHITECTURE.md`); those that are public
+//! are hidden from the documentation and kept reachable only for resgraph's own command-line
+//! program, tests and benchmarks: they are not a stable API.
 #![warn(missing_docs)]
 
+#[doc(hidden)]
 pub mod bench;
+#[doc(hidden)]
 pub mod epilogue;
-pub mod error;
+mod error;
+#[doc(hidden)]
 pub mod exec;
+#[doc(hidden)]
 pub mod gpu;
+#[doc(hidden)]
 pub mod graph;
+#[doc(hidden)]
 pub mod kernels;
+#[doc(hidden)]
 pub mod model;
+#[doc(hidden)]
 pub mod plan;
+#[doc(hidden)]
 pub mod precision;
+#[doc(hidden)]
 pub mod reference;
-pub mod shape;
+mod shape;
+#[doc(hidden)]
 pub mod tune;
 
 pub use error::{Error, Result};
+pub use exec::{BlockFusion, CompileOptions, CompiledModel, RunProfile, Tuning};
+pub use gpu::context::{AdapterOptions, GpuContext};
+pub use graph::{Graph, GraphBuilder, LinearParams, NodeId};
+pub use kernels::gemm::GemmVariant;
+pub use model::npy::{NpyArray, read_npy, write_npy_atomically};
+pub use model::safetensors::export_safetensors;
+pub use model::{load_model, parse_model};
+pub use precision::Precision;
+pub use tune::TuningReport;
 
 /// The README's Rust examples, compiled and run as doctests so that they stay true.
 #[cfg(doctest)]

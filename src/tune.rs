@@ -20,9 +20,10 @@ use crate::epilogue::Activation;
 use crate::error::Result;
 use crate::gpu::buffers::DeviceMatrix;
 use crate::gpu::context::GpuContext;
-use crate::kernels::gemm::{GemmOperands, GemmVariant, LinearWeights, PreparedGemm};
-use crate::kernels::gemv::{self, GemvOperands, PreparedGemv, TextureWeights};
-use crate::kernels::residual_block::{self, PreparedResidualBlock, ResidualBlockOperands};
+use crate::kernels::PreparedKernel;
+use crate::kernels::gemm::{GemmOperands, GemmVariant, LinearWeights, prepare_gemm};
+use crate::kernels::gemv::{self, GemvOperands, TextureWeights, prepare_gemv};
+use crate::kernels::residual_block::{self, ResidualBlockOperands, prepare_residual_block};
 use crate::precision::Precision;
 
 /// Batches up to this size also try the texture GEMV (above it the GEMV is never competitive
@@ -482,21 +483,6 @@ fn tuning_weights(out: usize, inp: usize) -> Vec<f32> {
     tuning_values(out * inp, scale, (out as u64) << 32 | inp as u64)
 }
 
-/// One layer prepared with a candidate kernel, for timing.
-enum PreparedCandidate {
-    Gemm(PreparedGemm),
-    Gemv(PreparedGemv),
-}
-
-impl PreparedCandidate {
-    fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
-        match self {
-            PreparedCandidate::Gemm(gemm) => gemm.record(pass),
-            PreparedCandidate::Gemv(gemv) => gemv.record_rows(pass, gemv.max_rows()),
-        }
-    }
-}
-
 /// Prepares `relu(input · Wᵀ [+ residual])` for an `out` × `inp` layer of synthetic weights with
 /// `candidate`.
 fn prepare_candidate(
@@ -507,13 +493,13 @@ fn prepare_candidate(
     input: &DeviceMatrix,
     residual: Option<&DeviceMatrix>,
     output: &DeviceMatrix,
-) -> Result<PreparedCandidate> {
+) -> Result<PreparedKernel> {
     let weight = tuning_weights(out, inp);
     Ok(match candidate {
         KernelChoice::Gemm(variant) => {
             let weights =
                 LinearWeights::upload_with_precision(context, out, inp, &weight, None, precision)?;
-            PreparedCandidate::Gemm(PreparedGemm::with_variant(
+            prepare_gemm(
                 context,
                 &GemmOperands {
                     input,
@@ -523,12 +509,12 @@ fn prepare_candidate(
                     activation: Activation::Relu,
                 },
                 variant,
-            )?)
+            )?
         }
         KernelChoice::GemvTexture => {
             let weights =
                 TextureWeights::upload_with_precision(context, out, inp, &weight, None, precision)?;
-            PreparedCandidate::Gemv(PreparedGemv::new(
+            prepare_gemv(
                 context,
                 &GemvOperands {
                     input,
@@ -537,7 +523,7 @@ fn prepare_candidate(
                     output,
                     activation: Activation::Relu,
                 },
-            )?)
+            )?
         }
     })
 }
@@ -668,7 +654,7 @@ pub fn choose_block(
     let mut measured = vec![(BlockForm::TwoDispatches, two)];
     let whole_block = || -> Result<(Duration, Vec<f32>)> {
         let (first, second) = (upload(hidden, width)?, upload(width, hidden)?);
-        let block = PreparedResidualBlock::new(
+        let block = prepare_residual_block(
             context,
             &ResidualBlockOperands {
                 input: &input,
@@ -678,7 +664,7 @@ pub fn choose_block(
             },
         )?;
         output.fill(context, f32::NAN)?;
-        let time = median_time(context, |pass| block.record_rows(pass, rows))?;
+        let time = median_time(context, |pass| block.record(pass))?;
         Ok((time, output.read(context)?))
     };
     let rejected = match whole_block() {

@@ -12,7 +12,7 @@ use resgraph::gpu::buffers::DeviceMatrix;
 use resgraph::gpu::context::GpuContext;
 use resgraph::graph::synthetic::{MlpShape, mlp, random_input};
 use resgraph::kernels::gemm::LinearWeights;
-use resgraph::kernels::residual_block::{self, PreparedResidualBlock, ResidualBlockOperands};
+use resgraph::kernels::residual_block::{self, ResidualBlockOperands, prepare_residual_block};
 use resgraph::plan::Plan;
 use resgraph::precision::Precision;
 use resgraph::reference::{LinearRef, forward_f64, linear_f64, to_f64};
@@ -47,7 +47,7 @@ fn check_block(
     let output =
         DeviceMatrix::new_with_precision(context, "out", rows, width, precision).expect("out");
     output.fill(context, f32::NAN).expect("poison");
-    let block = PreparedResidualBlock::new(
+    let block = prepare_residual_block(
         context,
         &ResidualBlockOperands {
             input: &input,

@@ -171,7 +171,7 @@ fn encode_checks_the_host_buffers() {
     let mut encoder = device.create_command_encoder(&Default::default());
     let error = model.encode(&mut encoder, &small, &small, 2).unwrap_err();
     assert!(
-        matches!(error, resgraph::Error::ShapeMismatch { .. }),
+        matches!(error, resgraph::Error::BufferUsage { .. }),
         "{error}"
     );
     let error = model.encode(&mut encoder, &small, &small, 3).unwrap_err();

@@ -9,7 +9,8 @@ use resgraph::gpu::buffers::DeviceMatrix;
 use resgraph::gpu::context::{
     AdapterIdentity, AdapterOptions, GpuContext, choose_adapter, parse_backends,
 };
-use resgraph::kernels::gemm::{GemmOperands, LinearWeights, PreparedGemm};
+use resgraph::kernels::PreparedKernel;
+use resgraph::kernels::gemm::{GemmOperands, GemmVariant, LinearWeights, prepare_gemm};
 
 fn operands<'a>(
     input: &'a DeviceMatrix,
@@ -26,13 +27,21 @@ fn operands<'a>(
     }
 }
 
+/// Prepares a GEMM with the portable variant, which every device runs.
+fn prepare_portable(
+    context: &GpuContext,
+    operands: &GemmOperands<'_>,
+) -> resgraph::Result<PreparedKernel> {
+    prepare_gemm(context, operands, GemmVariant::Portable)
+}
+
 #[test]
 fn an_input_of_the_wrong_width_is_a_shape_mismatch() {
     let context = common::primary_context();
     let weights = LinearWeights::upload(context, 4, 3, &[0.0; 12], None).expect("weights");
     let input = DeviceMatrix::new(context, "x", 2, 5).expect("x");
     let output = DeviceMatrix::new(context, "y", 2, 4).expect("y");
-    let error = PreparedGemm::new(context, &operands(&input, &weights, None, &output)).unwrap_err();
+    let error = prepare_portable(context, &operands(&input, &weights, None, &output)).unwrap_err();
     assert!(matches!(error, Error::ShapeMismatch { .. }), "{error}");
     assert!(error.to_string().contains("gemm input"), "{error}");
 }
@@ -46,9 +55,9 @@ fn an_output_or_residual_of_the_wrong_shape_is_a_shape_mismatch() {
     let bad_output = DeviceMatrix::new(context, "y", 3, 4).expect("y");
     let bad_residual = DeviceMatrix::new(context, "r", 2, 5).expect("r");
     let error =
-        PreparedGemm::new(context, &operands(&input, &weights, None, &bad_output)).unwrap_err();
+        prepare_portable(context, &operands(&input, &weights, None, &bad_output)).unwrap_err();
     assert!(matches!(error, Error::ShapeMismatch { .. }), "{error}");
-    let error = PreparedGemm::new(
+    let error = prepare_portable(
         context,
         &operands(&input, &weights, Some(&bad_residual), &good_output),
     )
@@ -62,12 +71,29 @@ fn an_output_aliasing_an_input_is_refused() {
     let weights = LinearWeights::upload(context, 3, 3, &[0.0; 9], None).expect("weights");
     let matrix = DeviceMatrix::new(context, "x", 2, 3).expect("x");
     let other = DeviceMatrix::new(context, "r", 2, 3).expect("r");
+    let error = prepare_portable(context, &operands(&matrix, &weights, None, &matrix)).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            Error::AliasedOutput {
+                operand: "input",
+                ..
+            }
+        ),
+        "{error}"
+    );
     let error =
-        PreparedGemm::new(context, &operands(&matrix, &weights, None, &matrix)).unwrap_err();
-    assert!(matches!(error, Error::ShapeMismatch { .. }), "{error}");
-    let error = PreparedGemm::new(context, &operands(&other, &weights, Some(&matrix), &matrix))
-        .unwrap_err();
-    assert!(matches!(error, Error::ShapeMismatch { .. }), "{error}");
+        prepare_portable(context, &operands(&other, &weights, Some(&matrix), &matrix)).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            Error::AliasedOutput {
+                operand: "residual",
+                ..
+            }
+        ),
+        "{error}"
+    );
 }
 
 #[test]
@@ -197,7 +223,7 @@ fn a_dispatch_past_the_workgroup_limit_is_a_typed_error() {
     let weights = LinearWeights::upload(context, 1, 1, &[1.0], None).expect("weights");
     let input = DeviceMatrix::new(context, "x", rows, 1).expect("x");
     let output = DeviceMatrix::new(context, "y", rows, 1).expect("y");
-    let error = PreparedGemm::new(context, &operands(&input, &weights, None, &output)).unwrap_err();
+    let error = prepare_portable(context, &operands(&input, &weights, None, &output)).unwrap_err();
     assert!(matches!(error, Error::DispatchTooLarge { .. }), "{error}");
 }
 

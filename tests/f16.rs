@@ -10,7 +10,7 @@ use resgraph::exec::{CompileOptions, CompiledModel};
 use resgraph::gpu::buffers::DeviceMatrix;
 use resgraph::gpu::context::GpuContext;
 use resgraph::graph::synthetic::{MlpShape, mlp, random_input};
-use resgraph::kernels::gemm::{GemmOperands, GemmVariant, LinearWeights, PreparedGemm};
+use resgraph::kernels::gemm::{GemmOperands, GemmVariant, LinearWeights, prepare_gemm};
 use resgraph::precision::Precision;
 use resgraph::reference::{LinearRef, forward_f64, linear_f64, to_f64};
 
@@ -79,7 +79,7 @@ fn every_gemm_variant_in_f16_matches_the_reference() {
                 let input = matrix("x", m, k, &x);
                 let residual = matrix("r", m, n, &r);
                 let output = matrix("out", m, n, &vec![f32::NAN; m * n]);
-                let gemm = PreparedGemm::with_variant(
+                let gemm = prepare_gemm(
                     context,
                     &GemmOperands {
                         input: &input,

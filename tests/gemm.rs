@@ -7,10 +7,11 @@ use proptest::prelude::*;
 use resgraph::epilogue::{Activation, Epilogue};
 use resgraph::gpu::buffers::DeviceMatrix;
 use resgraph::gpu::context::GpuContext;
+use resgraph::gpu::pipelines::{KernelKey, PipelineDescriptor};
 use resgraph::kernels::gemm::{
-    GemmOperands, GemmVariant, LinearWeights, PreparedGemm, cooperative_config, kernel_key,
-    run_gemm,
+    GemmOperands, GemmVariant, LinearWeights, cooperative_config, gemm_constants, prepare_gemm,
 };
+use resgraph::kernels::source::generate;
 use resgraph::precision::Precision;
 use resgraph::reference::{LinearRef, linear_f64, to_f64};
 use resgraph::tune::KernelChoice;
@@ -74,7 +75,7 @@ fn check_gemm_variant(
         output: &output,
         activation: epilogue.activation,
     };
-    PreparedGemm::with_variant(context, &operands, variant)
+    prepare_gemm(context, &operands, variant)
         .and_then(|gemm| gemm.submit(context))
         .and_then(|()| context.wait_idle())
         .unwrap_or_else(|error| panic!("{what}: {error}"));
@@ -181,7 +182,7 @@ fn error_preparing(context: &GpuContext, variant: GemmVariant) -> resgraph::Erro
         output: &output,
         activation: Activation::Identity,
     };
-    match PreparedGemm::with_variant(context, &operands, variant) {
+    match prepare_gemm(context, &operands, variant) {
         Ok(_) => panic!("{variant:?} was prepared on a device that lacks what it needs"),
         Err(error) => error,
     }
@@ -221,7 +222,7 @@ fn zero_weights_with_relu_pass_a_non_negative_residual_through_bit_for_bit() {
         let residual = DeviceMatrix::from_host(context, "r", m, n, &residual_values).expect("r");
         let output = DeviceMatrix::new(context, "out", m, n).expect("out");
         output.fill(context, f32::NAN).expect("poison");
-        run_gemm(
+        let gemm = prepare_gemm(
             context,
             &GemmOperands {
                 input: &input,
@@ -230,8 +231,11 @@ fn zero_weights_with_relu_pass_a_non_negative_residual_through_bit_for_bit() {
                 output: &output,
                 activation: Activation::Relu,
             },
+            GemmVariant::best_for(context, Precision::F32),
         )
         .expect("gemm");
+        gemm.submit(context).expect("submit");
+        context.wait_idle().expect("wait");
         let out = output.read(context).expect("read");
         let identical = out
             .iter()
@@ -246,14 +250,23 @@ fn pipelines_are_built_once_and_then_reused() {
     let context = common::primary_context();
     for variant in variants(context) {
         for epilogue in Epilogue::ALL {
-            let key = kernel_key(context, variant, epilogue, Precision::F32, 64);
-            let first = context
-                .pipelines()
-                .get_or_create(context, variant.kernel(), &key)
+            let kernel = variant.kernel();
+            let key = KernelKey::new(
+                kernel.source_key(Precision::F32),
+                kernel.entry_point,
+                gemm_constants(context, variant, epilogue, 64),
+            );
+            let descriptor = PipelineDescriptor {
+                key: &key,
+                source: &|| generate(kernel, Precision::F32),
+                bindings: kernel.bindings,
+            };
+            let pipelines = context.pipelines();
+            let first = pipelines
+                .get_or_create(context.device(), &descriptor)
                 .expect("pipeline");
-            let again = context
-                .pipelines()
-                .get_or_create(context, variant.kernel(), &key)
+            let again = pipelines
+                .get_or_create(context.device(), &descriptor)
                 .expect("pipeline");
             assert!(
                 std::sync::Arc::ptr_eq(&first, &again),

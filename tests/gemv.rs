@@ -7,7 +7,7 @@ use resgraph::epilogue::Epilogue;
 use resgraph::gpu::buffers::DeviceMatrix;
 use resgraph::gpu::context::GpuContext;
 use resgraph::kernels::gemv::{
-    self, GemvOperands, PreparedGemv, TextureWeights, weights_to_texture_layout,
+    self, GemvOperands, TextureWeights, prepare_gemv, weights_to_texture_layout,
 };
 use resgraph::reference::{LinearRef, linear_f64, to_f64};
 
@@ -29,7 +29,7 @@ fn check_gemv(
     let residual = DeviceMatrix::from_host(context, "r", m, n, &r).expect("r");
     let output = DeviceMatrix::new(context, "out", m, n).expect("out");
     output.fill(context, f32::NAN).expect("poison");
-    let gemv = PreparedGemv::new(
+    let gemv = prepare_gemv(
         context,
         &GemvOperands {
             input: &input,
@@ -72,7 +72,7 @@ fn the_gemv_runs_where_subgroups_exist_and_is_refused_elsewhere() {
         let weights = TextureWeights::upload(context, 4, 4, &[0.0; 16], None).expect("weights");
         let input = DeviceMatrix::new(context, "x", 1, 4).expect("x");
         let output = DeviceMatrix::new(context, "y", 1, 4).expect("y");
-        let error = PreparedGemv::new(
+        let error = prepare_gemv(
             context,
             &GemvOperands {
                 input: &input,
@@ -130,7 +130,7 @@ fn fewer_rows_than_prepared_compute_only_those_rows() {
     let input = DeviceMatrix::from_host(context, "x", m, k, &x).expect("x");
     let output = DeviceMatrix::new(context, "out", m, n).expect("out");
     output.fill(context, f32::NAN).expect("poison");
-    let gemv = PreparedGemv::new(
+    let gemv = prepare_gemv(
         context,
         &GemvOperands {
             input: &input,

@@ -7,7 +7,11 @@ use std::path::PathBuf;
 
 use naga::back::PipelineConstants;
 use naga::valid::{Capabilities, ModuleInfo, ValidationFlags, Validator};
-use resgraph::gpu::pipelines::COOPERATIVE_MATRIX_ENABLE;
+use resgraph::kernels::ALL_KERNELS;
+use resgraph::kernels::source::{FUSED_EPILOGUE, KernelSource, generate};
+use resgraph::precision::Precision;
+
+const PRECISIONS: [Precision; 2] = [Precision::F32, Precision::F16];
 
 fn shader_files() -> Vec<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("shaders");
@@ -23,6 +27,32 @@ fn shader_files() -> Vec<PathBuf> {
         dir.display()
     );
     files
+}
+
+#[test]
+fn every_shader_file_is_part_of_a_kernel_the_host_compiles() {
+    // The sources checked below are the generated ones, so a WGSL file that no kernel uses
+    // would never be checked at all.
+    for path in shader_files() {
+        let text = std::fs::read_to_string(&path).expect("read shader");
+        let used = ALL_KERNELS
+            .iter()
+            .any(|kernel| kernel.body == text || kernel.pieces.contains(&text.as_str()));
+        assert!(
+            used,
+            "{} is part of no kernel in ALL_KERNELS",
+            path.display()
+        );
+    }
+    assert!(
+        ALL_KERNELS
+            .iter()
+            .any(|kernel| kernel.pieces.contains(&FUSED_EPILOGUE))
+    );
+}
+
+fn uses_cooperative_matrices(kernel: &KernelSource) -> bool {
+    kernel.extensions.contains(&"wgpu_cooperative_matrix")
 }
 
 fn validate(module: &naga::Module) -> ModuleInfo {
@@ -56,61 +86,61 @@ fn override_combinations(module: &naga::Module) -> Vec<PipelineConstants> {
 }
 
 #[test]
-fn every_shader_validates_and_translates_to_every_backend_language() {
+fn every_generated_source_validates_and_translates_to_every_backend_language() {
     let mut translated = 0;
-    for path in shader_files() {
-        let mut original = std::fs::read_to_string(&path).expect("read shader");
-        // A kernel that requires a shared piece gets it appended, as the host does; a shared
-        // piece alone is not a shader and is checked as part of the kernels that use it.
-        for line in original.clone().lines() {
-            if let Some(piece) = line.strip_prefix("// requires: ") {
-                let piece = path.with_file_name(piece.trim());
-                original.push_str(&std::fs::read_to_string(&piece).expect("read required piece"));
-            }
-        }
-        if !original.contains("@compute") {
-            continue;
-        }
-        // Every shader also runs with f16 storage: translate that form too.
-        for (precision, source) in [
-            ("f32", original.clone()),
-            (
-                "f16",
-                resgraph::gpu::pipelines::specialize_source(&original),
-            ),
-        ] {
-            let name = format!("{} ({precision})", path.display());
+    for kernel in ALL_KERNELS {
+        // Exactly the sources the host compiles: every kernel with every storage precision.
+        for precision in PRECISIONS {
+            let source = generate(kernel, precision);
+            let name = format!("{} ({precision})", kernel.name);
             let module = naga::front::wgsl::parse_str(&source)
                 .unwrap_or_else(|error| panic!("{name}: {}", error.emit_to_string(&source)));
             let info = validate(&module);
-            for entry in &module.entry_points {
-                for constants in override_combinations(&module) {
-                    let (resolved, resolved_info) =
-                        naga::back::pipeline_constants::process_overrides(
-                            &module,
-                            &info,
-                            Some((entry.stage, &entry.name)),
-                            &constants,
-                        )
-                        .unwrap_or_else(|error| panic!("{name}: overrides {constants:?}: {error}"));
-                    let context = format!("{name} entry {} overrides {constants:?}", entry.name);
-                    // wgpu's GL backend has no f16 (SHADER_F16 is never offered there), so the f16
-                    // forms are translated for Vulkan, Metal and DX12 only; wgpu offers cooperative
-                    // matrices on Vulkan and Metal only.
-                    let targets = if source.contains(COOPERATIVE_MATRIX_ENABLE) {
-                        Targets::VULKAN_AND_METAL
-                    } else if precision == "f32" {
-                        Targets::ALL
-                    } else {
-                        Targets::ALL_BUT_GL
-                    };
-                    translate_all(&resolved, &resolved_info, entry, &context, targets);
-                    translated += 1;
+            let entry = module
+                .entry_points
+                .iter()
+                .find(|entry| entry.name == kernel.entry_point)
+                .unwrap_or_else(|| panic!("{name}: no entry point {}", kernel.entry_point));
+            // Every binding the shader declares is in the host's table (the cooperative GEMM
+            // leaves the table's last entry unused).
+            for (_, variable) in module.global_variables.iter() {
+                if let Some(binding) = &variable.binding {
+                    assert_eq!(binding.group, 0, "{name}: one bind group");
+                    assert!(
+                        (binding.binding as usize) < kernel.bindings.len(),
+                        "{name}: binding {} is not in the host's binding table",
+                        binding.binding
+                    );
                 }
+            }
+            for constants in override_combinations(&module) {
+                let (resolved, resolved_info) = naga::back::pipeline_constants::process_overrides(
+                    &module,
+                    &info,
+                    Some((entry.stage, &entry.name)),
+                    &constants,
+                )
+                .unwrap_or_else(|error| panic!("{name}: overrides {constants:?}: {error}"));
+                let context = format!("{name} entry {} overrides {constants:?}", entry.name);
+                // wgpu's GL backend has no f16 (SHADER_F16 is never offered there), so the f16
+                // forms are translated for Vulkan, Metal and DX12 only; wgpu offers cooperative
+                // matrices on Vulkan and Metal only.
+                let targets = if uses_cooperative_matrices(kernel) {
+                    Targets::VULKAN_AND_METAL
+                } else if precision == Precision::F32 {
+                    Targets::ALL
+                } else {
+                    Targets::ALL_BUT_GL
+                };
+                translate_all(&resolved, &resolved_info, entry, &context, targets);
+                translated += 1;
             }
         }
     }
-    assert!(translated > 0, "no entry point was translated");
+    assert!(
+        translated >= ALL_KERNELS.len() * 2,
+        "too few forms were translated"
+    );
 }
 
 /// Which backend languages a shader form must translate to.
@@ -234,17 +264,14 @@ fn a_broken_shader_is_rejected() {
     assert!(rejected);
 }
 
-/// The cooperative-matrix GEMM in the form the host builds (`gemm_cooperative` with the shared
-/// epilogue appended), f32 and f16.
-fn cooperative_gemm_forms() -> Vec<(&'static str, String)> {
+/// The cooperative-matrix GEMM in the forms the host builds, f32 and f16.
+fn cooperative_gemm_forms() -> Vec<(Precision, String)> {
     let kernel = &resgraph::kernels::gemm::GEMM_COOPERATIVE_KERNEL;
-    vec![
-        ("f32", kernel.wgsl.to_string()),
-        (
-            "f16",
-            resgraph::gpu::pipelines::specialize_source(kernel.wgsl),
-        ),
-    ]
+    assert!(uses_cooperative_matrices(kernel));
+    PRECISIONS
+        .into_iter()
+        .map(|precision| (precision, generate(kernel, precision)))
+        .collect()
 }
 
 #[test]
@@ -253,7 +280,11 @@ fn the_cooperative_gemm_validates_only_with_the_cooperative_matrix_capability() 
         let module = naga::front::wgsl::parse_str(&source)
             .unwrap_or_else(|error| panic!("{precision}: {}", error.emit_to_string(&source)));
         // The f16 form uses 16x16 f16 operand tiles and f32 accumulators; the f32 form 8x8 f32.
-        let (side, operand_width) = if precision == "f16" { (16, 2) } else { (8, 4) };
+        let (side, operand_width) = if precision == Precision::F16 {
+            (16, 2)
+        } else {
+            (8, 4)
+        };
         let mut tile_types = 0;
         for (_, ty) in module.types.iter() {
             if let naga::TypeInner::CooperativeMatrix {

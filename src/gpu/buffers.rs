@@ -67,12 +67,6 @@ pub fn upload_storage_buffer(
     Ok(buffer)
 }
 
-/// Copies the first `len` f32 values of `buffer` back to the host and waits for them.
-pub fn read_f32(context: &GpuContext, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
-    let bytes = read_bytes(context, buffer, (len * size_of::<f32>()) as u64)?;
-    Ok(Precision::F32.decode(&bytes))
-}
-
 /// Copies the first `bytes` bytes (a multiple of 4) of `buffer` back to the host and waits.
 pub fn read_bytes(context: &GpuContext, buffer: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
     let staging = context.scoped("creating a readback buffer", || {
@@ -175,13 +169,8 @@ impl DeviceMatrix {
         })
     }
 
-    /// Views an existing storage buffer as a `rows` × `cols` f32 matrix in its first
-    /// `rows * cols * 4` bytes. The buffer must be that large and have storage usage.
-    pub fn from_buffer(buffer: wgpu::Buffer, rows: usize, cols: usize) -> Result<Self> {
-        Self::from_buffer_with_precision(buffer, rows, cols, Precision::F32)
-    }
-
-    /// As [`Self::from_buffer`], for a matrix stored in `precision`.
+    /// Views an existing storage buffer as a `rows` × `cols` matrix stored in `precision`, in its
+    /// first `rows * cols` values. The buffer must be that large and have storage usage.
     pub fn from_buffer_with_precision(
         buffer: wgpu::Buffer,
         rows: usize,

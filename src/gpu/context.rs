@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 use crate::gpu::pipelines::PipelineCache;
+use crate::gpu::scope;
 
 /// Optional device features resgraph uses when an adapter has them. Requesting them costs
 /// nothing when present, and every kernel checks the device's features before relying on one.
@@ -240,12 +241,7 @@ impl GpuContext {
 
     /// Opens a device on `adapter` with the adapter's own limits (not wgpu's conservative
     /// defaults: lavapipe's storage bindings go to 128 MiB, for instance) and every optional
-    /// feature resgraph can use.
-    pub fn from_adapter(adapter: &wgpu::Adapter) -> Result<Self> {
-        Self::from_adapter_with_options(adapter, &AdapterOptions::default())
-    }
-
-    /// As [`GpuContext::from_adapter`]; `options.cooperative_matrix` says whether to enable the
+    /// feature resgraph can use. `options.cooperative_matrix` says whether to enable the
     /// experimental cooperative-matrix feature when the adapter has it (the other fields choose
     /// an adapter and are not used here).
     pub fn from_adapter_with_options(
@@ -420,21 +416,7 @@ impl GpuContext {
     /// error wgpu reports into [`Error::Gpu`], so that wgpu's default handler never panics on
     /// resgraph's behalf.
     pub fn scoped<T>(&self, operation: &str, work: impl FnOnce() -> T) -> Result<T> {
-        let internal = self.device.push_error_scope(wgpu::ErrorFilter::Internal);
-        let out_of_memory = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let value = work();
-        let errors = [
-            pollster::block_on(validation.pop()),
-            pollster::block_on(out_of_memory.pop()),
-            pollster::block_on(internal.pop()),
-        ];
-        if let Some(error) = errors.into_iter().flatten().next() {
-            return Err(Error::Gpu {
-                operation: operation.to_string(),
-                message: error_chain(&error),
-            });
-        }
+        let value = scope::capture(&self.device, operation, work)?;
         let escaped: Vec<String> = match self.uncaptured_errors.lock() {
             Ok(mut errors) => errors.drain(..).collect(),
             Err(_) => Vec::new(),
@@ -457,21 +439,6 @@ impl GpuContext {
                 reason: error.to_string(),
             })
     }
-}
-
-/// wgpu's error message followed by its chain of sources, on one line.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = cause.source();
-    }
-    message.replace('\n', " ")
 }
 
 /// What `resgraph info` says about one adapter.

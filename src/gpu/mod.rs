@@ -4,3 +4,4 @@
 pub mod buffers;
 pub mod context;
 pub mod pipelines;
+pub(crate) mod scope;

@@ -1,19 +1,22 @@
 //! Host side of `shaders/elementwise.wgsl`: `act(left [+ right])` over whole matrices, for the
 //! ReLUs and adds the planner could not fuse into a GEMM.
 
-use std::sync::Arc;
-
 use crate::error::{Error, Result};
 use crate::gpu::buffers::DeviceMatrix;
 use crate::gpu::context::GpuContext;
-use crate::gpu::pipelines::{
-    BindingKind, CachedPipeline, KernelKey, KernelSource, create_params_buffer, specialize,
+use crate::gpu::pipelines::BindingKind;
+use crate::kernels::launch::{
+    LaunchDescriptor, LaunchShape, PreparedKernel, check_operands, param_bytes, to_u32,
 };
+use crate::kernels::source::{KernelSource, no_declarations};
 
 /// The elementwise shader and its binding table.
 pub const ELEMENTWISE_KERNEL: KernelSource = KernelSource {
     name: "elementwise",
-    wgsl: include_str!("../../shaders/elementwise.wgsl"),
+    body: include_str!("../../shaders/elementwise.wgsl"),
+    pieces: &[],
+    extensions: &[],
+    declarations: no_declarations,
     entry_point: "elementwise",
     bindings: &[
         BindingKind::Uniform,          // 0: params
@@ -24,7 +27,7 @@ pub const ELEMENTWISE_KERNEL: KernelSource = KernelSource {
 };
 
 /// Invocations per workgroup (`WORKGROUP_SIZE` in the shader).
-const WORKGROUP_SIZE: usize = 256;
+const WORKGROUP_SIZE: u32 = 256;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
@@ -33,6 +36,42 @@ struct ElementwiseParams {
     groups_x: u32,
     unused0: u32,
     unused1: u32,
+}
+
+/// The elementwise kernel's parameter block and grid: one invocation per element, the
+/// workgroups folded into two dimensions so that large matrices stay within the per-dimension
+/// limit.
+#[derive(Debug)]
+struct ElementwiseLaunch {
+    cols: u32,
+    max_groups_x: u32,
+}
+
+impl ElementwiseLaunch {
+    /// (elements, workgroups along x, workgroups along y) for `rows` rows.
+    fn grid(&self, rows: u32) -> (u32, u32, u32) {
+        let len = rows * self.cols;
+        let groups = len.div_ceil(WORKGROUP_SIZE).max(1);
+        let groups_x = groups.min(self.max_groups_x);
+        (len, groups_x, groups.div_ceil(groups_x))
+    }
+}
+
+impl LaunchShape for ElementwiseLaunch {
+    fn params(&self, rows: u32) -> Vec<u8> {
+        let (len, groups_x, _) = self.grid(rows);
+        param_bytes(&ElementwiseParams {
+            len,
+            groups_x,
+            unused0: 0,
+            unused1: 0,
+        })
+    }
+
+    fn workgroups(&self, rows: u32) -> [u32; 3] {
+        let (_, groups_x, groups_y) = self.grid(rows);
+        [groups_x, groups_y, 1]
+    }
 }
 
 /// The operands of one elementwise dispatch; all matrices have the same shape.
@@ -48,140 +87,56 @@ pub struct ElementwiseOperands<'a> {
     pub relu: bool,
 }
 
-/// An elementwise dispatch with its pipeline and bind group ready.
-#[derive(Debug)]
-pub struct PreparedElementwise {
-    pipeline: Arc<CachedPipeline>,
-    bind_group: wgpu::BindGroup,
-    params_buffer: wgpu::Buffer,
-    rows: usize,
-    cols: usize,
-    max_groups_x: u32,
-}
-
-impl PreparedElementwise {
-    /// Validates shapes and builds the dispatch.
-    pub fn new(context: &GpuContext, operands: &ElementwiseOperands<'_>) -> Result<Self> {
-        let shape = (operands.left.rows(), operands.left.cols());
-        for (role, matrix) in [("right", operands.right), ("output", Some(operands.output))] {
-            if let Some(matrix) = matrix
-                && (matrix.rows(), matrix.cols()) != shape
-            {
-                return Err(Error::shape_mismatch(
-                    format!("elementwise {role}"),
-                    format!("[{}, {}]", shape.0, shape.1),
-                    format!("[{}, {}]", matrix.rows(), matrix.cols()),
-                ));
-            }
-        }
-        let aliased = operands.left.buffer() == operands.output.buffer()
-            || operands
-                .right
-                .is_some_and(|right| right.buffer() == operands.output.buffer());
-        if aliased {
+/// Validates shapes and prepares one elementwise dispatch.
+pub fn prepare_elementwise(
+    context: &GpuContext,
+    operands: &ElementwiseOperands<'_>,
+) -> Result<PreparedKernel> {
+    let shape = (operands.left.rows(), operands.left.cols());
+    for (role, matrix) in [("right", operands.right), ("output", Some(operands.output))] {
+        if let Some(matrix) = matrix
+            && (matrix.rows(), matrix.cols()) != shape
+        {
             return Err(Error::shape_mismatch(
-                "elementwise output",
-                "a buffer distinct from the operands",
-                "an operand's buffer",
+                format!("elementwise {role}"),
+                format!("[{}, {}]", shape.0, shape.1),
+                format!("[{}, {}]", matrix.rows(), matrix.cols()),
             ));
         }
-        let precision = operands.left.precision();
-        let mixed = [operands.right, Some(operands.output)]
-            .into_iter()
-            .flatten()
-            .any(|matrix| matrix.precision() != precision);
-        if mixed {
-            return Err(Error::shape_mismatch(
-                "elementwise operands",
-                format!("every matrix stored in {precision}"),
-                "matrices of another precision",
-            ));
-        }
-        precision.check_supported(context.features(), &context.adapter_info().name)?;
-        let kernel = specialize(&ELEMENTWISE_KERNEL, precision);
-        let max_groups_x = context.limits().max_compute_workgroups_per_dimension;
-        let key = KernelKey {
-            shader: kernel.name,
-            entry_point: kernel.entry_point,
+    }
+    let precision = operands.left.precision();
+    check_operands(
+        "elementwise operands",
+        precision,
+        &[("left", Some(operands.left)), ("right", operands.right)],
+        operands.output,
+    )?;
+    let kernel = &ELEMENTWISE_KERNEL;
+    // Every element's index must fit the shader's u32.
+    to_u32(kernel.name, "elementwise elements", shape.0 * shape.1)?;
+    let right = operands
+        .right
+        .map_or(context.placeholder_storage(), DeviceMatrix::buffer);
+    PreparedKernel::new(
+        context,
+        LaunchDescriptor {
+            label: "elementwise",
+            kernel,
+            precision,
             constants: vec![
                 ("ADD_RIGHT", u32::from(operands.right.is_some())),
                 ("APPLY_RELU", u32::from(operands.relu)),
             ],
-        };
-        let pipeline = context.pipelines().get_or_create(context, &kernel, &key)?;
-        let right = operands
-            .right
-            .map_or(context.placeholder_storage(), DeviceMatrix::buffer);
-        let (bind_group, params_buffer) = context.scoped("binding elementwise operands", || {
-            let empty = ElementwiseParams {
-                len: 0,
-                groups_x: 1,
-                unused0: 0,
-                unused1: 0,
-            };
-            let params_buffer =
-                create_params_buffer(context, "elementwise params", bytemuck::bytes_of(&empty));
-            let bind_group = pipeline.bind(
-                context.device(),
-                "elementwise operands",
-                &[
-                    params_buffer.as_entire_binding(),
-                    operands.left.buffer().as_entire_binding(),
-                    right.as_entire_binding(),
-                    operands.output.buffer().as_entire_binding(),
-                ],
-            );
-            (bind_group, params_buffer)
-        })?;
-        let prepared = PreparedElementwise {
-            pipeline,
-            bind_group,
-            params_buffer,
-            rows: shape.0,
-            cols: shape.1,
-            max_groups_x,
-        };
-        prepared.set_rows(context, shape.0)?;
-        Ok(prepared)
-    }
-
-    /// Makes later submissions process only the first `rows` rows.
-    pub fn set_rows(&self, context: &GpuContext, rows: usize) -> Result<()> {
-        if rows == 0 || rows > self.rows {
-            return Err(Error::shape_mismatch(
-                "elementwise rows",
-                format!("1..={}", self.rows),
-                rows,
-            ));
-        }
-        let (len, groups_x, _) = self.grid(rows);
-        let params = ElementwiseParams {
-            len,
-            groups_x,
-            unused0: 0,
-            unused1: 0,
-        };
-        context.scoped("updating elementwise rows", || {
-            context
-                .queue()
-                .write_buffer(&self.params_buffer, 0, bytemuck::bytes_of(&params));
-        })
-    }
-
-    /// Records the dispatch for the first `rows` rows (as last set with [`Self::set_rows`]).
-    pub fn record_rows(&self, pass: &mut wgpu::ComputePass<'_>, rows: usize) {
-        let (_, groups_x, groups_y) = self.grid(rows.clamp(1, self.rows));
-        pass.set_pipeline(&self.pipeline.pipeline);
-        pass.set_bind_group(0, &self.bind_group, &[]);
-        pass.dispatch_workgroups(groups_x, groups_y, 1);
-    }
-
-    /// (elements, workgroups along x, workgroups along y) for `rows` rows.
-    fn grid(&self, rows: usize) -> (u32, u32, u32) {
-        let len = rows * self.cols;
-        let groups = len.div_ceil(WORKGROUP_SIZE).max(1);
-        let groups_x = groups.min(self.max_groups_x as usize);
-        let groups_y = groups.div_ceil(groups_x);
-        (len as u32, groups_x as u32, groups_y as u32)
-    }
+            resources: &[
+                operands.left.buffer().as_entire_binding(),
+                right.as_entire_binding(),
+                operands.output.buffer().as_entire_binding(),
+            ],
+            max_rows: shape.0,
+            shape: Box::new(ElementwiseLaunch {
+                cols: to_u32(kernel.name, "elementwise columns", shape.1)?,
+                max_groups_x: context.limits().max_compute_workgroups_per_dimension,
+            }),
+        },
+    )
 }

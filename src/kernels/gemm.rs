@@ -14,13 +14,15 @@ use crate::epilogue::{Activation, Epilogue};
 use crate::error::{Error, Result};
 use crate::gpu::buffers::{self, DeviceMatrix};
 use crate::gpu::context::GpuContext;
-use crate::gpu::pipelines::{
-    BindingKind, CachedPipeline, KernelKey, KernelSource, create_params_buffer, specialize,
+use crate::gpu::pipelines::BindingKind;
+use crate::kernels::launch::{
+    LaunchDescriptor, LaunchShape, PreparedKernel, check_operands, param_bytes, to_u32,
 };
+use crate::kernels::source::{FUSED_EPILOGUE, KernelSource, no_declarations};
 use crate::precision::Precision;
 use crate::shape::check_linear_shape;
 
-use super::{to_u32, workgroup_count};
+use super::workgroup_count;
 
 /// The bindings of the GEMM kernels, in binding order (the cooperative kernel leaves binding 6
 /// unused).
@@ -39,10 +41,10 @@ const GEMM_BINDINGS: &[BindingKind] = &[
 /// The portable GEMM: register blocking only, runs on every adapter.
 pub const GEMM_PORTABLE_KERNEL: KernelSource = KernelSource {
     name: "gemm",
-    wgsl: concat!(
-        include_str!("../../shaders/gemm.wgsl"),
-        include_str!("../../shaders/fused_epilogue.wgsl")
-    ),
+    body: include_str!("../../shaders/gemm.wgsl"),
+    pieces: &[FUSED_EPILOGUE],
+    extensions: &[],
+    declarations: no_declarations,
     entry_point: "gemm",
     bindings: GEMM_BINDINGS,
 };
@@ -50,25 +52,38 @@ pub const GEMM_PORTABLE_KERNEL: KernelSource = KernelSource {
 /// The subgroup GEMM: weights shared across 8 invocations with `subgroupBroadcast`.
 pub const GEMM_SUBGROUP_KERNEL: KernelSource = KernelSource {
     name: "gemm_subgroup",
-    wgsl: concat!(
-        include_str!("../../shaders/gemm_subgroup.wgsl"),
-        include_str!("../../shaders/fused_epilogue.wgsl")
-    ),
+    body: include_str!("../../shaders/gemm_subgroup.wgsl"),
+    pieces: &[FUSED_EPILOGUE],
+    extensions: &[],
+    declarations: no_declarations,
     entry_point: "gemm",
     bindings: GEMM_BINDINGS,
 };
 
 /// The cooperative-matrix GEMM: tiles multiplied with `coopMultiplyAdd`, staged through
-/// workgroup memory, with the same fused epilogue.
+/// workgroup memory, with the same fused epilogue. Its tile types follow the precision
+/// ([`cooperative_declarations`]).
 pub const GEMM_COOPERATIVE_KERNEL: KernelSource = KernelSource {
     name: "gemm_cooperative",
-    wgsl: concat!(
-        include_str!("../../shaders/gemm_cooperative.wgsl"),
-        include_str!("../../shaders/fused_epilogue.wgsl")
-    ),
+    body: include_str!("../../shaders/gemm_cooperative.wgsl"),
+    pieces: &[FUSED_EPILOGUE],
+    extensions: &["wgpu_cooperative_matrix"],
+    declarations: cooperative_declarations,
     entry_point: "gemm",
     bindings: GEMM_BINDINGS,
 };
+
+/// The cooperative GEMM's precision-dependent declarations: the tile side `TILE` and the tile
+/// types of [`cooperative_config`] (8×8 f32 operands, or 16×16 f16 operands; f32 accumulators).
+pub fn cooperative_declarations(precision: Precision) -> String {
+    let side = cooperative_config(precision).m_size;
+    format!(
+        "const TILE: u32 = {side}u;\n\
+         alias TileA = coop_mat{side}x{side}<Scalar, A>;\n\
+         alias TileB = coop_mat{side}x{side}<Scalar, B>;\n\
+         alias TileC = coop_mat{side}x{side}<f32, C>;\n"
+    )
+}
 
 /// Output rows each invocation keeps in registers.
 pub const ROWS_PER_INVOCATION: u32 = 4;
@@ -161,7 +176,7 @@ impl GemmVariant {
         }
     }
 
-    /// The shader of this variant (its f32 form; see [`specialize`] for f16).
+    /// The shader of this variant.
     pub fn kernel(self) -> &'static KernelSource {
         match self {
             GemmVariant::Portable => &GEMM_PORTABLE_KERNEL,
@@ -250,16 +265,39 @@ struct GemmParams {
     inner_padded: u32,
 }
 
-/// The pipeline key of one variant, epilogue and storage precision on `context`, for a layer
-/// whose inner dimension is `inner`.
-pub fn kernel_key(
+/// The GEMM's parameter block and grid: one workgroup per tile of rows and columns.
+#[derive(Debug)]
+struct GemmLaunch {
+    params: GemmParams,
+    rows_per_workgroup: u32,
+    column_groups: u32,
+}
+
+impl LaunchShape for GemmLaunch {
+    fn params(&self, rows: u32) -> Vec<u8> {
+        param_bytes(&GemmParams {
+            rows,
+            ..self.params
+        })
+    }
+
+    fn workgroups(&self, rows: u32) -> [u32; 3] {
+        [
+            rows.div_ceil(self.rows_per_workgroup),
+            self.column_groups,
+            1,
+        ]
+    }
+}
+
+/// The `override` constants of one variant and epilogue on `context`, for a layer whose inner
+/// dimension is `inner`.
+pub fn gemm_constants(
     context: &GpuContext,
     variant: GemmVariant,
     epilogue: Epilogue,
-    precision: Precision,
     inner: usize,
-) -> KernelKey {
-    let kernel = specialize(variant.kernel(), precision);
+) -> Vec<(&'static str, u32)> {
     let mut constants = vec![
         ("ADD_RESIDUAL", u32::from(epilogue.add_residual)),
         (
@@ -271,13 +309,7 @@ pub fn kernel_key(
     if variant.reads_vec4_activations(inner) {
         constants.push(("VEC4_ACTIVATIONS", 1));
     }
-    // Sorted by name, as KernelKey asks, so that equal keys hash equally.
-    constants.sort_unstable();
-    KernelKey {
-        shader: kernel.name,
-        entry_point: kernel.entry_point,
-        constants,
-    }
+    constants
 }
 
 /// Converts a PyTorch `[out_features, in_features]` weight to the kernels' layout:
@@ -430,7 +462,8 @@ impl GemmOperands<'_> {
         }
     }
 
-    /// Checks every shape against the others and that the output aliases no input.
+    /// Checks every shape against the others, that the output aliases no input and that every
+    /// matrix has the weights' precision.
     fn validate(&self) -> Result<()> {
         let (rows, k, n) = (
             self.input.rows(),
@@ -444,223 +477,93 @@ impl GemmOperands<'_> {
                 format!("{} columns", self.input.cols()),
             ));
         }
-        if (self.output.rows(), self.output.cols()) != (rows, n) {
-            return Err(Error::shape_mismatch(
-                "gemm output",
-                format!("[{rows}, {n}]"),
-                format!("[{}, {}]", self.output.rows(), self.output.cols()),
-            ));
-        }
-        if let Some(residual) = self.residual {
-            if (residual.rows(), residual.cols()) != (rows, n) {
+        let expected = format!("[{rows}, {n}]");
+        for (role, matrix) in [
+            ("gemm output", Some(self.output)),
+            ("gemm residual", self.residual),
+        ] {
+            if let Some(matrix) = matrix
+                && (matrix.rows(), matrix.cols()) != (rows, n)
+            {
                 return Err(Error::shape_mismatch(
-                    "gemm residual",
-                    format!("[{rows}, {n}]"),
-                    format!("[{}, {}]", residual.rows(), residual.cols()),
-                ));
-            }
-            if residual.buffer() == self.output.buffer() {
-                return Err(Error::shape_mismatch(
-                    "gemm output",
-                    "a buffer distinct from the residual",
-                    "the residual's buffer",
+                    role,
+                    &expected,
+                    format!("[{}, {}]", matrix.rows(), matrix.cols()),
                 ));
             }
         }
-        if self.input.buffer() == self.output.buffer() {
-            return Err(Error::shape_mismatch(
-                "gemm output",
-                "a buffer distinct from the input",
-                "the input's buffer",
-            ));
-        }
-        let precision = self.weights.precision();
-        let mixed = [Some(self.input), self.residual, Some(self.output)]
-            .into_iter()
-            .flatten()
-            .any(|matrix| matrix.precision() != precision);
-        if mixed {
-            return Err(Error::shape_mismatch(
-                "gemm operands",
-                format!("every matrix stored in {precision}, like the weights"),
-                "matrices of another precision",
-            ));
-        }
-        Ok(())
+        check_operands(
+            "gemm operands",
+            self.weights.precision(),
+            &[("input", Some(self.input)), ("residual", self.residual)],
+            self.output,
+        )
     }
 }
 
-/// A GEMM with its pipeline, parameters and bind group ready: recording it allocates nothing.
-///
-/// It is prepared for the operands' full row count; [`PreparedGemm::set_rows`] and
-/// [`PreparedGemm::record_rows`] run it on fewer rows (a smaller batch) without rebuilding.
-#[derive(Debug)]
-pub struct PreparedGemm {
+/// Validates the operands and prepares one fused GEMM with `variant`: a
+/// [`MissingFeature`](Error::MissingFeature) error when the device cannot run it.
+pub fn prepare_gemm(
+    context: &GpuContext,
+    operands: &GemmOperands<'_>,
     variant: GemmVariant,
-    pipeline: std::sync::Arc<CachedPipeline>,
-    bind_group: wgpu::BindGroup,
-    params_buffer: wgpu::Buffer,
-    params: GemmParams,
-    column_blocks: u32,
-    rows_per_workgroup: usize,
-}
-
-impl PreparedGemm {
-    /// Validates the operands and builds (or fetches from the cache) everything one dispatch
-    /// needs, with the fastest variant the device supports.
-    pub fn new(context: &GpuContext, operands: &GemmOperands<'_>) -> Result<Self> {
-        let precision = operands.weights.precision();
-        Self::with_variant(context, operands, GemmVariant::best_for(context, precision))
-    }
-
-    /// As [`PreparedGemm::new`], with the variant chosen by the caller.
-    pub fn with_variant(
-        context: &GpuContext,
-        operands: &GemmOperands<'_>,
-        variant: GemmVariant,
-    ) -> Result<Self> {
-        operands.validate()?;
-        let precision = operands.weights.precision();
-        if !variant.supported_by(context, precision) {
-            return Err(Error::MissingFeature {
-                what: format!("the {variant:?} gemm variant with {precision} storage"),
-                feature: variant.requirement(),
-                adapter: context.adapter_info().name.clone(),
-            });
-        }
-        let rows = operands.input.rows();
-        let (k, n) = (
-            operands.weights.in_features(),
-            operands.weights.out_features(),
-        );
-        let (rows_per_workgroup, columns_per_workgroup) = variant.workgroup_tile(precision);
-        workgroup_count("gemm rows", rows, rows_per_workgroup, context)?;
-        let column_blocks = workgroup_count("gemm columns", n, columns_per_workgroup, context)?;
-        let params = GemmParams {
-            rows: to_u32("gemm rows", rows)?,
-            cols: to_u32("gemm columns", n)?,
-            inner: to_u32("gemm inner dimension", k)?,
-            inner_padded: to_u32("gemm inner dimension", k.next_multiple_of(INNER_CHUNK))?,
-        };
-        let pipeline = context.pipelines().get_or_create(
-            context,
-            &specialize(variant.kernel(), precision),
-            &kernel_key(context, variant, operands.epilogue(), precision, k),
-        )?;
-        // The vec4 view of the activations, or a placeholder that satisfies the binding.
-        let activations4 = if variant.reads_vec4_activations(k) {
-            operands.input.buffer()
-        } else {
-            context.placeholder_storage()
-        };
-        let residual = operands
-            .residual
-            .map_or(context.placeholder_storage(), DeviceMatrix::buffer);
-        let (bind_group, params_buffer) = context.scoped("binding the gemm operands", || {
-            let params_buffer =
-                create_params_buffer(context, "gemm params", bytemuck::bytes_of(&params));
-            let bind_group = pipeline.bind(
-                context.device(),
-                "gemm operands",
-                &[
-                    params_buffer.as_entire_binding(),
-                    operands.input.buffer().as_entire_binding(),
-                    operands.weights.weights.as_entire_binding(),
-                    operands.weights.bias.as_entire_binding(),
-                    residual.as_entire_binding(),
-                    operands.output.buffer().as_entire_binding(),
-                    activations4.as_entire_binding(),
-                ],
-            );
-            (bind_group, params_buffer)
-        })?;
-        Ok(PreparedGemm {
-            variant,
-            pipeline,
-            bind_group,
-            params_buffer,
-            params,
-            column_blocks,
-            rows_per_workgroup,
-        })
-    }
-
-    /// The row count the dispatch was prepared for (the most it can run).
-    pub fn max_rows(&self) -> usize {
-        self.params.rows as usize
-    }
-
-    /// The shader variant the dispatch runs.
-    pub fn variant(&self) -> GemmVariant {
-        self.variant
-    }
-
-    /// Makes later submissions compute only the first `rows` rows (at most [`Self::max_rows`]).
-    /// The write is queued, so it takes effect for command buffers submitted after this call.
-    pub fn set_rows(&self, context: &GpuContext, rows: usize) -> Result<()> {
-        let rows = self.checked_rows(rows)?;
-        let params = GemmParams {
-            rows,
-            ..self.params
-        };
-        context.scoped("updating gemm rows", || {
-            context
-                .queue()
-                .write_buffer(&self.params_buffer, 0, bytemuck::bytes_of(&params));
-        })
-    }
-
-    /// Records the dispatch for all prepared rows into a compute pass.
-    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
-        self.record_rows(pass, self.max_rows());
-    }
-
-    /// Records the dispatch for the first `rows` rows, which must match the last
-    /// [`Self::set_rows`] (or the prepared count): only the workgroups those rows need are
-    /// launched. `rows` is clamped to [`Self::max_rows`].
-    pub fn record_rows(&self, pass: &mut wgpu::ComputePass<'_>, rows: usize) {
-        let rows = rows.clamp(1, self.max_rows());
-        pass.set_pipeline(&self.pipeline.pipeline);
-        pass.set_bind_group(0, &self.bind_group, &[]);
-        let row_groups = rows.div_ceil(self.rows_per_workgroup) as u32;
-        pass.dispatch_workgroups(row_groups, self.column_blocks, 1);
-    }
-
-    fn checked_rows(&self, rows: usize) -> Result<u32> {
-        if rows == 0 || rows > self.max_rows() {
-            return Err(Error::shape_mismatch(
-                "gemm rows",
-                format!("1..={}", self.max_rows()),
-                rows,
-            ));
-        }
-        Ok(rows as u32)
-    }
-
-    /// Records the dispatch in a compute pass of its own, into `encoder`.
-    pub fn encode(&self, encoder: &mut wgpu::CommandEncoder) {
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("resgraph gemm"),
-            timestamp_writes: None,
+) -> Result<PreparedKernel> {
+    operands.validate()?;
+    let precision = operands.weights.precision();
+    if !variant.supported_by(context, precision) {
+        return Err(Error::MissingFeature {
+            what: format!("the {variant:?} gemm variant with {precision} storage"),
+            feature: variant.requirement(),
+            adapter: context.adapter_info().name.clone(),
         });
-        self.record(&mut pass);
     }
-
-    /// Submits the dispatch on the context's queue (without waiting for it).
-    pub fn submit(&self, context: &GpuContext) -> Result<()> {
-        context.submit_pass("resgraph gemm", |pass| self.record(pass))
-    }
-
-    /// Floating-point operations of one dispatch over all prepared rows (`2·M·N·K`).
-    pub fn flops(&self) -> u64 {
-        2 * u64::from(self.params.rows) * u64::from(self.params.cols) * u64::from(self.params.inner)
-    }
-}
-
-/// Runs one fused GEMM with the device's best variant and waits for it: the simplest way to use
-/// the kernel.
-pub fn run_gemm(context: &GpuContext, operands: &GemmOperands<'_>) -> Result<()> {
-    let prepared = PreparedGemm::new(context, operands)?;
-    prepared.submit(context)?;
-    context.wait_idle()
+    let kernel = variant.kernel();
+    let (k, n) = (
+        operands.weights.in_features(),
+        operands.weights.out_features(),
+    );
+    let (rows_per_workgroup, columns_per_workgroup) = variant.workgroup_tile(precision);
+    let column_groups = workgroup_count("gemm columns", n, columns_per_workgroup, context)?;
+    let params = GemmParams {
+        rows: to_u32(kernel.name, "gemm rows", operands.input.rows())?,
+        cols: to_u32(kernel.name, "gemm columns", n)?,
+        inner: to_u32(kernel.name, "gemm inner dimension", k)?,
+        inner_padded: to_u32(
+            kernel.name,
+            "gemm inner dimension",
+            k.next_multiple_of(INNER_CHUNK),
+        )?,
+    };
+    // The vec4 view of the activations, or a placeholder that satisfies the binding.
+    let activations4 = if variant.reads_vec4_activations(k) {
+        operands.input.buffer()
+    } else {
+        context.placeholder_storage()
+    };
+    let residual = operands
+        .residual
+        .map_or(context.placeholder_storage(), DeviceMatrix::buffer);
+    PreparedKernel::new(
+        context,
+        LaunchDescriptor {
+            label: "gemm",
+            kernel,
+            precision,
+            constants: gemm_constants(context, variant, operands.epilogue(), k),
+            resources: &[
+                operands.input.buffer().as_entire_binding(),
+                operands.weights.weights.as_entire_binding(),
+                operands.weights.bias.as_entire_binding(),
+                residual.as_entire_binding(),
+                operands.output.buffer().as_entire_binding(),
+                activations4.as_entire_binding(),
+            ],
+            max_rows: operands.input.rows(),
+            shape: Box::new(GemmLaunch {
+                params,
+                rows_per_workgroup: rows_per_workgroup as u32,
+                column_groups,
+            }),
+        },
+    )
 }

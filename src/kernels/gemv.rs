@@ -5,26 +5,26 @@
 //! waste most of their 256-row workgroups; this kernel assigns one invocation to 4 output columns
 //! and loads weights as texels, the fastest load path on CPU adapters (see the shader).
 
-use std::sync::Arc;
-
-use crate::epilogue::{Activation, Epilogue};
+use crate::epilogue::Activation;
 use crate::error::{Error, Result};
 use crate::gpu::buffers::DeviceMatrix;
 use crate::gpu::context::GpuContext;
-use crate::gpu::pipelines::{
-    BindingKind, CachedPipeline, KernelKey, KernelSource, create_params_buffer, specialize,
-};
+use crate::gpu::pipelines::BindingKind;
 use crate::kernels::gemm::INNER_CHUNK;
+use crate::kernels::launch::{
+    LaunchDescriptor, LaunchShape, PreparedKernel, check_operands, param_bytes, to_u32,
+};
+use crate::kernels::source::{FUSED_EPILOGUE, KernelSource, no_declarations};
 use crate::precision::Precision;
 use crate::shape::check_linear_shape;
 
 /// The texture GEMV shader and its binding table.
 pub const GEMV_TEXTURE_KERNEL: KernelSource = KernelSource {
     name: "gemv_texture",
-    wgsl: concat!(
-        include_str!("../../shaders/gemv_texture.wgsl"),
-        include_str!("../../shaders/fused_epilogue.wgsl")
-    ),
+    body: include_str!("../../shaders/gemv_texture.wgsl"),
+    pieces: &[FUSED_EPILOGUE],
+    extensions: &[],
+    declarations: no_declarations,
     entry_point: "gemv",
     bindings: &[
         BindingKind::Uniform,             // 0: params
@@ -51,6 +51,31 @@ struct GemvParams {
     cols: u32,
     inner: u32,
     cols4: u32,
+}
+
+/// The GEMV's parameter block and grid: workgroups of 32 invocations, 4 columns each, along x;
+/// `rows_per_workgroup` rows along y.
+#[derive(Debug)]
+struct GemvLaunch {
+    params: GemvParams,
+    rows_per_workgroup: u32,
+}
+
+impl LaunchShape for GemvLaunch {
+    fn params(&self, rows: u32) -> Vec<u8> {
+        param_bytes(&GemvParams {
+            rows,
+            ..self.params
+        })
+    }
+
+    fn workgroups(&self, rows: u32) -> [u32; 3] {
+        [
+            self.params.cols4.div_ceil(GEMV_WORKGROUP_SIZE),
+            rows.div_ceil(self.rows_per_workgroup),
+            1,
+        ]
+    }
 }
 
 /// Whether `context` can run the texture GEMV at all (subgroups of at least 8 invocations).
@@ -247,172 +272,87 @@ pub struct GemvOperands<'a> {
     pub activation: Activation,
 }
 
-/// A texture GEMV with its pipeline, parameters and bind group ready.
-#[derive(Debug)]
-pub struct PreparedGemv {
-    pipeline: Arc<CachedPipeline>,
-    bind_group: wgpu::BindGroup,
-    params_buffer: wgpu::Buffer,
-    params: GemvParams,
-    rows_per_workgroup: u32,
-}
-
-impl PreparedGemv {
-    /// Validates the operands and builds the dispatch for `input.rows()` rows.
-    pub fn new(context: &GpuContext, operands: &GemvOperands<'_>) -> Result<Self> {
-        if !supported_by(context) {
-            return Err(Error::MissingFeature {
-                what: "the texture gemv kernel".to_string(),
-                feature: "SUBGROUP (with subgroups of at least 8 invocations)",
-                adapter: context.adapter_info().name.clone(),
-            });
-        }
-        let (rows, k, n) = (
-            operands.input.rows(),
-            operands.weights.in_features(),
-            operands.weights.out_features(),
-        );
-        let shapes_agree = operands.input.cols() == k
-            && (operands.output.rows(), operands.output.cols()) == (rows, n)
-            && operands
-                .residual
-                .is_none_or(|residual| (residual.rows(), residual.cols()) == (rows, n));
-        if !shapes_agree {
-            return Err(Error::shape_mismatch(
-                "gemv operands",
-                format!("input [{rows}, {k}], residual and output [{rows}, {n}]"),
-                format!(
-                    "input [{}, {}], output [{}, {}]",
-                    operands.input.rows(),
-                    operands.input.cols(),
-                    operands.output.rows(),
-                    operands.output.cols()
-                ),
-            ));
-        }
-        let aliased = operands.input.buffer() == operands.output.buffer()
-            || operands
-                .residual
-                .is_some_and(|residual| residual.buffer() == operands.output.buffer());
-        if aliased {
-            return Err(Error::shape_mismatch(
-                "gemv output",
-                "a buffer distinct from the input and residual",
-                "an operand's buffer",
-            ));
-        }
-        let precision = operands.weights.precision();
-        let mixed = [
-            Some(operands.input),
-            operands.residual,
-            Some(operands.output),
-        ]
-        .into_iter()
-        .flatten()
-        .any(|matrix| matrix.precision() != precision);
-        if mixed {
-            return Err(Error::shape_mismatch(
-                "gemv operands",
-                format!("every matrix stored in {precision}, like the weights"),
-                "matrices of another precision",
-            ));
-        }
-        let kernel = specialize(&GEMV_TEXTURE_KERNEL, precision);
-        let rows_per_workgroup = if rows == 1 { 1 } else { GEMV_ROWS };
-        let epilogue = Epilogue {
-            activation: operands.activation,
-            add_residual: operands.residual.is_some(),
-        };
-        let key = KernelKey {
-            shader: kernel.name,
-            entry_point: kernel.entry_point,
+/// Validates the operands and prepares one texture GEMV for `input.rows()` rows: a
+/// [`MissingFeature`](Error::MissingFeature) error on a device without subgroups of at least 8.
+pub fn prepare_gemv(context: &GpuContext, operands: &GemvOperands<'_>) -> Result<PreparedKernel> {
+    if !supported_by(context) {
+        return Err(Error::MissingFeature {
+            what: "the texture gemv kernel".to_string(),
+            feature: "SUBGROUP (with subgroups of at least 8 invocations)",
+            adapter: context.adapter_info().name.clone(),
+        });
+    }
+    let (rows, k, n) = (
+        operands.input.rows(),
+        operands.weights.in_features(),
+        operands.weights.out_features(),
+    );
+    let shapes_agree = operands.input.cols() == k
+        && (operands.output.rows(), operands.output.cols()) == (rows, n)
+        && operands
+            .residual
+            .is_none_or(|residual| (residual.rows(), residual.cols()) == (rows, n));
+    if !shapes_agree {
+        return Err(Error::shape_mismatch(
+            "gemv operands",
+            format!("input [{rows}, {k}], residual and output [{rows}, {n}]"),
+            format!(
+                "input [{}, {}], output [{}, {}]",
+                operands.input.rows(),
+                operands.input.cols(),
+                operands.output.rows(),
+                operands.output.cols()
+            ),
+        ));
+    }
+    let precision = operands.weights.precision();
+    check_operands(
+        "gemv operands",
+        precision,
+        &[
+            ("input", Some(operands.input)),
+            ("residual", operands.residual),
+        ],
+        operands.output,
+    )?;
+    let kernel = &GEMV_TEXTURE_KERNEL;
+    let rows_per_workgroup = if rows == 1 { 1 } else { GEMV_ROWS };
+    let params = GemvParams {
+        rows: to_u32(kernel.name, "gemv rows", rows)?,
+        cols: to_u32(kernel.name, "gemv columns", n)?,
+        inner: to_u32(kernel.name, "gemv inner dimension", k)?,
+        cols4: to_u32(kernel.name, "gemv columns", n.div_ceil(4))?,
+    };
+    let residual = operands
+        .residual
+        .map_or(context.placeholder_storage(), DeviceMatrix::buffer);
+    PreparedKernel::new(
+        context,
+        LaunchDescriptor {
+            label: "gemv",
+            kernel,
+            precision,
             constants: vec![
-                ("ADD_RESIDUAL", u32::from(epilogue.add_residual)),
+                ("ADD_RESIDUAL", u32::from(operands.residual.is_some())),
                 (
                     "APPLY_RELU",
-                    u32::from(epilogue.activation == Activation::Relu),
+                    u32::from(operands.activation == Activation::Relu),
                 ),
                 ("GEMV_ROWS", rows_per_workgroup),
                 ("WORKGROUP_SIZE", GEMV_WORKGROUP_SIZE),
             ],
-        };
-        let pipeline = context.pipelines().get_or_create(context, &kernel, &key)?;
-        let params = GemvParams {
-            rows: rows as u32,
-            cols: n as u32,
-            inner: k as u32,
-            cols4: n.div_ceil(4) as u32,
-        };
-        let residual = operands
-            .residual
-            .map_or(context.placeholder_storage(), DeviceMatrix::buffer);
-        let (bind_group, params_buffer) = context.scoped("binding the gemv operands", || {
-            let params_buffer =
-                create_params_buffer(context, "gemv params", bytemuck::bytes_of(&params));
-            let bind_group = pipeline.bind(
-                context.device(),
-                "gemv operands",
-                &[
-                    params_buffer.as_entire_binding(),
-                    operands.input.buffer().as_entire_binding(),
-                    wgpu::BindingResource::TextureView(&operands.weights.view),
-                    operands.weights.bias.as_entire_binding(),
-                    residual.as_entire_binding(),
-                    operands.output.buffer().as_entire_binding(),
-                ],
-            );
-            (bind_group, params_buffer)
-        })?;
-        Ok(PreparedGemv {
-            pipeline,
-            bind_group,
-            params_buffer,
-            params,
-            rows_per_workgroup,
-        })
-    }
-
-    /// The row count the dispatch was prepared for.
-    pub fn max_rows(&self) -> usize {
-        self.params.rows as usize
-    }
-
-    /// Makes later submissions compute only the first `rows` rows.
-    pub fn set_rows(&self, context: &GpuContext, rows: usize) -> Result<()> {
-        if rows == 0 || rows > self.max_rows() {
-            return Err(Error::shape_mismatch(
-                "gemv rows",
-                format!("1..={}", self.max_rows()),
-                rows,
-            ));
-        }
-        let params = GemvParams {
-            rows: rows as u32,
-            ..self.params
-        };
-        context.scoped("updating gemv rows", || {
-            context
-                .queue()
-                .write_buffer(&self.params_buffer, 0, bytemuck::bytes_of(&params));
-        })
-    }
-
-    /// Records the dispatch for the first `rows` rows (as last set).
-    pub fn record_rows(&self, pass: &mut wgpu::ComputePass<'_>, rows: usize) {
-        let rows = rows.clamp(1, self.max_rows()) as u32;
-        pass.set_pipeline(&self.pipeline.pipeline);
-        pass.set_bind_group(0, &self.bind_group, &[]);
-        pass.dispatch_workgroups(
-            self.params.cols4.div_ceil(GEMV_WORKGROUP_SIZE),
-            rows.div_ceil(self.rows_per_workgroup),
-            1,
-        );
-    }
-
-    /// Submits the dispatch on the context's queue (without waiting).
-    pub fn submit(&self, context: &GpuContext) -> Result<()> {
-        context.submit_pass("resgraph gemv", |pass| {
-            self.record_rows(pass, self.max_rows());
-        })
-    }
+            resources: &[
+                operands.input.buffer().as_entire_binding(),
+                wgpu::BindingResource::TextureView(&operands.weights.view),
+                operands.weights.bias.as_entire_binding(),
+                residual.as_entire_binding(),
+                operands.output.buffer().as_entire_binding(),
+            ],
+            max_rows: rows,
+            shape: Box::new(GemvLaunch {
+                params,
+                rows_per_workgroup,
+            }),
+        },
+    )
 }

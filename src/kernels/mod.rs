@@ -3,7 +3,22 @@
 pub mod elementwise;
 pub mod gemm;
 pub mod gemv;
+pub mod launch;
 pub mod residual_block;
+pub mod source;
+
+pub use launch::PreparedKernel;
+
+/// Every kernel the host compiles, for the shader tests (which validate each one's generated
+/// source for every precision) and for tools that list them.
+pub const ALL_KERNELS: &[&source::KernelSource] = &[
+    &gemm::GEMM_PORTABLE_KERNEL,
+    &gemm::GEMM_SUBGROUP_KERNEL,
+    &gemm::GEMM_COOPERATIVE_KERNEL,
+    &gemv::GEMV_TEXTURE_KERNEL,
+    &elementwise::ELEMENTWISE_KERNEL,
+    &residual_block::RESIDUAL_BLOCK_KERNEL,
+];
 
 use crate::error::{Error, Result};
 use crate::gpu::buffers;
@@ -27,13 +42,6 @@ pub(crate) fn workgroup_count(
         });
     }
     Ok(groups as u32)
-}
-
-/// `value` as a shader's u32 parameter, or a shape mismatch when it does not fit.
-pub(crate) fn to_u32(what: &str, value: usize) -> Result<u32> {
-    u32::try_from(value).map_err(|_| {
-        Error::shape_mismatch(what, format!("at most {}", u32::MAX), value.to_string())
-    })
 }
 
 /// Uploads a layer's bias as f32, zero-padded to a multiple of 16 values (the GEMM's column

@@ -8,16 +8,16 @@
 //! ([`crate::plan::Plan::residual_blocks`]); the executor uses this kernel for the pairs where it
 //! measured faster, or where the caller asked for it.
 
-use std::sync::Arc;
-
 use crate::error::{Error, Result};
 use crate::gpu::buffers::DeviceMatrix;
 use crate::gpu::context::GpuContext;
-use crate::gpu::pipelines::{
-    BindingKind, CachedPipeline, KernelKey, KernelSource, create_params_buffer, specialize,
-};
+use crate::gpu::pipelines::BindingKind;
 use crate::kernels::gemm::{INNER_CHUNK, LinearWeights};
-use crate::kernels::{to_u32, workgroup_count};
+use crate::kernels::launch::{
+    LaunchDescriptor, LaunchShape, PreparedKernel, check_operands, param_bytes, to_u32,
+};
+use crate::kernels::source::{FUSED_EPILOGUE, KernelSource, no_declarations};
+use crate::kernels::workgroup_count;
 use crate::precision::Precision;
 
 /// The bindings of the block kernel, in binding order.
@@ -34,10 +34,10 @@ const BLOCK_BINDINGS: &[BindingKind] = &[
 /// The whole-block kernel.
 pub const RESIDUAL_BLOCK_KERNEL: KernelSource = KernelSource {
     name: "residual_block",
-    wgsl: concat!(
-        include_str!("../../shaders/residual_block.wgsl"),
-        include_str!("../../shaders/fused_epilogue.wgsl")
-    ),
+    body: include_str!("../../shaders/residual_block.wgsl"),
+    pieces: &[FUSED_EPILOGUE],
+    extensions: &[],
+    declarations: no_declarations,
     entry_point: "residual_block",
     bindings: BLOCK_BINDINGS,
 };
@@ -63,52 +63,85 @@ struct BlockParams {
     padding: [u32; 3],
 }
 
-/// Why the device cannot run the block kernel for `rows` of a block of `width` with a `hidden`
-/// layer, or `None` when it can.
-pub fn unsupported_reason(
+/// The block kernel's parameter block and grid: one workgroup per [`BLOCK_ROWS`] rows.
+#[derive(Debug)]
+struct BlockLaunch {
+    params: BlockParams,
+}
+
+impl LaunchShape for BlockLaunch {
+    fn params(&self, rows: u32) -> Vec<u8> {
+        param_bytes(&BlockParams {
+            rows,
+            ..self.params
+        })
+    }
+
+    fn workgroups(&self, rows: u32) -> [u32; 3] {
+        [rows.div_ceil(BLOCK_ROWS as u32), 1, 1]
+    }
+}
+
+/// Checks that the device can run the block kernel for `rows` of a block of `width` with a
+/// `hidden` layer: [`Error::MissingFeature`] for a device without subgroups of at least 8, f16
+/// or the kernel's workgroup memory, [`Error::UnsupportedShape`] for a hidden layer wider than
+/// [`MAX_HIDDEN`], and the typed errors of a zero-sized or too-large dispatch.
+pub fn check_supported(
     context: &GpuContext,
     precision: Precision,
     (rows, width, hidden): (usize, usize, usize),
-) -> Option<String> {
+) -> Result<()> {
     let limits = context.limits();
+    let adapter = || context.adapter_info().name.clone();
+    let what = format!("the whole-block kernel for a {width}x{hidden} block");
     if !context.features().contains(wgpu::Features::SUBGROUP)
         || context.adapter_info().subgroup_min_size < INNER_CHUNK as u32
     {
-        return Some("the device has no subgroups of at least 8 invocations".to_string());
+        return Err(Error::MissingFeature {
+            what,
+            feature: "SUBGROUP (with subgroups of at least 8 invocations)",
+            adapter: adapter(),
+        });
     }
     if precision == Precision::F16 && !context.features().contains(wgpu::Features::SHADER_F16) {
-        return Some("the device has no shader-f16".to_string());
+        return Err(Error::MissingFeature {
+            what,
+            feature: "SHADER_F16",
+            adapter: adapter(),
+        });
     }
     if limits.max_compute_workgroup_storage_size < WORKGROUP_MEMORY_BYTES
         || limits.max_compute_invocations_per_workgroup < WORKGROUP_SIZE
     {
-        return Some(format!(
-            "the device offers {} bytes of workgroup memory and {} invocations per workgroup; \
-             the block kernel needs {WORKGROUP_MEMORY_BYTES} and {WORKGROUP_SIZE}",
-            limits.max_compute_workgroup_storage_size, limits.max_compute_invocations_per_workgroup
-        ));
+        return Err(Error::MissingFeature {
+            what,
+            feature: "16 KiB of workgroup memory and 64 invocations per workgroup",
+            adapter: adapter(),
+        });
     }
     if hidden > MAX_HIDDEN {
-        return Some(format!(
-            "the hidden width {hidden} is over the {MAX_HIDDEN} the block kernel keeps on chip"
-        ));
+        return Err(Error::UnsupportedShape {
+            kernel: RESIDUAL_BLOCK_KERNEL.name,
+            what: format!("a block of width {width} with a hidden layer of {hidden}"),
+            reason: format!("it keeps at most {MAX_HIDDEN} hidden values per row on chip"),
+        });
     }
-    if width == 0 || hidden == 0 || rows == 0 {
-        return Some("a zero-sized dimension".to_string());
+    for (dimension, value) in [("rows", rows), ("width", width), ("hidden", hidden)] {
+        if value == 0 {
+            return Err(Error::zero_sized("residual block", dimension));
+        }
     }
-    workgroup_count("residual block rows", rows, BLOCK_ROWS, context)
-        .err()
-        .map(|error| error.to_string())
+    workgroup_count("residual block rows", rows, BLOCK_ROWS, context).map(|_| ())
 }
 
 /// Whether the device can run the block kernel for `rows` of a block of `width` with a `hidden`
-/// layer.
+/// layer (see [`check_supported`] for why not).
 pub fn supported(
     context: &GpuContext,
     precision: Precision,
     (rows, width, hidden): (usize, usize, usize),
 ) -> bool {
-    unsupported_reason(context, precision, (rows, width, hidden)).is_none()
+    check_supported(context, precision, (rows, width, hidden)).is_ok()
 }
 
 /// The operands of one whole residual block.
@@ -154,146 +187,70 @@ impl ResidualBlockOperands<'_> {
             format!("[{}, {width}]", self.input.rows()),
             format!("[{}, {}]", self.output.rows(), self.output.cols()),
         )?;
-        if self.input.buffer() == self.output.buffer() {
-            return Err(Error::shape_mismatch(
-                "residual block output",
-                "a buffer distinct from the input",
-                "the input's buffer",
-            ));
-        }
-        let precision = self.first.precision();
-        let mixed = self.second.precision() != precision
-            || self.input.precision() != precision
-            || self.output.precision() != precision;
-        if mixed {
-            return Err(Error::shape_mismatch(
-                "residual block operands",
-                format!("every matrix stored in {precision}, like the first layer's weights"),
-                "matrices of another precision",
-            ));
+        check_operands(
+            "residual block operands",
+            self.first.precision(),
+            &[("input", Some(self.input))],
+            self.output,
+        )?;
+        if self.second.precision() != self.first.precision() {
+            return Err(Error::PrecisionMismatch {
+                what: "residual block operands".to_string(),
+                operand: "second layer",
+                expected: self.first.precision(),
+                actual: self.second.precision(),
+            });
         }
         Ok((width, hidden))
     }
 }
 
-/// A whole-block dispatch with its pipeline, parameters and bind group ready.
-#[derive(Debug)]
-pub struct PreparedResidualBlock {
-    pipeline: Arc<CachedPipeline>,
-    bind_group: wgpu::BindGroup,
-    params_buffer: wgpu::Buffer,
-    params: BlockParams,
-}
-
-impl PreparedResidualBlock {
-    /// Validates the operands and builds (or fetches from the cache) everything the dispatch
-    /// needs. A hidden width over [`MAX_HIDDEN`] is a shape mismatch, a device without what the
-    /// kernel needs `Error::MissingFeature`, and more rows than the device's workgroup limit
-    /// allows `Error::DispatchTooLarge`.
-    pub fn new(context: &GpuContext, operands: &ResidualBlockOperands<'_>) -> Result<Self> {
-        let (width, hidden) = operands.validate()?;
-        let precision = operands.first.precision();
-        if hidden > MAX_HIDDEN {
-            return Err(Error::shape_mismatch(
-                "residual block hidden width",
-                format!("at most {MAX_HIDDEN} (the whole-block kernel keeps it on chip)"),
-                hidden,
-            ));
-        }
-        let rows = operands.input.rows();
-        if let Some(reason) = unsupported_reason(context, precision, (1, width, hidden)) {
-            return Err(Error::MissingFeature {
-                what: format!("the whole-block kernel for a {width}x{hidden} block ({reason})"),
-                feature: "SUBGROUP (subgroups of at least 8) and 16 KiB of workgroup memory",
-                adapter: context.adapter_info().name.clone(),
-            });
-        }
-        workgroup_count("residual block rows", rows, BLOCK_ROWS, context)?;
-        let params = BlockParams {
-            rows: to_u32("residual block rows", rows)?,
-            cols: to_u32("residual block width", width)?,
-            hidden: to_u32("residual block hidden width", hidden)?,
-            cols_padded: to_u32("residual block width", width.next_multiple_of(INNER_CHUNK))?,
-            hidden_padded: to_u32(
-                "residual block hidden width",
-                hidden.next_multiple_of(INNER_CHUNK),
-            )?,
-            padding: [0; 3],
-        };
-        let kernel = specialize(&RESIDUAL_BLOCK_KERNEL, precision);
-        let key = KernelKey {
-            shader: kernel.name,
-            entry_point: kernel.entry_point,
+/// Validates the operands and prepares the whole block as one dispatch: a hidden width over
+/// [`MAX_HIDDEN`] is [`Error::UnsupportedShape`], a device without what the kernel needs
+/// [`Error::MissingFeature`], and more rows than the device's workgroup limit allows
+/// [`Error::DispatchTooLarge`].
+pub fn prepare_residual_block(
+    context: &GpuContext,
+    operands: &ResidualBlockOperands<'_>,
+) -> Result<PreparedKernel> {
+    let (width, hidden) = operands.validate()?;
+    let precision = operands.first.precision();
+    let rows = operands.input.rows();
+    check_supported(context, precision, (rows, width, hidden))?;
+    let kernel = &RESIDUAL_BLOCK_KERNEL;
+    let params = BlockParams {
+        rows: to_u32(kernel.name, "residual block rows", rows)?,
+        cols: to_u32(kernel.name, "residual block width", width)?,
+        hidden: to_u32(kernel.name, "residual block hidden width", hidden)?,
+        cols_padded: to_u32(
+            kernel.name,
+            "residual block width",
+            width.next_multiple_of(INNER_CHUNK),
+        )?,
+        hidden_padded: to_u32(
+            kernel.name,
+            "residual block hidden width",
+            hidden.next_multiple_of(INNER_CHUNK),
+        )?,
+        padding: [0; 3],
+    };
+    PreparedKernel::new(
+        context,
+        LaunchDescriptor {
+            label: "residual block",
+            kernel,
+            precision,
             constants: Vec::new(),
-        };
-        let pipeline = context.pipelines().get_or_create(context, &kernel, &key)?;
-        let (bind_group, params_buffer) =
-            context.scoped("binding the residual block operands", || {
-                let params_buffer = create_params_buffer(
-                    context,
-                    "residual block params",
-                    bytemuck::bytes_of(&params),
-                );
-                let bind_group = pipeline.bind(
-                    context.device(),
-                    "residual block operands",
-                    &[
-                        params_buffer.as_entire_binding(),
-                        operands.input.buffer().as_entire_binding(),
-                        operands.first.weights_buffer().as_entire_binding(),
-                        operands.first.bias_buffer().as_entire_binding(),
-                        operands.second.weights_buffer().as_entire_binding(),
-                        operands.second.bias_buffer().as_entire_binding(),
-                        operands.output.buffer().as_entire_binding(),
-                    ],
-                );
-                (bind_group, params_buffer)
-            })?;
-        Ok(PreparedResidualBlock {
-            pipeline,
-            bind_group,
-            params_buffer,
-            params,
-        })
-    }
-
-    /// The row count the dispatch was prepared for (the most it can run).
-    pub fn max_rows(&self) -> usize {
-        self.params.rows as usize
-    }
-
-    /// Makes later submissions compute only the first `rows` rows (at most [`Self::max_rows`]).
-    pub fn set_rows(&self, context: &GpuContext, rows: usize) -> Result<()> {
-        if rows == 0 || rows > self.max_rows() {
-            return Err(Error::shape_mismatch(
-                "residual block rows",
-                format!("1..={}", self.max_rows()),
-                rows,
-            ));
-        }
-        let params = BlockParams {
-            rows: rows as u32,
-            ..self.params
-        };
-        context.scoped("updating residual block rows", || {
-            context
-                .queue()
-                .write_buffer(&self.params_buffer, 0, bytemuck::bytes_of(&params));
-        })
-    }
-
-    /// Records the dispatch for the first `rows` rows (as last set with [`Self::set_rows`]).
-    pub fn record_rows(&self, pass: &mut wgpu::ComputePass<'_>, rows: usize) {
-        let rows = rows.clamp(1, self.max_rows());
-        pass.set_pipeline(&self.pipeline.pipeline);
-        pass.set_bind_group(0, &self.bind_group, &[]);
-        pass.dispatch_workgroups(rows.div_ceil(BLOCK_ROWS) as u32, 1, 1);
-    }
-
-    /// Submits the dispatch for all prepared rows on the context's queue (without waiting).
-    pub fn submit(&self, context: &GpuContext) -> Result<()> {
-        context.submit_pass("resgraph residual block", |pass| {
-            self.record_rows(pass, self.max_rows());
-        })
-    }
+            resources: &[
+                operands.input.buffer().as_entire_binding(),
+                operands.first.weights_buffer().as_entire_binding(),
+                operands.first.bias_buffer().as_entire_binding(),
+                operands.second.weights_buffer().as_entire_binding(),
+                operands.second.bias_buffer().as_entire_binding(),
+                operands.output.buffer().as_entire_binding(),
+            ],
+            max_rows: rows,
+            shape: Box::new(BlockLaunch { params }),
+        },
+    )
 }

@@ -1,0 +1,47 @@
+//! wgpu's error scopes turned into resgraph's [`Error`]: every wgpu call that can fail runs inside
+//! [`capture`], so that wgpu's default handler (which panics) never sees a resgraph error.
+//!
+//! This module knows only a `wgpu::Device`, so that both the context and the pipeline cache can
+//! use it without importing each other.
+
+use crate::error::{Error, Result};
+
+/// Runs `work` inside validation, out-of-memory and internal error scopes of `device` and turns
+/// the first error wgpu reports into [`Error::Gpu`], naming `operation`.
+pub(crate) fn capture<T>(
+    device: &wgpu::Device,
+    operation: &str,
+    work: impl FnOnce() -> T,
+) -> Result<T> {
+    let internal = device.push_error_scope(wgpu::ErrorFilter::Internal);
+    let out_of_memory = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+    let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let value = work();
+    let errors = [
+        pollster::block_on(validation.pop()),
+        pollster::block_on(out_of_memory.pop()),
+        pollster::block_on(internal.pop()),
+    ];
+    match errors.into_iter().flatten().next() {
+        Some(error) => Err(Error::Gpu {
+            operation: operation.to_string(),
+            message: error_chain(&error),
+        }),
+        None => Ok(value),
+    }
+}
+
+/// wgpu's error message followed by its chain of sources, on one line.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message.replace('\n', " ")
+}
