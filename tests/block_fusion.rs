@@ -264,12 +264,11 @@ fn blocks_the_kernel_cannot_run_stay_two_dispatches() {
     // subgroups (as llvmpipe GL always is): asking for fusion changes nothing there, and results
     // stay right.
     let mut cases = vec![(common::shared_primary_context(), 513usize)];
-    for (_, context) in common::contexts_without(wgpu::Features::SUBGROUP) {
-        assert!(!residual_block::supported(
-            &context,
-            Precision::F32,
-            (4, 16, 16)
-        ));
+    for (backend, context) in common::contexts_without(wgpu::Features::SUBGROUP) {
+        assert!(
+            !residual_block::supported(&context, Precision::F32, (4, 16, 16)),
+            "{backend}: the block kernel claims to run without subgroups"
+        );
         cases.push((context, 16));
     }
     for (context, hidden) in cases {
