@@ -98,16 +98,13 @@ fn check_block(
 
 /// The test contexts that can run the block kernel (lavapipe: subgroups of 8), at least one.
 fn block_contexts() -> Vec<&'static GpuContext> {
-    let contexts: Vec<&'static GpuContext> = common::contexts()
-        .into_iter()
-        .map(|(_, context)| context)
-        .filter(|context| residual_block::supported(context, Precision::F32, (8, 16, 16)))
-        .collect();
-    assert!(
-        !contexts.is_empty(),
-        "no test adapter can run the whole-block kernel (it needs subgroups)"
-    );
-    contexts
+    common::contexts_where(
+        "what the whole-block kernel needs (subgroups of at least 8 invocations)",
+        |context| residual_block::supported(context, Precision::F32, (8, 16, 16)),
+    )
+    .into_iter()
+    .map(|(_, context)| context)
+    .collect()
 }
 
 #[test]
@@ -132,15 +129,11 @@ fn the_block_kernel_matches_the_reference_on_awkward_shapes() {
 
 #[test]
 fn the_block_kernel_matches_the_reference_in_f16() {
-    let contexts: Vec<_> = block_contexts()
-        .into_iter()
-        .filter(|context| residual_block::supported(context, Precision::F16, (8, 16, 16)))
-        .collect();
-    assert!(
-        !contexts.is_empty(),
-        "no test adapter runs the whole-block kernel in f16 (lavapipe has shader-f16)"
+    let contexts = common::contexts_where(
+        "what the whole-block kernel needs in f16 (subgroups of at least 8 and shader-f16)",
+        |context| residual_block::supported(context, Precision::F16, (8, 16, 16)),
     );
-    for context in contexts {
+    for (_, context) in contexts {
         for (index, shape) in [(3, 17, 3), (17, 127, 33), (9, 256, 512)]
             .into_iter()
             .enumerate()
@@ -179,13 +172,6 @@ fn compile(
     CompiledModel::compile(Arc::clone(context), graph, &options).expect("compile")
 }
 
-fn shared(context: &'static GpuContext) -> Arc<GpuContext> {
-    Arc::new(GpuContext::from_device(
-        context.device().clone(),
-        context.queue().clone(),
-    ))
-}
-
 #[test]
 fn the_planner_finds_every_residual_block_and_no_plain_one() {
     let graph = mlp(shape(20, 33, 17, 5), 1.0, 1).expect("graph");
@@ -217,7 +203,7 @@ fn the_planner_finds_every_residual_block_and_no_plain_one() {
 #[test]
 fn a_fused_model_runs_one_dispatch_per_block_and_matches_the_reference() {
     for context in block_contexts() {
-        let context = shared(context);
+        let context = common::shared(context);
         for (index, &(input_width, width, hidden, depth, batch)) in [
             (20, 33, 17, 5, 9),
             (3, 127, 512, 2, 1),
@@ -274,16 +260,18 @@ fn a_fused_model_runs_one_dispatch_per_block_and_matches_the_reference() {
 
 #[test]
 fn blocks_the_kernel_cannot_run_stay_two_dispatches() {
-    // A hidden width past what the kernel keeps on chip, and (on llvmpipe GL) a device without
-    // subgroups: asking for fusion changes nothing there, and results stay right.
-    let mut cases = vec![(common::primary_context(), 513usize)];
-    for (_, context) in common::contexts() {
-        if !residual_block::supported(context, Precision::F32, (4, 16, 16)) {
-            cases.push((context, 16));
-        }
+    // A hidden width past what the kernel keeps on chip, and every adapter opened without
+    // subgroups (as llvmpipe GL always is): asking for fusion changes nothing there, and results
+    // stay right.
+    let mut cases = vec![(common::shared_primary_context(), 513usize)];
+    for (backend, context) in common::contexts_without(wgpu::Features::SUBGROUP) {
+        assert!(
+            !residual_block::supported(&context, Precision::F32, (4, 16, 16)),
+            "{backend}: the block kernel claims to run without subgroups"
+        );
+        cases.push((context, 16));
     }
     for (context, hidden) in cases {
-        let context = shared(context);
         let graph = mlp(shape(5, 24, hidden, 2), 1.0, 3).expect("graph");
         let model = compile(
             &context,
@@ -302,7 +290,7 @@ fn blocks_the_kernel_cannot_run_stay_two_dispatches() {
 
 #[test]
 fn measured_fusion_times_both_forms_once_and_then_uses_the_cache() {
-    let context = shared(block_contexts()[0]);
+    let context = common::shared(block_contexts()[0]);
     let dir = tempfile::tempdir().expect("temp dir");
     let cache = dir.path().join("tuning.json");
     let graph = mlp(shape(12, 48, 40, 3), 1.0, 8).expect("graph");

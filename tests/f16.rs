@@ -22,13 +22,7 @@ fn has_f16(context: &GpuContext) -> bool {
 
 /// The first test context with `shader-f16` (lavapipe in CI).
 fn f16_context() -> &'static GpuContext {
-    let context = common::contexts()
-        .into_iter()
-        .map(|(_, context)| context)
-        .find(|context| has_f16(context))
-        .expect("a test adapter with shader-f16 (lavapipe has it)");
-    assert!(has_f16(context));
-    context
+    common::context_where("shader-f16", has_f16)
 }
 
 #[test]
@@ -115,14 +109,7 @@ fn every_gemm_variant_in_f16_matches_the_reference() {
 
 #[test]
 fn f16_residual_stacks_match_the_reference_on_every_kernel_path() {
-    let context = Arc::new(
-        GpuContext::new(&{
-            let mut options = resgraph::gpu::context::AdapterOptions::from_env().expect("options");
-            options.backends = f16_context().adapter_info().backend.into();
-            options
-        })
-        .expect("context"),
-    );
+    let context = common::shared(f16_context());
     let shape = MlpShape {
         input_width: 19,
         width: 64,
@@ -157,12 +144,12 @@ fn f16_residual_stacks_match_the_reference_on_every_kernel_path() {
 
 #[test]
 fn f16_without_shader_f16_is_a_typed_error() {
-    for (backend, context) in common::contexts() {
-        if has_f16(context) {
-            continue;
-        }
+    // Every adapter, opened without SHADER_F16, so that the refusal is checked on every adapter
+    // and not only on one that happens to lack the feature (GL never has it, lavapipe does).
+    for (backend, context) in common::contexts_without(wgpu::Features::SHADER_F16) {
+        assert!(!has_f16(&context), "{backend}");
         let error =
-            LinearWeights::upload_with_precision(context, 2, 2, &[0.0; 4], None, Precision::F16)
+            LinearWeights::upload_with_precision(&context, 2, 2, &[0.0; 4], None, Precision::F16)
                 .expect_err("f16 weights without shader-f16");
         assert!(
             matches!(

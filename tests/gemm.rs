@@ -9,8 +9,10 @@ use resgraph::gpu::buffers::DeviceMatrix;
 use resgraph::gpu::context::GpuContext;
 use resgraph::gpu::pipelines::{KernelKey, PipelineDescriptor};
 use resgraph::kernels::gemm::{
-    GemmOperands, GemmVariant, LinearWeights, cooperative_config, gemm_constants, prepare_gemm,
+    GemmOperands, GemmVariant, INNER_CHUNK, LinearWeights, cooperative_config, gemm_constants,
+    prepare_gemm,
 };
+use resgraph::kernels::gemv::{GemvOperands, TextureWeights, prepare_gemv};
 use resgraph::kernels::source::generate;
 use resgraph::precision::Precision;
 use resgraph::reference::{LinearRef, linear_f64, to_f64};
@@ -48,12 +50,24 @@ fn check_gemm(
 fn check_gemm_variant(
     context: &GpuContext,
     variant: GemmVariant,
+    shape: (usize, usize, usize),
+    epilogue: Epilogue,
+    seed: u64,
+) -> f64 {
+    check_kernel_choice(context, KernelChoice::Gemm(variant), shape, epilogue, seed)
+}
+
+/// As [`check_gemm_variant`], with any kernel the tuner may choose for a layer: a GEMM variant
+/// or the texture GEMV.
+fn check_kernel_choice(
+    context: &GpuContext,
+    choice: KernelChoice,
     (m, n, k): (usize, usize, usize),
     epilogue: Epilogue,
     seed: u64,
 ) -> f64 {
     let what = format!(
-        "gemm {variant:?} m={m} n={n} k={k} {epilogue} on {}",
+        "{choice:?} m={m} n={n} k={k} {epilogue} on {}",
         context.adapter_info().backend
     );
     let mut rng = common::rng(seed);
@@ -63,20 +77,38 @@ fn check_gemm_variant(
     let b = common::uniform(&mut rng, n, -scale, scale);
     let r = common::uniform(&mut rng, m * n, -1.0, 1.0);
 
-    let weights = LinearWeights::upload(context, n, k, &w, Some(&b)).expect("upload weights");
     let input = DeviceMatrix::from_host(context, "x", m, k, &x).expect("upload x");
     let residual = DeviceMatrix::from_host(context, "r", m, n, &r).expect("upload r");
     let output = DeviceMatrix::new(context, "out", m, n).expect("allocate out");
     output.fill(context, f32::NAN).expect("poison out");
-    let operands = GemmOperands {
-        input: &input,
-        weights: &weights,
-        residual: epilogue.add_residual.then_some(&residual),
-        output: &output,
-        activation: epilogue.activation,
+    let residual = epilogue.add_residual.then_some(&residual);
+    let submitted = match choice {
+        KernelChoice::Gemm(variant) => {
+            let weights =
+                LinearWeights::upload(context, n, k, &w, Some(&b)).expect("upload weights");
+            let operands = GemmOperands {
+                input: &input,
+                weights: &weights,
+                residual,
+                output: &output,
+                activation: epilogue.activation,
+            };
+            prepare_gemm(context, &operands, variant).and_then(|gemm| gemm.submit(context))
+        }
+        KernelChoice::GemvTexture => {
+            let weights =
+                TextureWeights::upload(context, n, k, &w, Some(&b)).expect("upload weights");
+            let operands = GemvOperands {
+                input: &input,
+                weights: &weights,
+                residual,
+                output: &output,
+                activation: epilogue.activation,
+            };
+            prepare_gemv(context, &operands).and_then(|gemv| gemv.submit(context))
+        }
     };
-    prepare_gemm(context, &operands, variant)
-        .and_then(|gemm| gemm.submit(context))
+    submitted
         .and_then(|()| context.wait_idle())
         .unwrap_or_else(|error| panic!("{what}: {error}"));
     let out = output.read(context).expect("read out");
@@ -157,17 +189,46 @@ fn a_large_square_gemm_matches_the_reference_with_every_variant() {
 }
 
 #[test]
-fn the_software_vulkan_adapter_runs_the_subgroup_variant() {
-    // lavapipe has subgroups of 8: if this stops holding, the fast path silently disappeared.
-    let context = common::primary_context();
-    if context.adapter_info().name.contains("llvmpipe")
-        && context.adapter_info().backend == wgpu::Backend::Vulkan
-    {
+fn the_subgroup_variant_is_chosen_exactly_where_subgroups_of_at_least_8_exist() {
+    // The subgroup GEMM is the fast path on every device with subgroups of at least 8
+    // invocations (lavapipe's are 8, NVIDIA's 32): if an adapter that has them stopped getting
+    // it, the fast path would silently disappear. The same adapter, opened without SUBGROUP,
+    // must get the portable GEMM. At least one test adapter must have subgroups, or this test
+    // would never see the subgroup variant chosen.
+    let mut adapters_with_subgroups = 0;
+    for (backend, context) in common::contexts() {
+        let info = context.adapter_info();
+        let has_subgroups = context.features().contains(wgpu::Features::SUBGROUP)
+            && info.subgroup_min_size >= INNER_CHUNK as u32;
+        if info.name.contains("llvmpipe") && info.backend == wgpu::Backend::Vulkan {
+            assert!(has_subgroups, "lavapipe lost its subgroups of 8: {info:?}");
+        }
+        let expected = if has_subgroups {
+            adapters_with_subgroups += 1;
+            GemmVariant::Subgroup
+        } else {
+            GemmVariant::Portable
+        };
         assert_eq!(
             GemmVariant::best_for(context, Precision::F32),
-            GemmVariant::Subgroup
+            expected,
+            "{backend}: {} (subgroups of {} to {})",
+            info.name,
+            info.subgroup_min_size,
+            info.subgroup_max_size
+        );
+        let without_subgroups = common::context_without(&backend, wgpu::Features::SUBGROUP);
+        assert_eq!(
+            GemmVariant::best_for(&without_subgroups, Precision::F32),
+            GemmVariant::Portable,
+            "{backend}: a device created without SUBGROUP"
         );
     }
+    assert!(
+        adapters_with_subgroups > 0,
+        "no test adapter has subgroups of at least {INNER_CHUNK} invocations, so the subgroup \
+         GEMM was never chosen (lavapipe, on Vulkan, has subgroups of 8)"
+    );
 }
 
 /// Prepares a small GEMM with `variant` on a device that cannot run it, and returns the error.
@@ -190,15 +251,26 @@ fn error_preparing(context: &GpuContext, variant: GemmVariant) -> resgraph::Erro
 
 #[test]
 fn a_variant_the_device_lacks_is_a_typed_error() {
-    for (_, context) in common::contexts() {
-        if GemmVariant::Subgroup.supported_by(context, Precision::F32) {
-            continue;
+    // Every adapter, opened without SUBGROUP, is a device that lacks what the subgroup and
+    // cooperative variants need: asking for either must be the typed error, not a shader that
+    // fails to compile or a wrong answer.
+    for (backend, context) in common::contexts_without(wgpu::Features::SUBGROUP) {
+        assert!(!context.features().contains(wgpu::Features::SUBGROUP));
+        for variant in [GemmVariant::Subgroup, GemmVariant::Cooperative] {
+            assert!(
+                !variant.supported_by(&context, Precision::F32),
+                "{backend}: {variant:?} claims to run without SUBGROUP"
+            );
+            let error = error_preparing(&context, variant);
+            match &error {
+                resgraph::Error::MissingFeature { feature, .. } => {
+                    if variant == GemmVariant::Subgroup {
+                        assert!(feature.contains("SUBGROUP"), "{backend}: {error}");
+                    }
+                }
+                other => panic!("{backend}: expected MissingFeature for {variant:?}, got {other}"),
+            }
         }
-        let error = error_preparing(context, GemmVariant::Subgroup);
-        assert!(
-            matches!(error, resgraph::Error::MissingFeature { .. }),
-            "{error}"
-        );
     }
 }
 
@@ -309,19 +381,21 @@ proptest! {
 
 #[test]
 fn without_cooperative_matrices_the_cooperative_gemm_is_refused_and_tuning_falls_back() {
-    // lavapipe and llvmpipe lack wgpu's experimental cooperative-matrix feature. On them the
-    // cooperative variant must be a typed error when asked for, never a candidate of the tuner,
-    // and a tuned layer must still run (on another variant) and match the reference. An adapter
-    // that has the feature runs the cooperative variant in every correctness test above instead.
-    let mut checked = 0;
-    for (_, context) in common::contexts() {
-        if context
-            .features()
-            .contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
-        {
-            continue;
-        }
-        checked += 1;
+    // Every adapter, opened without wgpu's experimental cooperative-matrix feature (lavapipe and
+    // llvmpipe never have it): there the cooperative variant must be a typed error when asked
+    // for, never a candidate of the tuner, and a tuned layer must still run (on another kernel)
+    // and match the reference. An adapter that has the feature runs the cooperative variant in
+    // every correctness test above as well.
+    for (backend, context) in
+        common::contexts_without(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+    {
+        let context = &*context;
+        assert!(
+            !context
+                .features()
+                .contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX),
+            "{backend}: the feature was requested although withheld"
+        );
         assert!(context.cooperative_matrix_configs().is_empty());
         for precision in [Precision::F32, Precision::F16] {
             assert!(!GemmVariant::Cooperative.supported_by(context, precision));
@@ -352,45 +426,53 @@ fn without_cooperative_matrices_the_cooperative_gemm_is_refused_and_tuning_falls
             "the tuner timed a variant the device cannot run: {:?}",
             entry.measured
         );
-        if let KernelChoice::Gemm(variant) = entry.choice {
-            check_gemm_variant(
-                context,
-                variant,
-                shape,
-                Epilogue {
-                    activation: Activation::Relu,
-                    add_residual: true,
-                },
-                29,
-            );
-        }
+        check_kernel_choice(
+            context,
+            entry.choice,
+            shape,
+            Epilogue {
+                activation: Activation::Relu,
+                add_residual: true,
+            },
+            29,
+        );
     }
-    assert!(checked > 0, "no test adapter lacks cooperative matrices");
 }
 
 #[test]
 fn cooperative_tile_shapes_from_a_host_are_used_only_with_the_feature() {
     // A host passing tile configurations for a device created without the feature must not
-    // switch the cooperative kernel on (its shader would not compile there); with the feature,
-    // they are what the cooperative kernel is chosen by.
-    let context = common::primary_context();
+    // switch the cooperative kernel on (its shader would not compile there): checked on every
+    // adapter, opened without the feature. With the feature, where an adapter has it, they are
+    // what the cooperative kernel is chosen by.
     let claimed = vec![
         cooperative_config(Precision::F32),
         cooperative_config(Precision::F16),
     ];
-    let host_context = GpuContext::from_device(context.device().clone(), context.queue().clone())
-        .with_cooperative_matrix_configs(claimed.clone());
-    if context
-        .features()
-        .contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
-    {
-        assert_eq!(
-            host_context.cooperative_matrix_configs(),
-            claimed.as_slice()
+    let host_context_on = |context: &GpuContext| {
+        GpuContext::from_device(context.device().clone(), context.queue().clone())
+            .with_cooperative_matrix_configs(claimed.clone())
+    };
+    for (backend, context) in common::contexts() {
+        let without_feature =
+            common::context_without(&backend, wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX);
+        let host_context = host_context_on(&without_feature);
+        assert!(
+            host_context.cooperative_matrix_configs().is_empty(),
+            "{backend}"
         );
-    } else {
-        assert!(host_context.cooperative_matrix_configs().is_empty());
         assert!(!GemmVariant::Cooperative.supported_by(&host_context, Precision::F32));
         assert!(!GemmVariant::Cooperative.supported_by(&host_context, Precision::F16));
+
+        if context
+            .features()
+            .contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+        {
+            assert_eq!(
+                host_context_on(context).cooperative_matrix_configs(),
+                claimed.as_slice(),
+                "{backend}"
+            );
+        }
     }
 }

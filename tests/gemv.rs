@@ -58,8 +58,34 @@ fn check_gemv(
     common::assert_close(&out, &reference, 1e-5, &what)
 }
 
+/// Fails the test unless preparing a GEMV on `context` is the typed `MissingFeature` error.
+fn assert_gemv_is_refused(backend: &str, context: &GpuContext) {
+    let weights = TextureWeights::upload(context, 4, 4, &[0.0; 16], None).expect("weights");
+    let input = DeviceMatrix::new(context, "x", 1, 4).expect("x");
+    let output = DeviceMatrix::new(context, "y", 1, 4).expect("y");
+    let error = prepare_gemv(
+        context,
+        &GemvOperands {
+            input: &input,
+            weights: &weights,
+            residual: None,
+            output: &output,
+            activation: resgraph::epilogue::Activation::Identity,
+        },
+    )
+    .expect_err("gemv without subgroups");
+    assert!(
+        matches!(error, resgraph::Error::MissingFeature { .. }),
+        "{backend}: {error}"
+    );
+}
+
 #[test]
 fn the_gemv_runs_where_subgroups_exist_and_is_refused_elsewhere() {
+    // Each adapter runs the GEMV if it has subgroups and refuses it if not; and each adapter,
+    // opened without SUBGROUP, refuses it, so that the refusal is checked on every adapter, not
+    // only on one that happens to lack subgroups.
+    let mut adapters_that_ran_it = 0;
     for (backend, context) in common::contexts() {
         let info = context.adapter_info();
         if info.name.contains("llvmpipe") && info.backend == wgpu::Backend::Vulkan {
@@ -67,36 +93,27 @@ fn the_gemv_runs_where_subgroups_exist_and_is_refused_elsewhere() {
         }
         if gemv::supported_by(context) {
             check_gemv(context, (2, 9, 11), Epilogue::default(), 1);
-            continue;
+            adapters_that_ran_it += 1;
+        } else {
+            assert_gemv_is_refused(&backend, context);
         }
-        let weights = TextureWeights::upload(context, 4, 4, &[0.0; 16], None).expect("weights");
-        let input = DeviceMatrix::new(context, "x", 1, 4).expect("x");
-        let output = DeviceMatrix::new(context, "y", 1, 4).expect("y");
-        let error = prepare_gemv(
-            context,
-            &GemvOperands {
-                input: &input,
-                weights: &weights,
-                residual: None,
-                output: &output,
-                activation: resgraph::epilogue::Activation::Identity,
-            },
-        )
-        .expect_err("gemv without subgroups");
-        assert!(
-            matches!(error, resgraph::Error::MissingFeature { .. }),
-            "{backend}: {error}"
-        );
+        let without_subgroups = common::context_without(&backend, wgpu::Features::SUBGROUP);
+        assert!(!gemv::supported_by(&without_subgroups), "{backend}");
+        assert_gemv_is_refused(&backend, &without_subgroups);
     }
+    assert!(
+        adapters_that_ran_it > 0,
+        "no test adapter has subgroups of at least 8 invocations, so the GEMV never ran \
+         (lavapipe, on Vulkan, has subgroups of 8)"
+    );
 }
 
-/// The first test context that has subgroups (lavapipe in CI; asserted above).
+/// The first test context that has subgroups of at least 8 invocations (lavapipe in CI).
 fn subgroup_context() -> &'static GpuContext {
-    common::contexts()
-        .into_iter()
-        .map(|(_, context)| context)
-        .find(|context| gemv::supported_by(context))
-        .expect("a test adapter with subgroups of at least 8 (lavapipe has them)")
+    common::context_where(
+        "subgroups of at least 8 invocations, which the GEMV needs",
+        gemv::supported_by,
+    )
 }
 
 #[test]

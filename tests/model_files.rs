@@ -98,12 +98,7 @@ fn model_error(bytes: &[u8], name: &str) -> Error {
 
 #[test]
 fn a_pytorch_style_safetensors_file_runs_and_matches_the_reference() {
-    let context = Arc::new(
-        resgraph::gpu::context::GpuContext::new(
-            &resgraph::gpu::context::AdapterOptions::from_env().expect("options"),
-        )
-        .expect("context"),
-    );
+    let context = common::shared_primary_context();
     for dtype in [safetensors::Dtype::F32, safetensors::Dtype::F16] {
         let bytes = pytorch_style_safetensors(&block_tensors(), LAYERS, dtype);
         let graph = parse_model(Path::new("model.safetensors"), &bytes).expect("load");

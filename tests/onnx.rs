@@ -49,13 +49,6 @@ fn cases() -> Vec<Case> {
     cases
 }
 
-fn context() -> Arc<GpuContext> {
-    let backend = common::primary_context().adapter_info().backend;
-    let mut options = resgraph::gpu::context::AdapterOptions::from_env().expect("options");
-    options.backends = backend.into();
-    Arc::new(GpuContext::new(&options).expect("context"))
-}
-
 fn run(context: &Arc<GpuContext>, graph: &resgraph::graph::Graph, input: &Path) -> Vec<f32> {
     let array = read_npy(input).expect("input npy");
     let batch = array.shape[0];
@@ -70,7 +63,7 @@ fn relative_error(out: &[f32], expected: &[f32]) -> f64 {
 
 #[test]
 fn every_case_matches_onnxruntime() {
-    let context = context();
+    let context = common::shared_primary_context();
     let mut fp16_cases = 0;
     for case in cases() {
         let graph = load_model(&case.model).unwrap_or_else(|error| panic!("{error}"));
@@ -90,7 +83,7 @@ fn every_case_matches_onnxruntime() {
 
 #[test]
 fn converting_to_safetensors_keeps_every_answer() {
-    let context = context();
+    let context = common::shared_primary_context();
     for case in cases().into_iter().step_by(2) {
         let graph = load_model(&case.model).expect("onnx");
         let bytes = resgraph::model::safetensors::export_safetensors(&graph).expect("export");

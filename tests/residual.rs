@@ -8,25 +8,11 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use resgraph::Error;
 use resgraph::exec::{CompileOptions, CompiledModel};
-use resgraph::gpu::context::GpuContext;
 use resgraph::graph::synthetic::{MlpShape, mlp, random_input};
 use resgraph::graph::{Graph, GraphBuilder, LinearParams};
 use resgraph::reference::forward_f64;
 
 const F32_TOLERANCE: f64 = 1e-5;
-
-fn shared(context: &'static GpuContext) -> Arc<GpuContext> {
-    // The executor wants shared ownership of its context, so each model gets a context of its
-    // own on the same backend as the test context.
-    Arc::new(
-        GpuContext::new(&{
-            let mut options = resgraph::gpu::context::AdapterOptions::from_env().expect("options");
-            options.backends = context.adapter_info().backend.into();
-            options
-        })
-        .expect("context"),
-    )
-}
 
 fn check_model(model: &CompiledModel, graph: &Graph, batch: usize, seed: u64, what: &str) -> f64 {
     let input = random_input(batch * graph.input_width(), seed);
@@ -40,7 +26,7 @@ fn check_model(model: &CompiledModel, graph: &Graph, batch: usize, seed: u64, wh
 #[test]
 fn stacks_with_stem_and_head_match_the_reference_on_every_backend() {
     for (backend, context) in common::contexts() {
-        let context = shared(context);
+        let context = common::shared(context);
         for (depth, width, hidden, input_width, output_width) in [
             (1, 17, 17, 17, 17),
             (3, 33, 65, 7, 129),
@@ -68,7 +54,7 @@ fn stacks_with_stem_and_head_match_the_reference_on_every_backend() {
 
 #[test]
 fn a_deep_stack_matches_the_reference() {
-    let context = shared(common::primary_context());
+    let context = common::shared_primary_context();
     let graph = mlp(MlpShape::square(64, 64), 1.0, 64).expect("graph");
     let model = CompiledModel::compile(Arc::clone(&context), &graph, &CompileOptions::new(8))
         .expect("compile");
@@ -90,7 +76,7 @@ proptest! {
         residual in any::<bool>(),
         seed in any::<u64>(),
     ) {
-        let context = shared(common::primary_context());
+        let context = common::shared_primary_context();
         let shape = MlpShape { input_width, width, hidden_width: hidden, depth, output_width, residual };
         let graph = mlp(shape, 1.0, seed).expect("graph");
         let model = CompiledModel::compile(Arc::clone(&context), &graph, &CompileOptions::new(max_batch))
@@ -104,7 +90,7 @@ proptest! {
 #[test]
 fn zero_blocks_return_a_non_negative_input_bit_for_bit_at_depth_100() {
     for (_, context) in common::contexts() {
-        let context = shared(context);
+        let context = common::shared(context);
         let width = 37;
         let mut builder = GraphBuilder::new();
         let mut x = builder.input("x", width).expect("input");
@@ -145,7 +131,7 @@ fn norm(values: &[f32]) -> f64 {
 
 #[test]
 fn the_shortcut_keeps_the_signal_that_a_plain_stack_loses_at_depth_50() {
-    let context = shared(common::primary_context());
+    let context = common::shared_primary_context();
     let width = 64;
     // Small weights: a tenth of PyTorch's default bound, so each plain layer shrinks its input.
     let scale = 0.1;
@@ -182,7 +168,7 @@ fn the_shortcut_keeps_the_signal_that_a_plain_stack_loses_at_depth_50() {
 
 #[test]
 fn the_async_form_gives_the_same_answer() {
-    let context = shared(common::primary_context());
+    let context = common::shared_primary_context();
     let graph = mlp(MlpShape::square(40, 3), 1.0, 6).expect("graph");
     let model = CompiledModel::compile(context, &graph, &CompileOptions::new(6)).expect("compile");
     let input = random_input(6 * 40, 2);
@@ -195,7 +181,7 @@ fn the_async_form_gives_the_same_answer() {
 
 #[test]
 fn one_model_serves_several_threads() {
-    let context = shared(common::primary_context());
+    let context = common::shared_primary_context();
     let graph = Arc::new(mlp(MlpShape::square(48, 4), 1.0, 8).expect("graph"));
     let model = Arc::new(
         CompiledModel::compile(context, &graph, &CompileOptions::new(16)).expect("compile"),
@@ -225,7 +211,7 @@ fn one_model_serves_several_threads() {
 
 #[test]
 fn graphs_with_unfused_operations_match_the_reference() {
-    let context = shared(common::primary_context());
+    let context = common::shared_primary_context();
     let mut rng_seed = 100;
     let mut linear = |out: usize, inp: usize| {
         rng_seed += 1;
@@ -261,7 +247,7 @@ fn graphs_with_unfused_operations_match_the_reference() {
 
 #[test]
 fn inputs_that_do_not_fit_are_typed_errors() {
-    let context = shared(common::primary_context());
+    let context = common::shared_primary_context();
     let graph = mlp(MlpShape::square(8, 1), 1.0, 1).expect("graph");
     let model = CompiledModel::compile(context, &graph, &CompileOptions::new(4)).expect("compile");
     for bad in [vec![0.0; 7], vec![], vec![0.0; 8 * 5]] {
@@ -273,8 +259,11 @@ fn inputs_that_do_not_fit_are_typed_errors() {
 
 #[test]
 fn every_kernel_path_of_the_executor_matches_the_reference() {
+    // On every test adapter, and on each adapter opened without SUBGROUP: where the device has
+    // subgroups the executor's options must reach the subgroup GEMM and the texture GEMV as well
+    // as the portable GEMM, and where it has none only the portable GEMM. At least one test
+    // adapter must have subgroups, or their paths would never run here.
     use resgraph::kernels::gemm::GemmVariant;
-    let context = shared(common::primary_context());
     let shape = MlpShape {
         input_width: 21,
         width: 40,
@@ -284,29 +273,49 @@ fn every_kernel_path_of_the_executor_matches_the_reference() {
         residual: true,
     };
     let graph = mlp(shape, 1.0, 77).expect("graph");
-    let mut seen = std::collections::BTreeSet::new();
-    for small_batch_kernel in [true, false] {
-        for gemm_variant in [None, Some(GemmVariant::Portable)] {
-            let options = CompileOptions {
-                small_batch_kernel,
-                gemm_variant,
-                ..CompileOptions::new(8)
-            };
-            let model =
-                CompiledModel::compile(Arc::clone(&context), &graph, &options).expect("compile");
-            let kernels = model.step_kernels();
-            seen.extend(kernels.iter().copied());
-            for batch in [1, 3, 8] {
-                let what = format!("{kernels:?} batch {batch}");
-                check_model(&model, &graph, batch, 5, &what);
+    let mut adapters_with_subgroups = 0;
+    for backend in common::test_backends() {
+        for context in [
+            common::shared(common::context_for(&backend)),
+            common::context_without(&backend, wgpu::Features::SUBGROUP),
+        ] {
+            let mut seen = std::collections::BTreeSet::new();
+            for small_batch_kernel in [true, false] {
+                for gemm_variant in [None, Some(GemmVariant::Portable)] {
+                    let options = CompileOptions {
+                        small_batch_kernel,
+                        gemm_variant,
+                        ..CompileOptions::new(8)
+                    };
+                    let model = CompiledModel::compile(Arc::clone(&context), &graph, &options)
+                        .expect("compile");
+                    let kernels = model.step_kernels();
+                    seen.extend(kernels.iter().copied());
+                    for batch in [1, 3, 8] {
+                        let what = format!("{backend} {kernels:?} batch {batch}");
+                        check_model(&model, &graph, batch, 5, &what);
+                    }
+                }
+            }
+            let subgroup_paths = ["gemm_subgroup", "gemv_texture"];
+            assert!(seen.contains("gemm"), "{backend}: paths run: {seen:?}");
+            if resgraph::kernels::gemv::supported_by(&context) {
+                adapters_with_subgroups += 1;
+                assert!(
+                    subgroup_paths.iter().all(|name| seen.contains(name)),
+                    "{backend}: paths run: {seen:?}"
+                );
+            } else {
+                assert!(
+                    !subgroup_paths.iter().any(|name| seen.contains(name)),
+                    "{backend} without subgroups: paths run: {seen:?}"
+                );
             }
         }
     }
-    if resgraph::kernels::gemv::supported_by(&context) {
-        let expected = ["gemm", "gemm_subgroup", "gemv_texture"];
-        assert!(
-            expected.iter().all(|name| seen.contains(name)),
-            "paths run: {seen:?}"
-        );
-    }
+    assert!(
+        adapters_with_subgroups > 0,
+        "no test adapter has subgroups of at least 8 invocations, so the subgroup GEMM and the \
+         texture GEMV never ran (lavapipe, on Vulkan, has subgroups of 8)"
+    );
 }

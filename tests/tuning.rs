@@ -10,12 +10,6 @@ use resgraph::gpu::context::GpuContext;
 use resgraph::graph::synthetic::{MlpShape, mlp, random_input};
 use resgraph::reference::forward_f64;
 
-fn context() -> Arc<GpuContext> {
-    let mut options = resgraph::gpu::context::AdapterOptions::from_env().expect("options");
-    options.backends = common::primary_context().adapter_info().backend.into();
-    Arc::new(GpuContext::new(&options).expect("context"))
-}
-
 fn tuned(
     context: &Arc<GpuContext>,
     graph: &resgraph::graph::Graph,
@@ -32,7 +26,7 @@ fn tuned(
 
 #[test]
 fn the_second_compile_takes_every_choice_from_the_cache() {
-    let context = context();
+    let context = common::shared_primary_context();
     let dir = tempfile::tempdir().expect("temp dir");
     let cache = dir.path().join("tuning.json");
     let shape = MlpShape {
@@ -74,7 +68,7 @@ fn the_second_compile_takes_every_choice_from_the_cache() {
 
 #[test]
 fn a_damaged_cache_is_rebuilt_not_an_error() {
-    let context = context();
+    let context = common::shared_primary_context();
     let dir = tempfile::tempdir().expect("temp dir");
     let cache = dir.path().join("tuning.json");
     std::fs::write(&cache, b"{ this is not json").expect("write");
@@ -98,7 +92,7 @@ fn a_damaged_cache_is_rebuilt_not_an_error() {
 
 #[test]
 fn two_processes_tuning_at_once_keep_each_others_entries() {
-    let context = context();
+    let context = common::shared_primary_context();
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("tuning.json");
     // Both "processes" open the cache before either saves, as concurrent compiles would.

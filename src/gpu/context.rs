@@ -33,6 +33,10 @@ pub struct AdapterOptions {
     /// `RESGRAPH_COOPERATIVE_MATRIX=off` turns it off, for a driver whose implementation
     /// misbehaves. wgpu marks the feature experimental: see [`wgpu::ExperimentalFeatures`].
     pub cooperative_matrix: bool,
+    /// Features resgraph must not request even when the adapter has them, e.g. to test the
+    /// fallbacks a device without them takes. Empty by default; withholding
+    /// `EXPERIMENTAL_COOPERATIVE_MATRIX` has the effect of `cooperative_matrix: false`.
+    pub withheld_features: wgpu::Features,
 }
 
 impl Default for AdapterOptions {
@@ -42,6 +46,7 @@ impl Default for AdapterOptions {
             name_contains: None,
             power_preference: wgpu::PowerPreference::HighPerformance,
             cooperative_matrix: true,
+            withheld_features: wgpu::Features::empty(),
         }
     }
 }
@@ -242,15 +247,20 @@ impl GpuContext {
     /// Opens a device on `adapter` with the adapter's own limits (not wgpu's conservative
     /// defaults: lavapipe's storage bindings go to 128 MiB, for instance) and every optional
     /// feature resgraph can use. `options.cooperative_matrix` says whether to enable the
-    /// experimental cooperative-matrix feature when the adapter has it (the other fields choose
+    /// experimental cooperative-matrix feature when the adapter has it, and
+    /// `options.withheld_features` which features not to request at all (the other fields choose
     /// an adapter and are not used here).
     pub fn from_adapter_with_options(
         adapter: &wgpu::Adapter,
         options: &AdapterOptions,
     ) -> Result<Self> {
         let info = adapter.get_info();
-        let mut required_features = adapter.features() & ENGINE_OPTIONAL_FEATURES;
+        let mut required_features =
+            adapter.features() & ENGINE_OPTIONAL_FEATURES & !options.withheld_features;
         let cooperative_matrix_configs = if options.cooperative_matrix
+            && !options
+                .withheld_features
+                .contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
             && adapter
                 .features()
                 .contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
