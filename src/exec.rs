@@ -12,18 +12,20 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use crate::epilogue::Activation;
 use crate::error::{Error, Result};
 use crate::gpu::buffers::{self, DeviceMatrix, STORAGE_USAGE};
 use crate::gpu::context::GpuContext;
-use crate::graph::Graph;
+use crate::graph::{Graph, LinearParams};
 use crate::kernels::PreparedKernel;
 use crate::kernels::elementwise::{ElementwiseOperands, prepare_elementwise};
 use crate::kernels::gemm::{GemmOperands, GemmVariant, LinearWeights, prepare_gemm};
-use crate::kernels::gemv::{self, GEMV_MAX_BATCH, GemvOperands, TextureWeights, prepare_gemv};
-use crate::kernels::residual_block::{self, ResidualBlockOperands, prepare_residual_block};
-use crate::plan::{ElementwiseOp, Plan, ResidualBlockSteps, StepKind, Storage, ValueId};
+use crate::kernels::gemv::{GemvOperands, TextureWeights, prepare_gemv};
+use crate::kernels::residual_block::{ResidualBlockOperands, prepare_residual_block};
+use crate::plan::{ElementwiseOp, Plan, Storage, ValueId};
 use crate::precision::Precision;
-use crate::tune::{BlockForm, KernelChoice, TuningCache, TuningReport};
+use crate::select::{self, Schedule, ScheduledStep, SelectionOptions};
+use crate::tune::{KernelChoice, TuningCache, TuningReport};
 
 /// How to compile a model.
 #[derive(Clone, Debug)]
@@ -32,10 +34,14 @@ pub struct CompileOptions {
     pub max_batch: usize,
     /// Measure GPU time with timestamp queries, where the device has them.
     pub gpu_timestamps: bool,
-    /// Force a GEMM variant instead of the device's best (for tests and benchmarks).
+    /// Run every layer with this GEMM variant instead of a chosen one (for tests and
+    /// benchmarks). Honoured with [`Tuning::Measure`] too, which then only measures the residual
+    /// blocks' form.
     pub gemm_variant: Option<GemmVariant>,
-    /// Use the texture GEMV for layers of models compiled for at most
-    /// [`GEMV_MAX_BATCH`] rows, where the device supports it.
+    /// Let the rules use the texture GEMV for layers of models compiled for at most
+    /// [`crate::kernels::gemv::GEMV_MAX_BATCH`] rows, where the device supports it. `false` with
+    /// [`Tuning::Measure`] and no forced `gemm_variant` is refused with
+    /// [`Error::ConflictingOptions`]: the tuner times the GEMV among its candidates.
     pub small_batch_kernel: bool,
     /// How weights and activations are stored; f16 needs the device feature `SHADER_F16`.
     pub precision: Precision,
@@ -66,7 +72,7 @@ pub enum BlockFusion {
 /// How a compile chooses each layer's kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Tuning {
-    /// Fixed rules: the texture GEMV for models of at most [`GEMV_MAX_BATCH`] rows where the
+    /// Fixed rules: the texture GEMV for models of at most [`crate::kernels::gemv::GEMV_MAX_BATCH`] rows where the
     /// device supports it, else the device's best GEMM variant. Deterministic and instant.
     #[default]
     Heuristic,
@@ -76,6 +82,17 @@ pub enum Tuning {
 }
 
 impl CompileOptions {
+    /// What kernel selection reads of these options.
+    pub fn selection(&self) -> SelectionOptions {
+        SelectionOptions {
+            max_batch: self.max_batch,
+            precision: self.precision,
+            forced_gemm_variant: self.gemm_variant,
+            small_batch_kernel: self.small_batch_kernel,
+            block_fusion: self.block_fusion,
+        }
+    }
+
     /// Options for batches of up to `max_batch` rows, without GPU timing.
     pub fn new(max_batch: usize) -> Self {
         CompileOptions {
@@ -101,10 +118,11 @@ pub struct RunProfile {
     pub gpu: Option<Duration>,
 }
 
-/// A layer's weights in the form its kernel reads.
+/// A layer's weights in the form its kernel reads, kept for as long as the model: the bind
+/// groups refer to them.
 enum LayerWeights {
-    /// The blocked buffer layout of the tiled GEMM kernels, and the variant that runs it.
-    Blocked(LinearWeights, GemmVariant),
+    /// The blocked buffer layout of the tiled GEMM and whole-block kernels.
+    Blocked(LinearWeights),
     /// The texture of the small-batch GEMV kernel.
     Texture(TextureWeights),
 }
@@ -112,7 +130,7 @@ enum LayerWeights {
 impl LayerWeights {
     fn device_bytes(&self) -> u64 {
         match self {
-            LayerWeights::Blocked(weights, _) => weights.device_bytes(),
+            LayerWeights::Blocked(weights) => weights.device_bytes(),
             LayerWeights::Texture(weights) => weights.device_bytes(),
         }
     }
@@ -136,7 +154,8 @@ pub struct CompiledModel {
     max_batch: usize,
     input_width: usize,
     output_width: usize,
-    weight_bytes: u64,
+    /// Every layer's uploaded weights; the steps' bind groups read them.
+    weights: Vec<LayerWeights>,
     input: DeviceMatrix,
     output_buffer: wgpu::Buffer,
     steps: Vec<PreparedKernel>,
@@ -148,8 +167,8 @@ pub struct CompiledModel {
 }
 
 impl CompiledModel {
-    /// Plans `graph`, uploads its weights and prepares every step for batches of up to
-    /// `options.max_batch` rows.
+    /// Plans `graph`, chooses each step's kernel (see [`crate::select`]), uploads the weights
+    /// and prepares every step for batches of up to `options.max_batch` rows.
     pub fn compile(
         context: Arc<GpuContext>,
         graph: &Graph,
@@ -162,205 +181,36 @@ impl CompiledModel {
         let precision = options.precision;
         precision.check_supported(context.features(), &context.adapter_info().name)?;
         let plan = Plan::new(graph)?;
-        let variant = options
-            .gemm_variant
-            .unwrap_or_else(|| GemmVariant::best_for(&context, precision));
-
-        let (choices, fused_blocks, tuning) = choose_kernels(&context, &plan, options, variant)?;
-        let layers = plan
-            .layers
-            .iter()
-            .zip(&choices)
-            .map(|(params, choice)| {
-                let (out, inp) = (params.out_features(), params.in_features());
-                let (weight, bias) = (params.weight(), params.bias());
-                match *choice {
-                    KernelChoice::GemvTexture => TextureWeights::upload_with_precision(
-                        &context, out, inp, weight, bias, precision,
-                    )
-                    .map(LayerWeights::Texture),
-                    KernelChoice::Gemm(variant) => LinearWeights::upload_with_precision(
-                        &context, out, inp, weight, bias, precision,
-                    )
-                    .map(|weights| LayerWeights::Blocked(weights, variant)),
-                }
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let weight_bytes = layers.iter().map(LayerWeights::device_bytes).sum();
-        // choose_kernels put every fused block's layers in the blocked layout the whole-block
-        // kernel reads; a block whose layers are not (which cannot happen) runs as two steps.
-        let fused_blocks: Vec<ResidualBlockSteps> = fused_blocks
-            .into_iter()
-            .filter(|block| {
-                matches!(
-                    (&layers[block.first_layer], &layers[block.second_layer]),
-                    (LayerWeights::Blocked(..), LayerWeights::Blocked(..))
-                )
-            })
-            .collect();
-
-        let input_width = graph.input_width();
-        let input = DeviceMatrix::new_with_precision(
-            &context,
-            "model input",
-            max_batch,
-            input_width,
-            precision,
-        )?;
-        let slots = plan
-            .slot_widths
-            .iter()
-            .enumerate()
-            .map(|(index, &width)| {
-                let bytes = (max_batch as u64) * (width as u64) * precision.element_bytes();
-                buffers::create_storage_buffer(
-                    &context,
-                    &format!("activation slot {index} ({max_batch}x{width})"),
-                    bytes,
-                    STORAGE_USAGE,
-                )
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let matrix = |value: ValueId| -> Result<DeviceMatrix> {
-            let width = plan.value_widths[value.0];
-            let buffer = match plan.value_storage[value.0] {
-                Storage::Input => input.buffer().clone(),
-                Storage::Slot(slot) => slots[slot].clone(),
-            };
-            DeviceMatrix::from_buffer_with_precision(buffer, max_batch, width, precision)
-        };
-
-        let mut steps = Vec::with_capacity(plan.steps.len());
-        for (index, step) in plan.steps.iter().enumerate() {
-            if fused_blocks
-                .iter()
-                .any(|block| block.first_step + 1 == index)
-            {
-                // The second layer of a block that already runs as one dispatch.
-                continue;
-            }
-            let block_weights = fused_blocks
-                .iter()
-                .find(|block| block.first_step == index)
-                .and_then(|block| {
-                    match (&layers[block.first_layer], &layers[block.second_layer]) {
-                        (LayerWeights::Blocked(first, _), LayerWeights::Blocked(second, _)) => {
-                            Some((block, first, second))
-                        }
-                        _ => None,
-                    }
-                });
-            if let Some((block, first, second)) = block_weights {
-                steps.push(prepare_residual_block(
-                    &context,
-                    &ResidualBlockOperands {
-                        input: &matrix(block.input)?,
-                        first,
-                        second,
-                        output: &matrix(block.output)?,
-                    },
-                )?);
-                continue;
-            }
-            let output = matrix(step.output)?;
-            let prepared = match &step.kind {
-                StepKind::Gemm {
-                    layer,
-                    input,
-                    residual,
-                    activation,
-                } => {
-                    let input = matrix(*input)?;
-                    let residual = residual.map(&matrix).transpose()?;
-                    match &layers[*layer] {
-                        LayerWeights::Blocked(weights, variant) => prepare_gemm(
-                            &context,
-                            &GemmOperands {
-                                input: &input,
-                                weights,
-                                residual: residual.as_ref(),
-                                output: &output,
-                                activation: *activation,
-                            },
-                            *variant,
-                        )?,
-                        LayerWeights::Texture(weights) => prepare_gemv(
-                            &context,
-                            &GemvOperands {
-                                input: &input,
-                                weights,
-                                residual: residual.as_ref(),
-                                output: &output,
-                                activation: *activation,
-                            },
-                        )?,
-                    }
-                }
-                StepKind::Elementwise { op, left, right } => {
-                    let left = matrix(*left)?;
-                    let right = right.map(&matrix).transpose()?;
-                    prepare_elementwise(
-                        &context,
-                        &ElementwiseOperands {
-                            left: &left,
-                            right: right.as_ref(),
-                            output: &output,
-                            relu: *op == ElementwiseOp::Relu,
-                        },
-                    )?
-                }
-            };
-            steps.push(prepared);
+        let schedule = select_kernels(&context, &plan, options)?;
+        let activations = Activations::create(&context, &plan, max_batch, precision)?;
+        let mut steps = Vec::with_capacity(schedule.steps.len());
+        let mut weights = Vec::with_capacity(plan.layers.len());
+        for step in &schedule.steps {
+            steps.push(prepare_step(
+                &context,
+                &plan,
+                &activations,
+                step,
+                &mut weights,
+            )?);
         }
         let output_width = graph.output_width();
-        let output_buffer = matrix(plan.output)?.buffer().clone();
+        let output_buffer = activations.matrix(&plan, plan.output)?.buffer().clone();
         let readback_bytes = (max_batch as u64 * output_width as u64 * precision.element_bytes())
             .next_multiple_of(4);
-        let readback = context.scoped("creating the model's readback buffer", || {
-            context.device().create_buffer(&wgpu::BufferDescriptor {
-                label: Some("model readback"),
-                size: readback_bytes,
-                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            })
-        })?;
+        let readback = create_map_read_buffer(&context, "model readback", readback_bytes)?;
         let timestamps = if options.gpu_timestamps
             && context.features().contains(wgpu::Features::TIMESTAMP_QUERY)
         {
-            Some(context.scoped("creating timestamp queries", || {
-                TimestampQueries {
-                    query_set: context
-                        .device()
-                        .create_query_set(&wgpu::QuerySetDescriptor {
-                            label: Some("model pass timestamps"),
-                            ty: wgpu::QueryType::Timestamp,
-                            count: 2,
-                        }),
-                    resolve: context.device().create_buffer(&wgpu::BufferDescriptor {
-                        label: Some("timestamp resolve"),
-                        size: 16,
-                        usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
-                        mapped_at_creation: false,
-                    }),
-                    readback: context.device().create_buffer(&wgpu::BufferDescriptor {
-                        label: Some("timestamp readback"),
-                        size: 16,
-                        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                        mapped_at_creation: false,
-                    }),
-                }
-            })?)
+            Some(TimestampQueries::create(&context)?)
         } else {
             None
         };
         Ok(CompiledModel {
-            context,
-            plan,
-            max_batch,
-            input_width,
+            input_width: graph.input_width(),
             output_width,
-            weight_bytes,
-            input,
+            weights,
+            input: activations.input,
             output_buffer,
             steps,
             readback,
@@ -372,7 +222,10 @@ impl CompiledModel {
                 true,
             ),
             precision,
-            tuning,
+            tuning: schedule.tuning,
+            context,
+            plan,
+            max_batch,
         })
     }
 
@@ -506,7 +359,7 @@ impl CompiledModel {
 
     /// Bytes of the uploaded weights and biases, in the kernels' padded layout.
     pub fn weight_bytes(&self) -> u64 {
-        self.weight_bytes
+        self.weights.iter().map(LayerWeights::device_bytes).sum()
     }
 
     /// How weights and activations are stored.
@@ -723,131 +576,251 @@ impl CompiledModel {
     }
 }
 
-/// Each layer's kernel and the residual blocks that run as one dispatch, by the rules or by
-/// measurement (see [`Tuning`] and [`BlockFusion`]).
-fn choose_kernels(
-    context: &GpuContext,
-    plan: &Plan,
-    options: &CompileOptions,
-    variant: GemmVariant,
-) -> Result<(Vec<KernelChoice>, Vec<ResidualBlockSteps>, TuningReport)> {
-    let (mut choices, mut cache, mut report) =
-        choose_layer_kernels(context, plan, options, variant)?;
-    let mut fused = Vec::new();
-    for block in plan.residual_blocks() {
-        let (width, hidden) = (block.width, block.hidden);
-        if !residual_block::supported(
-            context,
-            options.precision,
-            (options.max_batch, width, hidden),
-        ) {
-            continue;
-        }
-        let split = (choices[block.first_layer], choices[block.second_layer]);
-        let fuse = match (options.block_fusion, cache.as_mut()) {
-            (BlockFusion::Never, _) | (BlockFusion::WhereFaster, None) => false,
-            (BlockFusion::Always, _) => true,
-            (BlockFusion::WhereFaster, Some(cache)) => {
-                let shape = (options.max_batch, width, hidden);
-                let key = crate::tune::block_key(context, options.precision, shape, split);
-                let known = report.blocks.iter().find(|entry| entry.key == key);
-                let form = match known {
-                    Some(entry) => entry.form,
-                    None => {
-                        let entry = crate::tune::choose_block(
-                            context,
-                            cache,
-                            options.precision,
-                            shape,
-                            split,
-                        )?;
-                        report.count(!entry.measured.is_empty());
-                        let form = entry.form;
-                        report.blocks.push(entry);
-                        form
-                    }
-                };
-                form == BlockForm::WholeBlock
-            }
-        };
-        if fuse {
-            // The whole-block kernel reads both layers in the blocked buffer layout.
-            for layer in [block.first_layer, block.second_layer] {
-                if choices[layer] == KernelChoice::GemvTexture {
-                    choices[layer] = KernelChoice::Gemm(variant);
-                }
-            }
-            fused.push(block);
+/// Chooses every step's kernel: by the rules, or by measurement with the tuning cache (opened
+/// here and saved once selection is done).
+fn select_kernels(context: &GpuContext, plan: &Plan, options: &CompileOptions) -> Result<Schedule> {
+    let selection = options.selection();
+    match options.tuning {
+        Tuning::Heuristic => select::select(context, plan, &selection, None),
+        Tuning::Measure => {
+            let mut cache = TuningCache::open(
+                options
+                    .tuning_cache
+                    .clone()
+                    .or_else(TuningCache::default_path),
+            );
+            let schedule = select::select(context, plan, &selection, Some(&mut cache))?;
+            cache.save()?;
+            Ok(schedule)
         }
     }
-    if let Some(cache) = cache.as_mut() {
-        cache.save()?;
-    }
-    Ok((choices, fused, report))
 }
 
-/// Each layer's kernel by the rules, or by measurement with the tuning cache (then returned, so
-/// that block choices use it too).
-fn choose_layer_kernels(
+/// The model's input buffer and activation slots, as the plan's memory plan lays them out.
+struct Activations {
+    input: DeviceMatrix,
+    slots: Vec<wgpu::Buffer>,
+    max_batch: usize,
+    precision: Precision,
+}
+
+impl Activations {
+    fn create(
+        context: &GpuContext,
+        plan: &Plan,
+        max_batch: usize,
+        precision: Precision,
+    ) -> Result<Self> {
+        let input_width = plan.value_widths[plan.input.0];
+        let input = DeviceMatrix::new_with_precision(
+            context,
+            "model input",
+            max_batch,
+            input_width,
+            precision,
+        )?;
+        let slots = plan
+            .slot_widths
+            .iter()
+            .enumerate()
+            .map(|(index, &width)| {
+                let bytes = (max_batch as u64) * (width as u64) * precision.element_bytes();
+                buffers::create_storage_buffer(
+                    context,
+                    &format!("activation slot {index} ({max_batch}x{width})"),
+                    bytes,
+                    STORAGE_USAGE,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Activations {
+            input,
+            slots,
+            max_batch,
+            precision,
+        })
+    }
+
+    /// The matrix where `value` lives.
+    fn matrix(&self, plan: &Plan, value: ValueId) -> Result<DeviceMatrix> {
+        let width = plan.value_widths[value.0];
+        let buffer = match plan.value_storage[value.0] {
+            Storage::Input => self.input.buffer().clone(),
+            Storage::Slot(slot) => self.slots[slot].clone(),
+        };
+        DeviceMatrix::from_buffer_with_precision(buffer, self.max_batch, width, self.precision)
+    }
+}
+
+/// Uploads the weights `step` reads, in the layout its kernel reads (kept in `weights`), and
+/// prepares its dispatch.
+fn prepare_step(
     context: &GpuContext,
     plan: &Plan,
-    options: &CompileOptions,
-    variant: GemmVariant,
-) -> Result<(Vec<KernelChoice>, Option<TuningCache>, TuningReport)> {
-    let max_batch = options.max_batch;
-    let measure = options.tuning == Tuning::Measure && options.gemm_variant.is_none();
-    if !measure {
-        // Small batches read weights from textures (see kernels::gemv); a model compiled for
-        // larger batches keeps the tiled GEMM's buffer layout for every run.
-        let small_batch = options.small_batch_kernel
-            && max_batch <= GEMV_MAX_BATCH
-            && gemv::supported_by(context);
-        let choices = plan
-            .layers
-            .iter()
-            .map(|params| {
-                let (out, inp) = (params.out_features(), params.in_features());
-                if small_batch && TextureWeights::fits(context, out, inp) {
-                    KernelChoice::GemvTexture
-                } else {
-                    KernelChoice::Gemm(variant)
-                }
-            })
-            .collect();
-        return Ok((choices, None, TuningReport::default()));
-    }
-    let mut cache = TuningCache::open(
-        options
-            .tuning_cache
-            .clone()
-            .or_else(TuningCache::default_path),
-    );
-    let mut report = TuningReport {
-        cache_path: cache.path().cloned(),
-        ..TuningReport::default()
+    activations: &Activations,
+    step: &ScheduledStep,
+    weights: &mut Vec<LayerWeights>,
+) -> Result<PreparedKernel> {
+    let precision = activations.precision;
+    let blocked = |layer: usize| {
+        let params = &plan.layers[layer];
+        LinearWeights::upload_with_precision(
+            context,
+            params.out_features(),
+            params.in_features(),
+            params.weight(),
+            params.bias(),
+            precision,
+        )
     };
-    let mut choices = Vec::with_capacity(plan.layers.len());
-    for params in &plan.layers {
-        let shape = (max_batch, params.out_features(), params.in_features());
-        let key = crate::tune::shape_key(context, options.precision, shape.0, shape.1, shape.2);
-        let known = report
-            .shapes
-            .iter()
-            .find(|entry| entry.key == key)
-            .map(|e| e.choice);
-        let choice = match known {
-            Some(choice) => choice,
-            None => {
-                let entry = crate::tune::choose(context, &mut cache, options.precision, shape)?;
-                report.count(!entry.measured.is_empty());
-                let choice = entry.choice;
-                report.shapes.push(entry);
-                choice
-            }
-        };
-        choices.push(choice);
+    let matrix = |value: ValueId| activations.matrix(plan, value);
+    let prepared = match *step {
+        ScheduledStep::ResidualBlock(block) => {
+            let (first, second) = (blocked(block.first_layer)?, blocked(block.second_layer)?);
+            let prepared = prepare_residual_block(
+                context,
+                &ResidualBlockOperands {
+                    input: &matrix(block.input)?,
+                    first: &first,
+                    second: &second,
+                    output: &matrix(block.output)?,
+                },
+            )?;
+            weights.extend([LayerWeights::Blocked(first), LayerWeights::Blocked(second)]);
+            prepared
+        }
+        ScheduledStep::Layer {
+            layer,
+            input,
+            residual,
+            activation,
+            output,
+            kernel,
+        } => {
+            let (input, output) = (matrix(input)?, matrix(output)?);
+            let residual = residual.map(matrix).transpose()?;
+            let operands = LayerOperands {
+                input: &input,
+                residual: residual.as_ref(),
+                output: &output,
+                activation,
+            };
+            prepare_layer(
+                context,
+                &plan.layers[layer],
+                precision,
+                kernel,
+                &operands,
+                weights,
+            )?
+        }
+        ScheduledStep::Elementwise {
+            op,
+            left,
+            right,
+            output,
+        } => prepare_elementwise(
+            context,
+            &ElementwiseOperands {
+                left: &matrix(left)?,
+                right: right.map(matrix).transpose()?.as_ref(),
+                output: &matrix(output)?,
+                relu: op == ElementwiseOp::Relu,
+            },
+        )?,
+    };
+    Ok(prepared)
+}
+
+/// The matrices of one layer's step.
+struct LayerOperands<'a> {
+    input: &'a DeviceMatrix,
+    residual: Option<&'a DeviceMatrix>,
+    output: &'a DeviceMatrix,
+    activation: Activation,
+}
+
+/// Uploads one layer's weights in the layout `kernel` reads (kept in `weights`) and prepares
+/// its dispatch.
+fn prepare_layer(
+    context: &GpuContext,
+    params: &LinearParams,
+    precision: Precision,
+    kernel: KernelChoice,
+    operands: &LayerOperands<'_>,
+    weights: &mut Vec<LayerWeights>,
+) -> Result<PreparedKernel> {
+    let (out, inp) = (params.out_features(), params.in_features());
+    let (weight, bias) = (params.weight(), params.bias());
+    match kernel {
+        KernelChoice::Gemm(variant) => {
+            let layer_weights =
+                LinearWeights::upload_with_precision(context, out, inp, weight, bias, precision)?;
+            let gemm = GemmOperands {
+                input: operands.input,
+                weights: &layer_weights,
+                residual: operands.residual,
+                output: operands.output,
+                activation: operands.activation,
+            };
+            let prepared = prepare_gemm(context, &gemm, variant)?;
+            weights.push(LayerWeights::Blocked(layer_weights));
+            Ok(prepared)
+        }
+        KernelChoice::GemvTexture => {
+            let layer_weights =
+                TextureWeights::upload_with_precision(context, out, inp, weight, bias, precision)?;
+            let gemv = GemvOperands {
+                input: operands.input,
+                weights: &layer_weights,
+                residual: operands.residual,
+                output: operands.output,
+                activation: operands.activation,
+            };
+            let prepared = prepare_gemv(context, &gemv)?;
+            weights.push(LayerWeights::Texture(layer_weights));
+            Ok(prepared)
+        }
     }
-    Ok((choices, Some(cache), report))
+}
+
+/// A buffer the host maps to read results back.
+fn create_map_read_buffer(context: &GpuContext, label: &str, size: u64) -> Result<wgpu::Buffer> {
+    context.scoped(&format!("creating the {label} buffer"), || {
+        context.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    })
+}
+
+impl TimestampQueries {
+    /// Two timestamps (the pass's beginning and end) and the buffers to resolve and read them.
+    fn create(context: &GpuContext) -> Result<Self> {
+        let (query_set, resolve) = context.scoped("creating timestamp queries", || {
+            let query_set = context
+                .device()
+                .create_query_set(&wgpu::QuerySetDescriptor {
+                    label: Some("model pass timestamps"),
+                    ty: wgpu::QueryType::Timestamp,
+                    count: 2,
+                });
+            let resolve = context.device().create_buffer(&wgpu::BufferDescriptor {
+                label: Some("timestamp resolve"),
+                size: 16,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            });
+            (query_set, resolve)
+        })?;
+        Ok(TimestampQueries {
+            query_set,
+            resolve,
+            readback: create_map_read_buffer(context, "timestamp readback", 16)?,
+        })
+    }
 }
 
 impl std::fmt::Debug for CompiledModel {

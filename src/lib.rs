@@ -48,6 +48,8 @@ pub mod plan;
 pub mod precision;
 #[doc(hidden)]
 pub mod reference;
+#[doc(hidden)]
+pub mod select;
 mod shape;
 #[doc(hidden)]
 pub mod tune;

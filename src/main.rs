@@ -273,39 +273,11 @@ fn bench(options: &AdapterOptions, args: &BenchArgs) -> resgraph::Result<()> {
 
     let checked_rows = check_rows(args.batch);
     let max_rel_err = if args.check {
-        let output = model.run(&input)?;
-        // Rows are independent, so the reference runs on the checked rows only: the f64 forward
-        // of a large batch would take minutes.
-        let (in_width, out_width) = (graph.input_width(), model.output_width());
-        let pick = |values: &[f32], width: usize| -> Vec<f32> {
-            checked_rows
-                .iter()
-                .flat_map(|&row| values[row * width..(row + 1) * width].iter().copied())
-                .collect()
-        };
-        let reference = forward_f64(&graph, &pick(&input, in_width), checked_rows.len());
-        Some(max_row_relative_error(
-            &pick(&output, out_width),
-            &reference,
-            out_width,
-        ))
+        Some(reference_error(&graph, &model, &input, &checked_rows)?)
     } else {
         None
     };
-
-    let progress = if args.json {
-        indicatif::ProgressBar::hidden()
-    } else {
-        indicatif::ProgressBar::new(args.iters.max(1) as u64)
-    };
-    progress.set_style(
-        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} runs {elapsed}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    progress.set_prefix("bench");
-    let result = measure(&model, &input, args.warmup, args.iters, || progress.inc(1))?;
-    progress.finish_and_clear();
+    let result = measure_with_progress(&model, &input, args)?;
 
     let flops = graph.flops_per_row() as f64 * args.batch as f64;
     let gflops = flops / result.latency.median.as_secs_f64() / 1e9;
@@ -370,6 +342,52 @@ fn bench(options: &AdapterOptions, args: &BenchArgs) -> resgraph::Result<()> {
         }),
         _ => Ok(()),
     }
+}
+
+/// The largest relative error of the model's output rows `rows` against the f64 reference.
+/// Rows are independent, so the reference runs on those rows only: the f64 forward of a large
+/// batch would take minutes.
+fn reference_error(
+    graph: &resgraph::Graph,
+    model: &CompiledModel,
+    input: &[f32],
+    rows: &[usize],
+) -> resgraph::Result<f64> {
+    let output = model.run(input)?;
+    let (in_width, out_width) = (graph.input_width(), model.output_width());
+    let pick = |values: &[f32], width: usize| -> Vec<f32> {
+        rows.iter()
+            .flat_map(|&row| values[row * width..(row + 1) * width].iter().copied())
+            .collect()
+    };
+    let reference = forward_f64(graph, &pick(input, in_width), rows.len());
+    Ok(max_row_relative_error(
+        &pick(&output, out_width),
+        &reference,
+        out_width,
+    ))
+}
+
+/// Times the model's runs as `args` say, with a progress bar unless the output is JSON.
+fn measure_with_progress(
+    model: &CompiledModel,
+    input: &[f32],
+    args: &BenchArgs,
+) -> resgraph::Result<BenchResult> {
+    let progress = if args.json {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(args.iters.max(1) as u64)
+    };
+    progress.set_style(
+        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} runs {elapsed}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    progress.set_prefix("bench");
+    let result = measure(model, input, args.warmup, args.iters, || progress.inc(1))?;
+    progress.finish_and_clear();
+    Ok(result)
 }
 
 /// The rows `--check` compares with the reference: all of a batch up to 64 rows, else the first

@@ -38,7 +38,7 @@ fn check_gemm(
 ) -> f64 {
     check_gemm_variant(
         context,
-        GemmVariant::best_for(context, Precision::F32),
+        resgraph::select::rule_based_gemm_variant(context, Precision::F32),
         shape,
         epilogue,
         seed,
@@ -210,7 +210,7 @@ fn the_subgroup_variant_is_chosen_exactly_where_subgroups_of_at_least_8_exist() 
             GemmVariant::Portable
         };
         assert_eq!(
-            GemmVariant::best_for(context, Precision::F32),
+            resgraph::select::rule_based_gemm_variant(context, Precision::F32),
             expected,
             "{backend}: {} (subgroups of {} to {})",
             info.name,
@@ -219,7 +219,7 @@ fn the_subgroup_variant_is_chosen_exactly_where_subgroups_of_at_least_8_exist() 
         );
         let without_subgroups = common::context_without(&backend, wgpu::Features::SUBGROUP);
         assert_eq!(
-            GemmVariant::best_for(&without_subgroups, Precision::F32),
+            resgraph::select::rule_based_gemm_variant(&without_subgroups, Precision::F32),
             GemmVariant::Portable,
             "{backend}: a device created without SUBGROUP"
         );
@@ -303,7 +303,7 @@ fn zero_weights_with_relu_pass_a_non_negative_residual_through_bit_for_bit() {
                 output: &output,
                 activation: Activation::Relu,
             },
-            GemmVariant::best_for(context, Precision::F32),
+            resgraph::select::rule_based_gemm_variant(context, Precision::F32),
         )
         .expect("gemm");
         gemm.submit(context).expect("submit");

@@ -7,8 +7,8 @@
 //!
 //! Three shader variants share the weight layout: a portable one, a faster one that shares
 //! weights across a subgroup, and one on cooperative matrices (tensor cores) for adapters that
-//! have wgpu's experimental feature. [`GemmVariant::best_for`] picks by rule; the tuner
-//! (`crate::tune`) picks by measuring.
+//! have wgpu's experimental feature. Which one runs a layer is decided by `crate::select`, by
+//! rule or by measuring (`crate::tune`).
 
 use crate::epilogue::{Activation, Epilogue};
 use crate::error::{Error, Result};
@@ -117,16 +117,6 @@ impl GemmVariant {
         GemmVariant::Subgroup,
         GemmVariant::Cooperative,
     ];
-
-    /// The variant the rules pick without measuring: the subgroup one where the device has it.
-    /// The cooperative variant is left to the tuner, which times it against the others.
-    pub fn best_for(context: &GpuContext, precision: Precision) -> GemmVariant {
-        if Self::Subgroup.supported_by(context, precision) {
-            GemmVariant::Subgroup
-        } else {
-            GemmVariant::Portable
-        }
-    }
 
     /// Whether the device can run this variant with `precision` storage: the subgroup variant
     /// needs the `SUBGROUP` feature and subgroups of at least 8 invocations; the cooperative one

@@ -357,57 +357,8 @@ impl Importer<'_> {
                 }
                 Value::Node(self.activation(&input(0)?, &format!("{op} node {name:?}"))?)
             }
-            "Reshape" => {
-                let x = self.activation(&input(0)?, &format!("Reshape node {name:?}"))?;
-                let shape = self.constant_input(&input(1)?, &name)?;
-                let width = self.builder.width(x).unwrap_or(0) as i64;
-                let target: Vec<i64> = shape.values.iter().map(|&v| v as i64).collect();
-                // [-1 or 0, width] and [0 or rows, -1] both keep one row per batch entry.
-                let supported = match target.as_slice() {
-                    [rows, cols] => {
-                        (*cols == width && (*rows == -1 || *rows == 0))
-                            || (*cols == -1 && *rows >= 0)
-                    }
-                    _ => false,
-                };
-                if !supported {
-                    return Err(self.error(format!(
-                        "Reshape node {name:?} reshapes to {target:?}; resgraph supports \
-                         reshapes to [batch, {width}] only"
-                    )));
-                }
-                Value::Node(x)
-            }
-            "Cast" => {
-                let to = attribute_int(node, "to").unwrap_or_default();
-                let source = input(0)?;
-                match self.values.get(&source).cloned() {
-                    // Weights stored in float16 and cast to float32: keep them as constants
-                    // (they are already converted to f32).
-                    Some(Value::Constant(constant)) if to == DataType::Float as i64 => {
-                        Value::Constant(constant)
-                    }
-                    Some(Value::Constant(_)) => {
-                        return Err(self.error(format!(
-                            "Cast node {name:?} casts a constant to {} ({}); resgraph computes in \
-                             float32",
-                            to,
-                            data_type_name(to as i32)
-                        )));
-                    }
-                    _ if to == DataType::Float as i64 => {
-                        Value::Node(self.activation(&source, &format!("Cast node {name:?}"))?)
-                    }
-                    _ => {
-                        return Err(self.error(format!(
-                            "Cast node {name:?} casts an activation to {} ({}); resgraph computes \
-                             in float32",
-                            to,
-                            data_type_name(to as i32)
-                        )));
-                    }
-                }
-            }
+            "Reshape" => self.reshape(&input(0)?, &input(1)?, &name)?,
+            "Cast" => self.cast(node, &input(0)?, &name)?,
             "Constant" => {
                 let tensor = node
                     .attribute
@@ -429,6 +380,55 @@ impl Importer<'_> {
         };
         self.values.insert(output, value);
         Ok(())
+    }
+
+    /// A `Reshape` that keeps one row per batch entry (`[-1 or 0, width]` or `[rows, -1]`),
+    /// which resgraph's row-major matrices already are; any other target shape is an error.
+    fn reshape(&mut self, source: &str, shape: &str, name: &str) -> Result<Value> {
+        let x = self.activation(source, &format!("Reshape node {name:?}"))?;
+        let shape = self.constant_input(shape, name)?;
+        let width = self.builder.width(x).unwrap_or(0) as i64;
+        let target: Vec<i64> = shape.values.iter().map(|&v| v as i64).collect();
+        // [-1 or 0, width] and [0 or rows, -1] both keep one row per batch entry.
+        let supported = match target.as_slice() {
+            [rows, cols] => {
+                (*cols == width && (*rows == -1 || *rows == 0)) || (*cols == -1 && *rows >= 0)
+            }
+            _ => false,
+        };
+        if !supported {
+            return Err(self.error(format!(
+                "Reshape node {name:?} reshapes to {target:?}; resgraph supports reshapes to \
+                 [batch, {width}] only"
+            )));
+        }
+        Ok(Value::Node(x))
+    }
+
+    /// A `Cast` to float32 of a constant (weights stored in float16) or of an activation; a cast
+    /// to any other type is an error, since resgraph computes in float32.
+    fn cast(&mut self, node: &proto::NodeProto, source: &str, name: &str) -> Result<Value> {
+        let to = attribute_int(node, "to").unwrap_or_default();
+        match self.values.get(source).cloned() {
+            // Weights stored in float16 and cast to float32: keep them as constants (they are
+            // already converted to f32).
+            Some(Value::Constant(constant)) if to == DataType::Float as i64 => {
+                Ok(Value::Constant(constant))
+            }
+            Some(Value::Constant(_)) => Err(self.error(format!(
+                "Cast node {name:?} casts a constant to {} ({}); resgraph computes in float32",
+                to,
+                data_type_name(to as i32)
+            ))),
+            _ if to == DataType::Float as i64 => Ok(Value::Node(
+                self.activation(source, &format!("Cast node {name:?}"))?,
+            )),
+            _ => Err(self.error(format!(
+                "Cast node {name:?} casts an activation to {} ({}); resgraph computes in float32",
+                to,
+                data_type_name(to as i32)
+            ))),
+        }
     }
 
     fn add(&mut self, left: &str, right: &str, name: &str) -> Result<Value> {

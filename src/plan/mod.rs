@@ -89,8 +89,10 @@ impl Step {
 /// `relu(W2·relu(W1·a + b1) + b2 + a)`, which the whole-block kernel can run as one dispatch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ResidualBlockSteps {
-    /// The index of the first layer's step in [`Plan::steps`]; the second layer's is the next.
+    /// The index of the first layer's step in [`Plan::steps`].
     pub first_step: usize,
+    /// The index of the second layer's step, the one right after the first.
+    pub second_step: usize,
     /// The first layer (`width → hidden`), an index into [`Plan::layers`].
     pub first_layer: usize,
     /// The second layer (`hidden → width`).
@@ -199,6 +201,7 @@ impl Plan {
         }
         Some(ResidualBlockSteps {
             first_step: index,
+            second_step: index + 1,
             first_layer,
             second_layer,
             input,
