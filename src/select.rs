@@ -46,7 +46,7 @@ pub struct SelectionOptions {
 
 /// One dispatch of a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ScheduledStep {
+pub(crate) enum ScheduledStep {
     /// `act(input · Wᵀ + b [+ residual])` for one layer, run with `kernel`.
     Layer {
         /// The layer, an index into [`Plan::layers`].
@@ -80,7 +80,7 @@ pub enum ScheduledStep {
 
 /// What selection decided for one plan on one device.
 #[derive(Clone, Debug)]
-pub struct Schedule {
+pub(crate) struct Schedule {
     /// The dispatches of one run, in order.
     pub steps: Vec<ScheduledStep>,
     /// What measuring did (empty under the rules).
@@ -99,7 +99,7 @@ pub fn rule_based_gemm_variant(context: &GpuContext, precision: Precision) -> Ge
 
 /// Chooses every step's kernel for `plan` on `context`: by measurement when `cache` is given
 /// (filling it; the caller saves it), else by the rules.
-pub fn select(
+pub(crate) fn select(
     context: &GpuContext,
     plan: &Plan,
     options: &SelectionOptions,

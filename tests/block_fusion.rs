@@ -13,7 +13,6 @@ use resgraph::gpu::context::GpuContext;
 use resgraph::graph::synthetic::{MlpShape, mlp, random_input};
 use resgraph::kernels::gemm::LinearWeights;
 use resgraph::kernels::residual_block::{self, ResidualBlockOperands, prepare_residual_block};
-use resgraph::plan::Plan;
 use resgraph::precision::Precision;
 use resgraph::reference::{LinearRef, forward_f64, linear_f64, to_f64};
 use resgraph::tune::BlockForm;
@@ -170,34 +169,6 @@ fn compile(
         ..CompileOptions::new(batch)
     };
     CompiledModel::compile(Arc::clone(context), graph, &options).expect("compile")
-}
-
-#[test]
-fn the_planner_finds_every_residual_block_and_no_plain_one() {
-    let graph = mlp(shape(20, 33, 17, 5), 1.0, 1).expect("graph");
-    let plan = Plan::new(&graph).expect("plan");
-    let blocks = plan.residual_blocks();
-    assert_eq!(blocks.len(), 5);
-    for block in &blocks {
-        assert_eq!((block.width, block.hidden), (33, 17));
-        assert_eq!(block.input, plan.steps[block.first_step].reads()[0]);
-        assert_eq!(block.output, plan.steps[block.first_step + 1].output);
-    }
-    let plain = mlp(
-        MlpShape {
-            residual: false,
-            ..shape(20, 33, 17, 5)
-        },
-        1.0,
-        1,
-    )
-    .expect("plain graph");
-    assert!(
-        Plan::new(&plain)
-            .expect("plan")
-            .residual_blocks()
-            .is_empty()
-    );
 }
 
 #[test]

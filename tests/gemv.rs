@@ -6,9 +6,7 @@ mod common;
 use resgraph::epilogue::Epilogue;
 use resgraph::gpu::buffers::DeviceMatrix;
 use resgraph::gpu::context::GpuContext;
-use resgraph::kernels::gemv::{
-    self, GemvOperands, TextureWeights, prepare_gemv, weights_to_texture_layout,
-};
+use resgraph::kernels::gemv::{self, GemvOperands, TextureWeights, prepare_gemv};
 use resgraph::reference::{LinearRef, linear_f64, to_f64};
 
 fn check_gemv(
@@ -189,30 +187,4 @@ fn fewer_rows_than_prepared_compute_only_those_rows() {
         "rows past the batch were written"
     );
     assert!(gemv.set_rows(context, 7).is_err());
-}
-
-#[test]
-fn the_texture_layout_is_transposed_into_layers_of_texels_and_zero_padded() {
-    // 37 columns: 10 texels, so 2 layers of 8 texels (32 columns) each; inner 3 pads to 8.
-    let (out_features, in_features) = (37, 3);
-    let weight: Vec<f32> = (0..out_features * in_features)
-        .map(|i| i as f32 + 1.0)
-        .collect();
-    let texels = weights_to_texture_layout(&weight, out_features, in_features);
-    let (row_floats, layer_floats) = (8 * 4, 8 * 8 * 4);
-    assert_eq!(texels.len(), 2 * layer_floats);
-    for col in 0..out_features {
-        for k in 0..in_features {
-            let index = (col / row_floats) * layer_floats + k * row_floats + col % row_floats;
-            assert_eq!(
-                texels[index],
-                weight[col * in_features + k],
-                "col {col} k {k}"
-            );
-        }
-    }
-    assert_eq!(
-        texels.iter().filter(|&&v| v != 0.0).count(),
-        out_features * in_features
-    );
 }

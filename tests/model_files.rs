@@ -336,31 +336,6 @@ fn onnx_tensors_whose_data_does_not_match_their_dims_are_refused_without_allocat
     );
 }
 
-#[test]
-fn npy_files_of_the_wrong_dtype_rank_or_length_are_refused() {
-    let good = encode_npy(&[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
-    let parsed = parse_npy(&good).expect("round trip");
-    assert_eq!(parsed.shape, vec![2, 3]);
-    assert_eq!(parsed.data, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
-    let as_f64 = replace_bytes(&good, b"<f4", b"<f8");
-    assert!(parse_npy(&as_f64).unwrap_err().contains("float32"));
-    assert!(
-        parse_npy(&good[..good.len() - 1])
-            .unwrap_err()
-            .contains("needs 24 bytes")
-    );
-    // A shape of 10^11 floats over 24 bytes of data: refused before any allocation.
-    let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999, 100000), }\n";
-    let mut huge = b"\x93NUMPY\x01\x00".to_vec();
-    huge.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    huge.extend_from_slice(header.as_bytes());
-    huge.extend_from_slice(&[0u8; 24]);
-    assert!(parse_npy(&huge).unwrap_err().contains("needs"));
-    assert!(parse_npy(b"not an npy file").is_err());
-    let fortran = replace_bytes(&good, b"False", b"True ");
-    assert!(parse_npy(&fortran).unwrap_err().contains("Fortran"));
-}
-
 fn cli(args: &[&str]) -> (bool, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_resgraph"))
         .args(args)

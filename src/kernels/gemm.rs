@@ -304,7 +304,7 @@ pub fn gemm_constants(
 
 /// Converts a PyTorch `[out_features, in_features]` weight to the kernels' layout:
 /// `[ceil(out/16)][in_padded][16]` with `in_padded` the next multiple of 8, zero-padded.
-pub fn weights_to_kernel_layout(
+pub(crate) fn weights_to_kernel_layout(
     weight: &[f32],
     out_features: usize,
     in_features: usize,
@@ -556,4 +556,31 @@ pub fn prepare_gemm(
             }),
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kernel_weight_layout_is_blocked_transposed_and_zero_padded() {
+        // A 17 x 3 weight (out x in): 2 blocks of 16 columns, inner padded from 3 to 8.
+        let (out_features, in_features) = (17, 3);
+        let weight: Vec<f32> = (0..out_features * in_features)
+            .map(|i| i as f32 + 1.0)
+            .collect();
+        let layout = weights_to_kernel_layout(&weight, out_features, in_features);
+        assert_eq!(layout.len(), 2 * 8 * 16);
+        for col in 0..out_features {
+            for k in 0..in_features {
+                let (block, lane) = (col / 16, col % 16);
+                assert_eq!(
+                    layout[block * 8 * 16 + k * 16 + lane],
+                    weight[col * in_features + k]
+                );
+            }
+        }
+        let nonzero = layout.iter().filter(|&&value| value != 0.0).count();
+        assert_eq!(nonzero, out_features * in_features, "padding must be zero");
+    }
 }

@@ -96,7 +96,7 @@ fn texture_layers(out_features: usize) -> usize {
 /// Converts a PyTorch `[out, in]` weight into the texture's layout,
 /// `[layers][in_padded][8 texels][4]`: texel `(x, k, layer)` holds columns `4c..4c+3` at `k`
 /// with `c = 8 * layer + x`, zero-padded.
-pub fn weights_to_texture_layout(
+pub(crate) fn weights_to_texture_layout(
     weight: &[f32],
     out_features: usize,
     in_features: usize,
@@ -355,4 +355,35 @@ pub fn prepare_gemv(context: &GpuContext, operands: &GemvOperands<'_>) -> Result
             }),
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_texture_layout_is_transposed_into_layers_of_texels_and_zero_padded() {
+        // 37 columns: 10 texels, so 2 layers of 8 texels (32 columns) each; inner 3 pads to 8.
+        let (out_features, in_features) = (37, 3);
+        let weight: Vec<f32> = (0..out_features * in_features)
+            .map(|i| i as f32 + 1.0)
+            .collect();
+        let texels = weights_to_texture_layout(&weight, out_features, in_features);
+        let (row_floats, layer_floats) = (8 * 4, 8 * 8 * 4);
+        assert_eq!(texels.len(), 2 * layer_floats);
+        for col in 0..out_features {
+            for k in 0..in_features {
+                let index = (col / row_floats) * layer_floats + k * row_floats + col % row_floats;
+                assert_eq!(
+                    texels[index],
+                    weight[col * in_features + k],
+                    "col {col} k {k}"
+                );
+            }
+        }
+        assert_eq!(
+            texels.iter().filter(|&&v| v != 0.0).count(),
+            out_features * in_features
+        );
+    }
 }

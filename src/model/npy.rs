@@ -163,3 +163,49 @@ pub fn encode_npy(shape: &[usize], data: &[f32]) -> Vec<u8> {
 pub fn write_npy_atomically(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
     super::write_file_atomically(path, &encode_npy(shape, data))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `bytes` with every occurrence of `from` replaced by `to` (same length), byte for byte.
+    fn replace_bytes(bytes: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+        assert_eq!(from.len(), to.len());
+        let mut out = bytes.to_vec();
+        let mut index = 0;
+        while index + from.len() <= out.len() {
+            if &out[index..index + from.len()] == from {
+                out[index..index + from.len()].copy_from_slice(to);
+                index += from.len();
+            } else {
+                index += 1;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn npy_files_of_the_wrong_dtype_rank_or_length_are_refused() {
+        let good = encode_npy(&[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let parsed = parse_npy(&good).expect("round trip");
+        assert_eq!(parsed.shape, vec![2, 3]);
+        assert_eq!(parsed.data, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let as_f64 = replace_bytes(&good, b"<f4", b"<f8");
+        assert!(parse_npy(&as_f64).unwrap_err().contains("float32"));
+        assert!(
+            parse_npy(&good[..good.len() - 1])
+                .unwrap_err()
+                .contains("needs 24 bytes")
+        );
+        // A shape of 10^11 floats over 24 bytes of data: refused before any allocation.
+        let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999, 100000), }\n";
+        let mut huge = b"\x93NUMPY\x01\x00".to_vec();
+        huge.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        huge.extend_from_slice(header.as_bytes());
+        huge.extend_from_slice(&[0u8; 24]);
+        assert!(parse_npy(&huge).unwrap_err().contains("needs"));
+        assert!(parse_npy(b"not an npy file").is_err());
+        let fortran = replace_bytes(&good, b"False", b"True ");
+        assert!(parse_npy(&fortran).unwrap_err().contains("Fortran"));
+    }
+}

@@ -251,3 +251,82 @@ impl Fuser<'_> {
             .join("+")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::epilogue::Activation;
+    use crate::graph::synthetic::{MlpShape, mlp};
+    use crate::graph::{GraphBuilder, LinearParams};
+    use crate::plan::{Plan, StepKind};
+
+    fn zeros(out_features: usize, in_features: usize) -> LinearParams {
+        LinearParams::zeros(out_features, in_features).expect("params")
+    }
+
+    #[test]
+    fn a_residual_block_fuses_into_two_gemms() {
+        let graph = mlp(MlpShape::square(16, 1), 1.0, 1).expect("graph");
+        let plan = Plan::new(&graph).expect("plan");
+        assert_eq!(plan.dispatch_count(), 2);
+        match (&plan.steps[0].kind, &plan.steps[1].kind) {
+            (
+                StepKind::Gemm {
+                    residual: None,
+                    activation: first,
+                    ..
+                },
+                StepKind::Gemm {
+                    residual: Some(residual),
+                    activation: second,
+                    ..
+                },
+            ) => {
+                assert_eq!(*first, Activation::Relu);
+                assert_eq!(*second, Activation::Relu);
+                assert_eq!(*residual, plan.input);
+            }
+            other => panic!("unexpected steps {other:?}"),
+        }
+        assert_eq!(
+            plan.steps[1].name,
+            "blocks.0.fc2+blocks.0.add+blocks.0.relu2"
+        );
+    }
+
+    #[test]
+    fn at_most_two_dispatches_per_block_with_stem_and_head() {
+        for depth in [1, 7, 64] {
+            let shape = MlpShape {
+                input_width: 13,
+                width: 24,
+                hidden_width: 40,
+                depth,
+                output_width: 5,
+                residual: true,
+            };
+            let plan = Plan::new(&mlp(shape, 1.0, 2).expect("graph")).expect("plan");
+            assert_eq!(plan.dispatch_count(), 2 * depth + 2, "depth {depth}");
+        }
+    }
+
+    #[test]
+    fn relus_and_adds_that_follow_no_linear_layer_stay_elementwise() {
+        let mut builder = GraphBuilder::new();
+        let x = builder.input("x", 6).expect("input");
+        let r = builder.relu("relu_in", x).expect("relu");
+        let a = builder.linear("a", r, zeros(6, 6)).expect("a");
+        let b = builder.linear("b", r, zeros(6, 6)).expect("b");
+        let sum = builder.add("sum", a, b).expect("sum");
+        let doubled = builder.add("doubled", sum, sum).expect("doubled");
+        let graph = builder.build(doubled).expect("graph");
+        let plan = Plan::new(&graph).expect("plan");
+        let elementwise = plan
+            .steps
+            .iter()
+            .filter(|step| matches!(step.kind, StepKind::Elementwise { .. }))
+            .count();
+        // relu(x) and sum + sum are elementwise; a + b fuses b's GEMM with a as the residual.
+        assert_eq!(elementwise, 2, "{:#?}", plan.steps);
+        assert_eq!(plan.dispatch_count(), 4);
+    }
+}

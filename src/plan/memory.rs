@@ -60,3 +60,44 @@ pub fn assign_slots(
     }
     (storage, slot_widths)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::graph::synthetic::{MlpShape, mlp};
+    use crate::plan::Plan;
+
+    #[test]
+    fn activation_memory_is_flat_in_depth() {
+        let shallow =
+            Plan::new(&mlp(MlpShape::square(32, 4), 1.0, 3).expect("graph")).expect("plan");
+        let deep = Plan::new(&mlp(MlpShape::square(32, 64), 1.0, 3).expect("graph")).expect("plan");
+        assert_eq!(
+            shallow.activation_bytes(100, 4),
+            deep.activation_bytes(100, 4)
+        );
+        assert_eq!(
+            deep.slot_widths.len(),
+            3,
+            "block input, hidden, block output"
+        );
+    }
+
+    #[test]
+    fn no_step_writes_a_slot_it_reads() {
+        let shape = MlpShape {
+            input_width: 7,
+            width: 9,
+            hidden_width: 33,
+            depth: 5,
+            output_width: 3,
+            residual: true,
+        };
+        let plan = Plan::new(&mlp(shape, 1.0, 4).expect("graph")).expect("plan");
+        for step in &plan.steps {
+            let written = plan.value_storage[step.output.0];
+            for read in step.reads() {
+                assert_ne!(plan.value_storage[read.0], written, "step {}", step.name);
+            }
+        }
+    }
+}

@@ -1,13 +1,13 @@
 //! The planner: turns a [`Graph`] into the steps the executor records, with fusion and a memory
 //! plan. Pure Rust, like the graph: no GPU type appears here, so plans are tested without a device.
 //!
-//! - [`fuse`] folds `linear → relu` and `linear → add → relu` into one GEMM with an epilogue, so a
+//! - `fuse` folds `linear → relu` and `linear → add → relu` into one GEMM with an epilogue, so a
 //!   residual block is two dispatches.
-//! - [`memory`] assigns every intermediate value to an activation slot by liveness, so a stack of
+//! - `memory` assigns every intermediate value to an activation slot by liveness, so a stack of
 //!   any depth uses a fixed set of slots.
 
-pub mod fuse;
-pub mod memory;
+mod fuse;
+mod memory;
 
 use crate::epilogue::Activation;
 use crate::error::Result;
@@ -15,11 +15,11 @@ use crate::graph::{Graph, LinearParams};
 
 /// A value the steps pass between them: the graph input or one step's output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ValueId(pub usize);
+pub(crate) struct ValueId(pub usize);
 
 /// Where a value lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Storage {
+pub(crate) enum Storage {
     /// The model's input buffer.
     Input,
     /// Activation slot `n` of the memory plan.
@@ -28,7 +28,7 @@ pub enum Storage {
 
 /// An elementwise operation left over after fusion (a ReLU or an add that follows no linear layer).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ElementwiseOp {
+pub(crate) enum ElementwiseOp {
     /// `max(left, 0)`.
     Relu,
     /// `left + right`.
@@ -37,7 +37,7 @@ pub enum ElementwiseOp {
 
 /// What one step computes.
 #[derive(Clone, Debug)]
-pub enum StepKind {
+pub(crate) enum StepKind {
     /// `act(input · Wᵀ + b [+ residual])` for linear layer `layer` of [`Plan::layers`].
     Gemm {
         /// Index into [`Plan::layers`].
@@ -62,12 +62,19 @@ pub enum StepKind {
 
 /// One dispatch of the executor.
 #[derive(Clone, Debug)]
-pub struct Step {
+pub(crate) struct Step {
     /// What it computes.
     pub kind: StepKind,
     /// The value it writes.
     pub output: ValueId,
     /// The graph nodes it covers, joined with `+` (e.g. `blocks.0.fc2+blocks.0.add+blocks.0.relu2`).
+    #[cfg_attr(
+        not(test),
+        allow(
+            dead_code,
+            reason = "only the fusion tests read the name today, to check what each step covers;                       it is kept so that a step can be traced back to its graph nodes"
+        )
+    )]
     pub name: String,
 }
 
@@ -88,8 +95,8 @@ impl Step {
 /// Two consecutive GEMM steps that form a residual block,
 /// `relu(W2·relu(W1·a + b1) + b2 + a)`, which the whole-block kernel can run as one dispatch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ResidualBlockSteps {
-    /// The index of the first layer's step in [`Plan::steps`].
+pub(crate) struct ResidualBlockSteps {
+    /// The index of the first layer's step in `Plan::steps`.
     pub first_step: usize,
     /// The index of the second layer's step, the one right after the first.
     pub second_step: usize,
@@ -109,22 +116,25 @@ pub struct ResidualBlockSteps {
 
 /// A compiled-for-execution view of a graph: fused steps in order, where each value lives, and how
 /// wide each activation slot must be.
+///
+/// Only [`Plan::new`] and [`Plan::dispatch_count`] are public, because `resgraph inspect` reports
+/// the dispatch count after fusion; everything else is internal to the crate.
 #[derive(Clone, Debug)]
 pub struct Plan {
     /// The linear layers the GEMM steps use.
-    pub layers: Vec<LinearParams>,
+    pub(crate) layers: Vec<LinearParams>,
     /// The steps, in execution order.
-    pub steps: Vec<Step>,
+    pub(crate) steps: Vec<Step>,
     /// The width of every value.
-    pub value_widths: Vec<usize>,
+    pub(crate) value_widths: Vec<usize>,
     /// Where every value lives.
-    pub value_storage: Vec<Storage>,
+    pub(crate) value_storage: Vec<Storage>,
     /// The widest value assigned to each slot: a slot holds `max_batch × width` floats.
-    pub slot_widths: Vec<usize>,
+    pub(crate) slot_widths: Vec<usize>,
     /// The graph input.
-    pub input: ValueId,
+    pub(crate) input: ValueId,
     /// The graph output.
-    pub output: ValueId,
+    pub(crate) output: ValueId,
 }
 
 impl Plan {
@@ -146,7 +156,7 @@ impl Plan {
 
     /// Every residual block among the steps: a GEMM step `h = relu(a·W1ᵀ + b1)` directly
     /// followed by `relu(h·W2ᵀ + b2 + a)`, where nothing else reads `h` and `h` is not the output.
-    pub fn residual_blocks(&self) -> Vec<ResidualBlockSteps> {
+    pub(crate) fn residual_blocks(&self) -> Vec<ResidualBlockSteps> {
         let mut blocks = Vec::new();
         let mut index = 0;
         while index + 1 < self.steps.len() {
@@ -218,10 +228,56 @@ impl Plan {
 
     /// Activation bytes for a batch of `max_batch` rows of `element_bytes` per value (the slots;
     /// the input buffer not counted).
-    pub fn activation_bytes(&self, max_batch: usize, element_bytes: u64) -> u64 {
+    pub(crate) fn activation_bytes(&self, max_batch: usize, element_bytes: u64) -> u64 {
         self.slot_widths
             .iter()
             .map(|&width| (width * max_batch) as u64 * element_bytes)
             .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::synthetic::{MlpShape, mlp};
+
+    /// A residual stack with an awkward input width, `depth` blocks and a 7-wide head.
+    fn shape(input_width: usize, width: usize, hidden_width: usize, depth: usize) -> MlpShape {
+        MlpShape {
+            input_width,
+            width,
+            hidden_width,
+            depth,
+            output_width: 7,
+            residual: true,
+        }
+    }
+
+    #[test]
+    fn the_planner_finds_every_residual_block_and_no_plain_one() {
+        let graph = mlp(shape(20, 33, 17, 5), 1.0, 1).expect("graph");
+        let plan = Plan::new(&graph).expect("plan");
+        let blocks = plan.residual_blocks();
+        assert_eq!(blocks.len(), 5);
+        for block in &blocks {
+            assert_eq!((block.width, block.hidden), (33, 17));
+            assert_eq!(block.input, plan.steps[block.first_step].reads()[0]);
+            assert_eq!(block.output, plan.steps[block.first_step + 1].output);
+        }
+        let plain = mlp(
+            MlpShape {
+                residual: false,
+                ..shape(20, 33, 17, 5)
+            },
+            1.0,
+            1,
+        )
+        .expect("plain graph");
+        assert!(
+            Plan::new(&plain)
+                .expect("plan")
+                .residual_blocks()
+                .is_empty()
+        );
     }
 }
