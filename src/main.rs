@@ -453,14 +453,24 @@ fn tune(options: &AdapterOptions, args: &BenchArgs) -> resgraph::Result<()> {
     println!("{}", tuning_summary(report));
     for shape in &report.shapes {
         let times = measured_times(shape.measured.iter().map(|(c, t)| (c.name(), *t)));
-        println!("  {} -> {}  {times}", shape.key, shape.choice.name());
+        println!(
+            "  {} -> {}  {times} [{}]",
+            shape.key,
+            shape.choice.name(),
+            shape.clock
+        );
         for (candidate, why) in &shape.rejected {
             println!("    {} left out: {why}", candidate.name());
         }
     }
     for block in &report.blocks {
         let times = measured_times(block.measured.iter().map(|(f, t)| (f.name(), *t)));
-        println!("  {} -> {}  {times}", block.key, block.form.name());
+        println!(
+            "  {} -> {}  {times} [{}]",
+            block.key,
+            block.form.name(),
+            block.clock
+        );
         if let Some(why) = &block.rejected {
             println!("    residual_block left out: {why}");
         }

@@ -6,24 +6,31 @@
 //! residual block shape it times the whole-block kernel against the two layers' chosen kernels
 //! ([`choose_block`]). A candidate is kept only if its result on the tuning data agrees with the
 //! reference's (the portable GEMM, or the two dispatches): one that fails or disagrees is left
-//! out and reported. Choices are stored in a JSON file in the platform's cache
-//! directory (`RESGRAPH_CACHE_DIR` overrides it), keyed by adapter, driver, shape and the
-//! candidates offered, so the second compile on the same machine measures nothing.
+//! out and reported. Candidates are timed with the GPU's timestamp queries where the device has
+//! them, and with the host's wall clock otherwise ([`TuningClock`]).
+//!
+//! Choices are stored in a JSON file in the platform's cache directory (`RESGRAPH_CACHE_DIR`
+//! overrides it), keyed by a [`TuningKey`]: adapter, driver, backend, precision, shape, the
+//! candidates offered and a checksum of their generated WGSL, so the second compile on the same
+//! machine measures nothing, and a kernel edit makes the next compile measure again.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::fmt;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value as Json, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
 
 use crate::epilogue::Activation;
 use crate::error::Result;
-use crate::gpu::buffers::DeviceMatrix;
+use crate::gpu::buffers::{DeviceMatrix, map_and_read_bytes};
 use crate::gpu::context::GpuContext;
 use crate::kernels::PreparedKernel;
 use crate::kernels::gemm::{GemmOperands, GemmVariant, LinearWeights, prepare_gemm};
 use crate::kernels::gemv::{self, GemvOperands, TextureWeights, prepare_gemv};
 use crate::kernels::residual_block::{self, ResidualBlockOperands, prepare_residual_block};
+use crate::kernels::source::{KernelSource, checksum, generate};
 use crate::precision::Precision;
 
 /// Batches up to this size also try the texture GEMV (above it the GEMV is never competitive
@@ -31,6 +38,9 @@ use crate::precision::Precision;
 const GEMV_CANDIDATE_MAX_ROWS: usize = 64;
 /// Timed runs per candidate, after one untimed run.
 const TIMED_RUNS: usize = 3;
+/// The version of the cache file's format that this resgraph reads and writes. A file of any
+/// other version (1 was a map from `|`-joined key strings) is treated as empty and rewritten.
+const CACHE_FORMAT_VERSION: u64 = 2;
 
 /// The kernel one layer runs with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -44,9 +54,14 @@ pub enum KernelChoice {
 impl KernelChoice {
     /// The shader's name, as stored in the cache and reported by `bench`.
     pub fn name(self) -> &'static str {
+        self.kernel().name
+    }
+
+    /// The shader this choice runs, whose generated WGSL the cache key's checksum covers.
+    pub fn kernel(self) -> &'static KernelSource {
         match self {
-            KernelChoice::Gemm(variant) => variant.kernel().name,
-            KernelChoice::GemvTexture => gemv::GEMV_TEXTURE_KERNEL.name,
+            KernelChoice::Gemm(variant) => variant.kernel(),
+            KernelChoice::GemvTexture => &gemv::GEMV_TEXTURE_KERNEL,
         }
     }
 
@@ -78,13 +93,179 @@ impl KernelChoice {
     }
 }
 
+/// What a cached choice was measured for. Two keys are equal exactly when a choice made for
+/// one is valid for the other: the same adapter and driver, backend, precision and shape, and
+/// the same candidates with the same generated WGSL.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TuningKey {
+    /// The adapter's name, as wgpu reports it.
+    pub adapter: String,
+    /// The driver's name.
+    pub driver: String,
+    /// The driver's version and other details, as wgpu reports them: a driver update can change
+    /// which kernel is fastest.
+    pub driver_info: String,
+    /// The backend (Vulkan, Metal, DX12, GL).
+    pub backend: String,
+    /// The storage precision, `f32` or `f16`.
+    pub precision: String,
+    /// The layer or residual block that was measured.
+    pub shape: TunedShape,
+    /// The names of the candidates offered, in the order they are timed. A choice made without
+    /// a kernel (the cooperative one turned off, or an older resgraph) must not stop that kernel
+    /// from being timed later, so the set is part of the key.
+    pub candidates: Vec<String>,
+    /// A checksum ([`crate::kernels::source::checksum`]) over each candidate's name and the
+    /// generated WGSL of every kernel it runs, so that a choice is measured again after a
+    /// kernel's source changes.
+    pub candidate_checksum: u64,
+}
+
+impl TuningKey {
+    /// The key of `shape` on `context`'s adapter, for `candidates`: each candidate's name and
+    /// the kernels it runs.
+    fn new(
+        context: &GpuContext,
+        precision: Precision,
+        shape: TunedShape,
+        candidates: &[(&str, Vec<&KernelSource>)],
+    ) -> Self {
+        let info = context.adapter_info();
+        TuningKey {
+            adapter: info.name.clone(),
+            driver: info.driver.clone(),
+            driver_info: info.driver_info.clone(),
+            backend: info.backend.to_string(),
+            precision: precision.name().to_string(),
+            shape,
+            candidates: candidates
+                .iter()
+                .map(|(name, _)| (*name).to_string())
+                .collect(),
+            candidate_checksum: candidate_checksum(candidates, precision),
+        }
+    }
+}
+
+impl fmt::Display for TuningKey {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Some backends leave the driver's name empty (GL), so only what is known is shown.
+        let driver: Vec<&str> = [self.driver.as_str(), self.driver_info.as_str()]
+            .into_iter()
+            .filter(|part| !part.is_empty())
+            .collect();
+        write!(
+            formatter,
+            "{} | {} | {} | {} | {} | {} (WGSL checksum {:016x})",
+            self.adapter,
+            driver.join(" "),
+            self.backend,
+            self.precision,
+            self.shape,
+            self.candidates.join("+"),
+            self.candidate_checksum
+        )
+    }
+}
+
+/// The shape a [`TuningKey`] was measured for.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum TunedShape {
+    /// One layer: `rows` of an `out` × `inp` weight matrix.
+    Layer {
+        /// The rows (batch size) the layer runs for.
+        rows: usize,
+        /// The layer's output features.
+        out: usize,
+        /// The layer's input features.
+        inp: usize,
+    },
+    /// A residual block of `width` with a `hidden` layer, run for `rows` rows, whose two layers
+    /// would otherwise run with the kernels named.
+    Block {
+        /// The rows (batch size) the block runs for.
+        rows: usize,
+        /// The block's input and output features.
+        width: usize,
+        /// The features of the block's hidden layer.
+        hidden: usize,
+        /// The kernel the first layer (`width` → `hidden`) runs with as its own dispatch.
+        first_layer: String,
+        /// The kernel the second layer (`hidden` → `width`) runs with as its own dispatch.
+        second_layer: String,
+    },
+}
+
+impl fmt::Display for TunedShape {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TunedShape::Layer { rows, out, inp } => {
+                write!(formatter, "layer rows={rows} out={out} in={inp}")
+            }
+            TunedShape::Block {
+                rows,
+                width,
+                hidden,
+                first_layer,
+                second_layer,
+            } => write!(
+                formatter,
+                "block rows={rows} width={width} hidden={hidden} ({first_layer} then {second_layer})"
+            ),
+        }
+    }
+}
+
+/// The checksum of a candidate set: each candidate's name and, for every kernel it runs, the
+/// kernel's name and the checksum of its WGSL as generated for `precision`. The generated
+/// source, not the kernel's file alone, is what the device compiles, so an edit to a shared
+/// piece or to the generator changes it too.
+fn candidate_checksum(candidates: &[(&str, Vec<&KernelSource>)], precision: Precision) -> u64 {
+    let mut description = String::new();
+    for (name, kernels) in candidates {
+        description.push_str(name);
+        description.push('\n');
+        for kernel in kernels {
+            let source = generate(kernel, precision);
+            description.push_str(&format!("  {} {:016x}\n", kernel.name, checksum(&source)));
+        }
+    }
+    checksum(&description)
+}
+
+/// Which clock timed the candidates of one choice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TuningClock {
+    /// The GPU's timestamps at the beginning and end of each candidate's compute pass (the
+    /// device has `TIMESTAMP_QUERY`, and every reading was plausible): the kernel's own time,
+    /// without the submission and the wait.
+    GpuTimestamps,
+    /// The host's wall clock around submitting each candidate's pass and waiting for it: where
+    /// the device has no timestamp queries, or where a reading was zero or implausible.
+    WallClock,
+}
+
+impl fmt::Display for TuningClock {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(match self {
+            TuningClock::GpuTimestamps => "GPU timestamps",
+            TuningClock::WallClock => "wall clock",
+        })
+    }
+}
+
 /// One layer shape's entry: the choice and, when it was measured now, each candidate's time.
 #[derive(Clone, Debug)]
 pub struct ShapeChoice {
     /// The cache key (adapter, driver, backend, precision, rows, out, in, the candidates).
-    pub key: String,
+    pub key: TuningKey,
     /// The kernel chosen.
     pub choice: KernelChoice,
+    /// The clock the candidates were timed with, in this compile or when the cached choice was
+    /// measured.
+    pub clock: TuningClock,
     /// Median time of each candidate, when measured in this compile (empty when from cache).
     pub measured: Vec<(KernelChoice, Duration)>,
     /// Candidates left out when measured now, and why: one that failed to build or run, or
@@ -113,7 +294,7 @@ pub fn candidates(
 /// Checks a candidate's result on the tuning data against the reference kernel's: finite, and
 /// within the precision's tolerance. An experimental kernel that a driver miscompiles is thereby
 /// never chosen, however fast.
-pub fn check_candidate_output(
+pub(crate) fn check_candidate_output(
     output: &[f32],
     reference: &[f32],
     precision: Precision,
@@ -211,9 +392,12 @@ impl BlockForm {
 #[derive(Clone, Debug)]
 pub struct BlockChoice {
     /// The cache key (adapter, precision, rows, width, hidden and the two layers' kernels).
-    pub key: String,
+    pub key: TuningKey,
     /// The form chosen.
     pub form: BlockForm,
+    /// The clock both forms were timed with, in this compile or when the cached choice was
+    /// measured.
+    pub clock: TuningClock,
     /// Median time of each form, when measured in this compile (empty when from cache).
     pub measured: Vec<(BlockForm, Duration)>,
     /// Why the whole-block kernel was left out when measured now, if it was: it failed to build
@@ -221,13 +405,39 @@ pub struct BlockChoice {
     pub rejected: Option<String>,
 }
 
+/// What the cache holds for one key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct CachedChoice {
+    /// The name of the kernel or block form chosen.
+    kernel: String,
+    /// The clock the candidates were timed with.
+    clock: TuningClock,
+    /// Each candidate's median time in milliseconds, by name, for whoever reads the file.
+    median_ms: BTreeMap<String, f64>,
+}
+
+/// One entry of the cache file.
+#[derive(Serialize, Deserialize)]
+struct CacheFileEntry {
+    key: TuningKey,
+    #[serde(flatten)]
+    choice: CachedChoice,
+}
+
+/// The cache file: `{"version": 2, "entries": [{"key": {...}, "kernel": ..., ...}]}`.
+#[derive(Serialize)]
+struct CacheFile {
+    version: u64,
+    entries: Vec<CacheFileEntry>,
+}
+
 /// The on-disk cache of choices.
 #[derive(Debug)]
 pub struct TuningCache {
     path: Option<PathBuf>,
-    entries: BTreeMap<String, Json>,
+    entries: BTreeMap<TuningKey, CachedChoice>,
     /// Entries measured by this process, merged into the file's latest contents on save.
-    added: BTreeMap<String, Json>,
+    added: BTreeMap<TuningKey, CachedChoice>,
 }
 
 impl TuningCache {
@@ -240,10 +450,11 @@ impl TuningCache {
         }
     }
 
-    /// Reads the cache at `path`; a missing or unreadable file is an empty cache (it is
-    /// rewritten whole on the next save), never an error.
+    /// Reads the cache at `path`. A missing, unreadable or damaged file, or one of another
+    /// format version, is an empty cache (it is rewritten whole on the next save), never an
+    /// error; an entry that cannot be read is skipped.
     pub fn open(path: Option<PathBuf>) -> Self {
-        let entries = path.as_ref().map(read_entries).unwrap_or_default();
+        let entries = path.as_deref().map(read_entries).unwrap_or_default();
         TuningCache {
             path,
             entries,
@@ -252,31 +463,30 @@ impl TuningCache {
     }
 
     /// The cached choice for `key`, if any.
-    pub fn get(&self, key: &str) -> Option<KernelChoice> {
-        self.get_name(key).and_then(KernelChoice::from_name)
-    }
-
-    /// The name stored for `key`, if any.
-    fn get_name(&self, key: &str) -> Option<&str> {
+    pub fn get(&self, key: &TuningKey) -> Option<KernelChoice> {
         self.entries
             .get(key)
-            .and_then(|entry| entry.get("kernel"))
-            .and_then(Json::as_str)
+            .and_then(|cached| KernelChoice::from_name(&cached.kernel))
     }
 
-    /// Records `choice` for `key` with every candidate's median time, by name.
+    /// Records `choice` for `key`, timed with `clock`, with every candidate's median time, by
+    /// name.
     fn insert<'a>(
         &mut self,
-        key: &str,
+        key: &TuningKey,
         choice: &str,
+        clock: TuningClock,
         measured: impl Iterator<Item = (&'a str, Duration)>,
     ) {
-        let times: serde_json::Map<String, Json> = measured
-            .map(|(candidate, time)| (candidate.to_string(), json!(time.as_secs_f64() * 1e3)))
-            .collect();
-        let entry = json!({"kernel": choice, "median_ms": times});
-        self.entries.insert(key.to_string(), entry.clone());
-        self.added.insert(key.to_string(), entry);
+        let entry = CachedChoice {
+            kernel: choice.to_string(),
+            clock,
+            median_ms: measured
+                .map(|(candidate, time)| (candidate.to_string(), time.as_secs_f64() * 1e3))
+                .collect(),
+        };
+        self.entries.insert(key.clone(), entry.clone());
+        self.added.insert(key.clone(), entry);
     }
 
     /// Writes what this process measured into the cache file (atomically). The file is read
@@ -299,8 +509,22 @@ impl TuningCache {
                 source,
             })?;
         }
-        let document = json!({"version": 1, "entries": self.entries});
-        crate::model::write_file_atomically(path, document.to_string().as_bytes())?;
+        let document = CacheFile {
+            version: CACHE_FORMAT_VERSION,
+            entries: self
+                .entries
+                .iter()
+                .map(|(key, choice)| CacheFileEntry {
+                    key: key.clone(),
+                    choice: choice.clone(),
+                })
+                .collect(),
+        };
+        let text = serde_json::to_string_pretty(&document).map_err(|error| crate::Error::Io {
+            path: path.display().to_string(),
+            source: error.into(),
+        })?;
+        crate::model::write_file_atomically(path, text.as_bytes())?;
         Ok(())
     }
 
@@ -311,13 +535,30 @@ impl TuningCache {
 }
 
 /// The entries of the cache file at `path`; a missing or unreadable file has none.
-fn read_entries(path: &PathBuf) -> BTreeMap<String, Json> {
+fn read_entries(path: &Path) -> BTreeMap<TuningKey, CachedChoice> {
     std::fs::read_to_string(path)
-        .ok()
-        .and_then(|text| serde_json::from_str::<Json>(&text).ok())
-        .and_then(|json| json.get("entries").and_then(Json::as_object).cloned())
-        .map(|map| map.into_iter().collect())
+        .map(|text| parse_entries(&text))
         .unwrap_or_default()
+}
+
+/// The entries of a cache file's text. Text that is not JSON, or not of
+/// [`CACHE_FORMAT_VERSION`], has none; an entry that does not parse (damaged, or of a shape a
+/// newer resgraph added) is skipped, so that the others are still used.
+fn parse_entries(text: &str) -> BTreeMap<TuningKey, CachedChoice> {
+    let Ok(document) = serde_json::from_str::<Json>(text) else {
+        return BTreeMap::new();
+    };
+    if document.get("version").and_then(Json::as_u64) != Some(CACHE_FORMAT_VERSION) {
+        return BTreeMap::new();
+    }
+    let Some(entries) = document.get("entries").and_then(Json::as_array) else {
+        return BTreeMap::new();
+    };
+    entries
+        .iter()
+        .filter_map(|entry| CacheFileEntry::deserialize(entry).ok())
+        .map(|entry| (entry.key, entry.choice))
+        .collect()
 }
 
 /// The cache key of a layer shape on `context`'s adapter.
@@ -327,22 +568,16 @@ pub fn shape_key(
     rows: usize,
     out: usize,
     inp: usize,
-) -> String {
-    let info = context.adapter_info();
-    // The candidates are part of the key: a choice made without a kernel (the cooperative one
-    // turned off, or an older resgraph) must not stop that kernel from being timed later.
-    let offered: Vec<&str> = candidates(context, precision, (rows, out, inp))
+) -> TuningKey {
+    let offered: Vec<(&str, Vec<&KernelSource>)> = candidates(context, precision, (rows, out, inp))
         .into_iter()
-        .map(KernelChoice::name)
+        .map(|candidate| (candidate.name(), vec![candidate.kernel()]))
         .collect();
-    format!(
-        "{}|{} {}|{}|{}|m{rows}|n{out}|k{inp}|{}",
-        info.name,
-        info.driver,
-        info.driver_info,
-        info.backend,
-        precision.name(),
-        offered.join("+")
+    TuningKey::new(
+        context,
+        precision,
+        TunedShape::Layer { rows, out, inp },
+        &offered,
     )
 }
 
@@ -355,12 +590,14 @@ pub fn choose(
     (rows, out, inp): (usize, usize, usize),
 ) -> Result<ShapeChoice> {
     let key = shape_key(context, precision, rows, out, inp);
-    if let Some(choice) = cache.get(&key)
+    if let Some(cached) = cache.entries.get(&key)
+        && let Some(choice) = KernelChoice::from_name(&cached.kernel)
         && choice.supported(context, precision, (rows, out, inp))
     {
         return Ok(ShapeChoice {
             key,
             choice,
+            clock: cached.clock,
             measured: Vec::new(),
             rejected: Vec::new(),
         });
@@ -369,24 +606,30 @@ pub fn choose(
     // runs first, even where `candidates` would leave it out, so that a shape no kernel can run
     // is the portable GEMM's own typed error (a dispatch too large, say) rather than a choice.
     let portable = KernelChoice::Gemm(GemmVariant::Portable);
-    let (portable_time, reference) = time_candidate(context, precision, portable, rows, out, inp)?;
+    let (portable_runs, reference) = time_candidate(context, precision, portable, rows, out, inp)?;
     if let Some(index) = reference.iter().position(|value| !value.is_finite()) {
         return Err(crate::Error::Gpu {
             operation: "checking the portable GEMM while tuning".to_string(),
             message: format!("its output[{index}] is {} on finite data", reference[index]),
         });
     }
-    let mut measured = vec![(portable, portable_time)];
+    let mut timed = vec![portable];
+    let mut runs = vec![portable_runs];
     let mut rejected = Vec::new();
     for candidate in candidates(context, precision, (rows, out, inp)) {
         if candidate == portable {
             continue;
         }
         match time_candidate(context, precision, candidate, rows, out, inp) {
-            Ok((time, output)) => match check_candidate_output(&output, &reference, precision) {
-                Ok(()) => measured.push((candidate, time)),
-                Err(why) => rejected.push((candidate, why)),
-            },
+            Ok((candidate_runs, output)) => {
+                match check_candidate_output(&output, &reference, precision) {
+                    Ok(()) => {
+                        timed.push(candidate);
+                        runs.push(candidate_runs);
+                    }
+                    Err(why) => rejected.push((candidate, why)),
+                }
+            }
             Err(error) => {
                 // A candidate that failed is left out, unless the device itself is gone.
                 context.wait_idle()?;
@@ -394,6 +637,8 @@ pub fn choose(
             }
         }
     }
+    let (clock, medians) = medians_on_one_clock(&runs);
+    let measured: Vec<(KernelChoice, Duration)> = timed.into_iter().zip(medians).collect();
     let choice = measured
         .iter()
         .min_by_key(|(_, time)| *time)
@@ -401,17 +646,18 @@ pub fn choose(
     let named = measured
         .iter()
         .map(|(candidate, time)| (candidate.name(), *time));
-    cache.insert(&key, choice.name(), named);
+    cache.insert(&key, choice.name(), clock, named);
     Ok(ShapeChoice {
         key,
         choice,
+        clock,
         measured,
         rejected,
     })
 }
 
-/// Median time of one dispatch of `candidate` (submitted and waited for) on synthetic data, and
-/// its result, for checking.
+/// The timed runs of one dispatch of `candidate` on synthetic data, and its result, for
+/// checking.
 fn time_candidate(
     context: &GpuContext,
     precision: Precision,
@@ -419,7 +665,7 @@ fn time_candidate(
     rows: usize,
     out: usize,
     inp: usize,
-) -> Result<(Duration, Vec<f32>)> {
+) -> Result<(RunTimes, Vec<f32>)> {
     let input = tuning_matrix(context, precision, "tuning input", (rows, inp), (1.0, 1))?;
     let residual = tuning_matrix(
         context,
@@ -441,8 +687,8 @@ fn time_candidate(
         Some(&residual),
         &output,
     )?;
-    let time = median_time(context, |pass| layer.record(pass))?;
-    Ok((time, output.read(context)?))
+    let runs = time_runs(context, |pass| layer.record(pass))?;
+    Ok((runs, output.read(context)?))
 }
 
 /// `len` pseudo-random values in `[-scale, scale)`, different for every `salt`: no row, column or
@@ -528,25 +774,189 @@ fn prepare_candidate(
     })
 }
 
-/// Median time of recording `record` into one compute pass, submitting it and waiting, after
-/// one untimed run.
-fn median_time(
+/// One candidate's timed runs, on both clocks.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct RunTimes {
+    /// Each run's wall-clock time, from recording the pass to the queue being idle.
+    wall: Vec<Duration>,
+    /// Each run's GPU time from the pass's timestamps: `None` for a run whose reading was
+    /// implausible (see [`gpu_duration`]), and for every run where the device has no timestamp
+    /// queries.
+    gpu: Vec<Option<Duration>>,
+}
+
+/// The query set and buffers that read one compute pass's beginning and end timestamps back.
+struct PassTimestamps {
+    query_set: wgpu::QuerySet,
+    resolve: wgpu::Buffer,
+    readback: wgpu::Buffer,
+}
+
+/// Bytes of the two resolved 64-bit timestamps.
+const TIMESTAMP_BYTES: u64 = 16;
+
+impl PassTimestamps {
+    /// The queries for `context`, or `None` where its device lacks `TIMESTAMP_QUERY`.
+    fn new(context: &GpuContext) -> Result<Option<Self>> {
+        if !context.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
+            return Ok(None);
+        }
+        let device = context.device();
+        context
+            .scoped("creating the tuner's timestamp queries", || {
+                PassTimestamps {
+                    query_set: device.create_query_set(&wgpu::QuerySetDescriptor {
+                        label: Some("tuning pass timestamps"),
+                        ty: wgpu::QueryType::Timestamp,
+                        count: 2,
+                    }),
+                    resolve: device.create_buffer(&wgpu::BufferDescriptor {
+                        label: Some("tuning timestamp resolve"),
+                        size: TIMESTAMP_BYTES,
+                        usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                        mapped_at_creation: false,
+                    }),
+                    readback: device.create_buffer(&wgpu::BufferDescriptor {
+                        label: Some("tuning timestamp readback"),
+                        size: TIMESTAMP_BYTES,
+                        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                        mapped_at_creation: false,
+                    }),
+                }
+            })
+            .map(Some)
+    }
+
+    /// The beginning and end timestamps of the last pass, in ticks, once its copy has been
+    /// submitted.
+    fn read_ticks(&self, context: &GpuContext) -> Result<(u64, u64)> {
+        let bytes = map_and_read_bytes(context, &self.readback, TIMESTAMP_BYTES)?;
+        let tick = |at: usize| {
+            bytes
+                .get(at..at + 8)
+                .and_then(|slice| <[u8; 8]>::try_from(slice).ok())
+                .map(u64::from_le_bytes)
+        };
+        match (tick(0), tick(8)) {
+            (Some(begin), Some(end)) => Ok((begin, end)),
+            _ => Err(crate::Error::Readback {
+                reason: format!(
+                    "the timestamp readback has {} bytes, not {TIMESTAMP_BYTES}",
+                    bytes.len()
+                ),
+            }),
+        }
+    }
+}
+
+/// The GPU time between a pass's `begin` and `end` timestamps, with `period_ns` nanoseconds per
+/// tick, or `None` where the reading cannot be right: an end not after the beginning (some
+/// drivers write 0 for both), a period that is not a positive number, or a time longer than the
+/// `wall` clock time of the same run (the pass ran between the recording and the wait's end, so
+/// it cannot have taken longer). A kernel must never be chosen on such a reading.
+fn gpu_duration(begin: u64, end: u64, period_ns: f32, wall: Duration) -> Option<Duration> {
+    if end <= begin || !period_ns.is_finite() || period_ns <= 0.0 {
+        return None;
+    }
+    let nanos = (end - begin) as f64 * f64::from(period_ns);
+    let gpu = Duration::try_from_secs_f64(nanos * 1e-9).ok()?;
+    (gpu <= wall).then_some(gpu)
+}
+
+/// Each candidate's median time, all on one clock: the GPU timestamps where every timed run of
+/// every candidate has a plausible reading, else the wall clock. One clock for all, because a
+/// pass's GPU time leaves out the submission and the wait that a wall-clock time includes, so a
+/// candidate timed on the GPU would win against one timed on the wall clock for no reason of its
+/// own.
+fn medians_on_one_clock(runs: &[RunTimes]) -> (TuningClock, Vec<Duration>) {
+    let gpu_times: Option<Vec<Vec<Duration>>> = runs
+        .iter()
+        .map(|candidate| candidate.gpu.iter().copied().collect::<Option<Vec<_>>>())
+        .collect();
+    match gpu_times {
+        Some(gpu_times) if !runs.is_empty() && gpu_times.iter().all(|times| !times.is_empty()) => (
+            TuningClock::GpuTimestamps,
+            gpu_times.into_iter().map(median).collect(),
+        ),
+        _ => (
+            TuningClock::WallClock,
+            runs.iter()
+                .map(|candidate| median(candidate.wall.clone()))
+                .collect(),
+        ),
+    }
+}
+
+/// The median of `times` (the upper one of an even count; zero for none).
+fn median(mut times: Vec<Duration>) -> Duration {
+    times.sort_unstable();
+    times.get(times.len() / 2).copied().unwrap_or_default()
+}
+
+/// Records `record` into one compute pass, submits it and waits, once untimed and then
+/// [`TIMED_RUNS`] times, timing each timed run on the wall clock and, where the device has
+/// timestamp queries, with the pass's beginning and end timestamps.
+fn time_runs(
     context: &GpuContext,
     record: impl Fn(&mut wgpu::ComputePass<'_>),
-) -> Result<Duration> {
-    let run = || -> Result<()> {
-        context.submit_pass("resgraph tuning", &record)?;
-        context.wait_idle()
+) -> Result<RunTimes> {
+    let timestamps = PassTimestamps::new(context)?;
+    let period_ns = context.queue().get_timestamp_period();
+    let run = || -> Result<(Duration, Option<Duration>)> {
+        let started = Instant::now();
+        context.scoped("running a tuning candidate", || {
+            let mut encoder =
+                context
+                    .device()
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                        label: Some("resgraph tuning"),
+                    });
+            {
+                let timestamp_writes =
+                    timestamps
+                        .as_ref()
+                        .map(|queries| wgpu::ComputePassTimestampWrites {
+                            query_set: &queries.query_set,
+                            beginning_of_pass_write_index: Some(0),
+                            end_of_pass_write_index: Some(1),
+                        });
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("resgraph tuning"),
+                    timestamp_writes,
+                });
+                record(&mut pass);
+            }
+            if let Some(queries) = &timestamps {
+                encoder.resolve_query_set(&queries.query_set, 0..2, &queries.resolve, 0);
+                encoder.copy_buffer_to_buffer(
+                    &queries.resolve,
+                    0,
+                    &queries.readback,
+                    0,
+                    TIMESTAMP_BYTES,
+                );
+            }
+            context.queue().submit([encoder.finish()]);
+        })?;
+        context.wait_idle()?;
+        let wall = started.elapsed();
+        let gpu = match &timestamps {
+            Some(queries) => {
+                let (begin, end) = queries.read_ticks(context)?;
+                gpu_duration(begin, end, period_ns, wall)
+            }
+            None => None,
+        };
+        Ok((wall, gpu))
     };
     run()?;
-    let mut times = Vec::with_capacity(TIMED_RUNS);
+    let mut times = RunTimes::default();
     for _ in 0..TIMED_RUNS {
-        let started = Instant::now();
-        run()?;
-        times.push(started.elapsed());
+        let (wall, gpu) = run()?;
+        times.wall.push(wall);
+        times.gpu.push(gpu);
     }
-    times.sort_unstable();
-    Ok(times[times.len() / 2])
+    Ok(times)
 }
 
 /// The cache key of a residual block of `width` with a `hidden` layer, run for `rows` rows, whose
@@ -556,17 +966,29 @@ pub fn block_key(
     precision: Precision,
     (rows, width, hidden): (usize, usize, usize),
     split: (KernelChoice, KernelChoice),
-) -> String {
-    let info = context.adapter_info();
-    format!(
-        "{}|{} {}|{}|{}|block|m{rows}|w{width}|h{hidden}|{}+{}",
-        info.name,
-        info.driver,
-        info.driver_info,
-        info.backend,
-        precision.name(),
-        split.0.name(),
-        split.1.name()
+) -> TuningKey {
+    // The two forms in the order they are timed; the two dispatches run both layers' kernels.
+    let forms = [
+        (
+            BlockForm::TwoDispatches.name(),
+            vec![split.0.kernel(), split.1.kernel()],
+        ),
+        (
+            BlockForm::WholeBlock.name(),
+            vec![&residual_block::RESIDUAL_BLOCK_KERNEL],
+        ),
+    ];
+    TuningKey::new(
+        context,
+        precision,
+        TunedShape::Block {
+            rows,
+            width,
+            hidden,
+            first_layer: split.0.name().to_string(),
+            second_layer: split.1.name().to_string(),
+        },
+        &forms,
     )
 }
 
@@ -581,10 +1003,13 @@ pub fn choose_block(
     split: (KernelChoice, KernelChoice),
 ) -> Result<BlockChoice> {
     let key = block_key(context, precision, (rows, width, hidden), split);
-    if let Some(form) = cache.get_name(&key).and_then(BlockForm::from_name) {
+    if let Some(cached) = cache.entries.get(&key)
+        && let Some(form) = BlockForm::from_name(&cached.kernel)
+    {
         return Ok(BlockChoice {
             key,
             form,
+            clock: cached.clock,
             measured: Vec::new(),
             rejected: None,
         });
@@ -639,7 +1064,7 @@ pub fn choose_block(
         Some(&input),
         &output,
     )?;
-    let two = median_time(context, |pass| {
+    let two = time_runs(context, |pass| {
         first_layer.record(pass);
         second_layer.record(pass);
     })?;
@@ -651,8 +1076,9 @@ pub fn choose_block(
         });
     }
 
-    let mut measured = vec![(BlockForm::TwoDispatches, two)];
-    let whole_block = || -> Result<(Duration, Vec<f32>)> {
+    let mut timed = vec![BlockForm::TwoDispatches];
+    let mut runs = vec![two];
+    let whole_block = || -> Result<(RunTimes, Vec<f32>)> {
         let (first, second) = (upload(hidden, width)?, upload(width, hidden)?);
         let block = prepare_residual_block(
             context,
@@ -664,8 +1090,8 @@ pub fn choose_block(
             },
         )?;
         output.fill(context, f32::NAN)?;
-        let time = median_time(context, |pass| block.record(pass))?;
-        Ok((time, output.read(context)?))
+        let block_runs = time_runs(context, |pass| block.record(pass))?;
+        Ok((block_runs, output.read(context)?))
     };
     let rejected = match whole_block() {
         Err(error) => {
@@ -673,24 +1099,412 @@ pub fn choose_block(
             context.wait_idle()?;
             Some(error.to_string())
         }
-        Ok((time, result)) => match check_candidate_output(&result, &expected, precision) {
+        Ok((block_runs, result)) => match check_candidate_output(&result, &expected, precision) {
             Ok(()) => {
-                measured.push((BlockForm::WholeBlock, time));
+                timed.push(BlockForm::WholeBlock);
+                runs.push(block_runs);
                 None
             }
             Err(why) => Some(why),
         },
     };
+    let (clock, medians) = medians_on_one_clock(&runs);
+    let measured: Vec<(BlockForm, Duration)> = timed.into_iter().zip(medians).collect();
     let form = measured
         .iter()
         .min_by_key(|(_, time)| *time)
         .map_or(BlockForm::TwoDispatches, |(form, _)| *form);
     let named = measured.iter().map(|(form, time)| (form.name(), *time));
-    cache.insert(&key, form.name(), named);
+    cache.insert(&key, form.name(), clock, named);
     Ok(BlockChoice {
         key,
         form,
+        clock,
         measured,
         rejected,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer_key(rows: usize) -> TuningKey {
+        TuningKey {
+            adapter: "llvmpipe (LLVM 19.1.7, 256 bits)".to_string(),
+            driver: "llvmpipe".to_string(),
+            driver_info: "Mesa 25.0.7".to_string(),
+            backend: "vulkan".to_string(),
+            precision: "f32".to_string(),
+            shape: TunedShape::Layer {
+                rows,
+                out: 24,
+                inp: 40,
+            },
+            candidates: vec!["gemm".to_string(), "gemm_subgroup".to_string()],
+            candidate_checksum: 0xfedc_ba98_7654_3210,
+        }
+    }
+
+    fn block_key(rows: usize) -> TuningKey {
+        TuningKey {
+            shape: TunedShape::Block {
+                rows,
+                width: 48,
+                hidden: 80,
+                first_layer: "gemm_subgroup".to_string(),
+                second_layer: "gemv_texture".to_string(),
+            },
+            candidates: vec!["two_dispatches".to_string(), "residual_block".to_string()],
+            ..layer_key(rows)
+        }
+    }
+
+    fn millis(times: &[u64]) -> Vec<Duration> {
+        times.iter().map(|&ms| Duration::from_millis(ms)).collect()
+    }
+
+    #[test]
+    fn a_key_survives_a_json_round_trip_and_reads_as_one_line() {
+        for key in [layer_key(7), block_key(7)] {
+            let text = serde_json::to_string(&key).expect("serialize");
+            let back: TuningKey = serde_json::from_str(&text).expect("deserialize");
+            assert_eq!(back, key, "{text}");
+        }
+        // The checksum is a u64 beyond f64's exact integers: it must come back to the bit.
+        let text = serde_json::to_string(&layer_key(7)).expect("serialize");
+        assert!(text.contains("18364758544493064720"), "{text}");
+        assert!(text.contains(r#""kind":"layer""#), "{text}");
+
+        let shown = layer_key(7).to_string();
+        assert!(!shown.contains('\n'), "{shown}");
+        for part in [
+            "llvmpipe (LLVM 19.1.7, 256 bits)",
+            "Mesa 25.0.7",
+            "vulkan",
+            "f32",
+            "layer rows=7 out=24 in=40",
+            "gemm+gemm_subgroup",
+            "fedcba9876543210",
+        ] {
+            assert!(shown.contains(part), "{part:?} missing from {shown}");
+        }
+        let shown = block_key(3).to_string();
+        assert!(
+            shown.contains("block rows=3 width=48 hidden=80 (gemm_subgroup then gemv_texture)"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn keys_differ_in_every_field_that_invalidates_a_choice() {
+        let key = layer_key(7);
+        let mut changed = vec![layer_key(8), block_key(7)];
+        let edits: [fn(&mut TuningKey); 7] = [
+            |key| key.adapter.push('2'),
+            |key| key.driver.push('3'),
+            |key| key.driver_info.push('1'),
+            |key| key.backend = "gl".to_string(),
+            |key| key.precision = "f16".to_string(),
+            |key| key.candidates.truncate(1),
+            |key| key.candidate_checksum ^= 1,
+        ];
+        for edit in edits {
+            let mut other = key.clone();
+            edit(&mut other);
+            changed.push(other);
+        }
+        for other in changed {
+            assert_ne!(other, key, "{other}");
+        }
+    }
+
+    const KERNEL_A: KernelSource = KernelSource {
+        name: "kernel_a",
+        body: "fn body() {}\n",
+        pieces: &[],
+        extensions: &[],
+        declarations: crate::kernels::source::no_declarations,
+        entry_point: "main",
+        bindings: &[],
+    };
+    /// `KERNEL_A` after an edit of one character in its body.
+    const KERNEL_A_EDITED: KernelSource = KernelSource {
+        body: "fn body() { }\n",
+        ..KERNEL_A
+    };
+    const KERNEL_B: KernelSource = KernelSource {
+        name: "kernel_b",
+        ..KERNEL_A
+    };
+
+    #[test]
+    fn the_candidate_checksum_changes_with_any_candidate_or_its_wgsl() {
+        let sum = |candidates: &[(&str, Vec<&KernelSource>)], precision| {
+            candidate_checksum(candidates, precision)
+        };
+        let f32 = Precision::F32;
+        let base = sum(&[("a", vec![&KERNEL_A]), ("b", vec![&KERNEL_B])], f32);
+        // The same set gives the same checksum, every time.
+        assert_eq!(
+            base,
+            sum(&[("a", vec![&KERNEL_A]), ("b", vec![&KERNEL_B])], f32)
+        );
+        let different = [
+            // A kernel's WGSL edited.
+            sum(
+                &[("a", vec![&KERNEL_A_EDITED]), ("b", vec![&KERNEL_B])],
+                f32,
+            ),
+            // A candidate left out, or renamed.
+            sum(&[("a", vec![&KERNEL_A])], f32),
+            sum(&[("a", vec![&KERNEL_A]), ("c", vec![&KERNEL_B])], f32),
+            // Another timing order.
+            sum(&[("b", vec![&KERNEL_B]), ("a", vec![&KERNEL_A])], f32),
+            // A candidate that runs one more kernel.
+            sum(
+                &[("a", vec![&KERNEL_A]), ("b", vec![&KERNEL_B, &KERNEL_A])],
+                f32,
+            ),
+            // The source generated for another precision.
+            sum(
+                &[("a", vec![&KERNEL_A]), ("b", vec![&KERNEL_B])],
+                Precision::F16,
+            ),
+        ];
+        for (index, other) in different.into_iter().enumerate() {
+            assert_ne!(other, base, "change {index} kept the checksum");
+        }
+    }
+
+    #[test]
+    fn the_cache_file_round_trips_through_a_save() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("cache").join("tuning.json");
+        let mut cache = TuningCache::open(Some(path.clone()));
+        cache.insert(
+            &layer_key(7),
+            "gemm_subgroup",
+            TuningClock::GpuTimestamps,
+            [
+                ("gemm", Duration::from_micros(300)),
+                ("gemm_subgroup", Duration::from_micros(100)),
+            ]
+            .into_iter(),
+        );
+        cache.insert(
+            &block_key(7),
+            "residual_block",
+            TuningClock::WallClock,
+            [("residual_block", Duration::from_micros(50))].into_iter(),
+        );
+        cache.save().expect("save");
+
+        let reopened = TuningCache::open(Some(path.clone()));
+        assert_eq!(reopened.entries, cache.entries);
+        assert_eq!(
+            reopened.get(&layer_key(7)),
+            Some(KernelChoice::Gemm(GemmVariant::Subgroup))
+        );
+        let block = reopened.entries.get(&block_key(7)).expect("block entry");
+        assert_eq!(block.kernel, "residual_block");
+        assert_eq!(block.clock, TuningClock::WallClock);
+        // Another shape, or the same one with other candidates' WGSL, is not in the cache.
+        assert_eq!(reopened.get(&layer_key(8)), None);
+        let edited = TuningKey {
+            candidate_checksum: layer_key(7).candidate_checksum ^ 1,
+            ..layer_key(7)
+        };
+        assert_eq!(reopened.get(&edited), None);
+
+        let text = std::fs::read_to_string(&path).expect("read");
+        let json: Json = serde_json::from_str(&text).expect("JSON");
+        assert_eq!(json["version"], 2);
+        let entries = json["entries"].as_array().expect("an array of entries");
+        assert_eq!(entries.len(), 2);
+        let layer = entries
+            .iter()
+            .find(|entry| entry["key"]["shape"]["kind"] == "layer")
+            .expect("the layer entry");
+        assert_eq!(layer["kernel"], "gemm_subgroup");
+        assert_eq!(layer["clock"], "gpu_timestamps");
+        let milliseconds = layer["median_ms"]["gemm_subgroup"]
+            .as_f64()
+            .expect("a time");
+        assert!((milliseconds - 0.1).abs() < 1e-12, "{milliseconds}");
+    }
+
+    #[test]
+    fn saving_merges_into_what_another_process_saved_meanwhile() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("tuning.json");
+        let mut first = TuningCache::open(Some(path.clone()));
+        let mut second = TuningCache::open(Some(path.clone()));
+        let clock = TuningClock::WallClock;
+        first.insert(&layer_key(2), "gemm", clock, std::iter::empty());
+        second.insert(&layer_key(3), "gemv_texture", clock, std::iter::empty());
+        first.save().expect("save");
+        second.save().expect("save");
+        let merged = TuningCache::open(Some(path));
+        assert_eq!(
+            merged.get(&layer_key(2)),
+            Some(KernelChoice::Gemm(GemmVariant::Portable))
+        );
+        assert_eq!(merged.get(&layer_key(3)), Some(KernelChoice::GemvTexture));
+    }
+
+    /// An entry of the version-1 format, whose keys were `|`-joined strings.
+    const VERSION_1_FILE: &str = r#"{"version": 1, "entries": {"llvmpipe|llvmpipe Mesa|vulkan|f32|m7|n24|k40|gemm": {"kernel": "gemm", "median_ms": {"gemm": 0.3}}}}"#;
+
+    #[test]
+    fn a_file_of_another_version_or_damaged_is_empty_and_rewritten_on_save() {
+        let good_entry = serde_json::to_value(CacheFileEntry {
+            key: layer_key(7),
+            choice: CachedChoice {
+                kernel: "gemm".to_string(),
+                clock: TuningClock::WallClock,
+                median_ms: BTreeMap::new(),
+            },
+        })
+        .expect("entry");
+        let unknown_version = serde_json::json!({"version": 3, "entries": [good_entry.clone()]});
+        let no_version = serde_json::json!({"entries": [good_entry.clone()]});
+        let entries_not_a_list = serde_json::json!({"version": 2, "entries": {"a": good_entry}});
+        for text in [
+            VERSION_1_FILE.to_string(),
+            "{ this is not json".to_string(),
+            String::new(),
+            "[]".to_string(),
+            unknown_version.to_string(),
+            no_version.to_string(),
+            entries_not_a_list.to_string(),
+        ] {
+            assert!(parse_entries(&text).is_empty(), "{text}");
+            let dir = tempfile::tempdir().expect("temp dir");
+            let path = dir.path().join("tuning.json");
+            std::fs::write(&path, &text).expect("write");
+            let mut cache = TuningCache::open(Some(path.clone()));
+            assert!(cache.entries.is_empty(), "{text}");
+            cache.insert(
+                &layer_key(9),
+                "gemm",
+                TuningClock::WallClock,
+                std::iter::empty(),
+            );
+            cache.save().expect("saving over an old or damaged file");
+            let rewritten = std::fs::read_to_string(&path).expect("read");
+            let entries = parse_entries(&rewritten);
+            assert_eq!(
+                entries.keys().collect::<Vec<_>>(),
+                vec![&layer_key(9)],
+                "{text} was not rewritten as version 2 with this process's entry alone: {rewritten}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_entry_that_does_not_parse_is_skipped_and_the_others_kept() {
+        let good = serde_json::to_value(CacheFileEntry {
+            key: block_key(5),
+            choice: CachedChoice {
+                kernel: "two_dispatches".to_string(),
+                clock: TuningClock::GpuTimestamps,
+                median_ms: BTreeMap::new(),
+            },
+        })
+        .expect("entry");
+        let mut unknown_shape = good.clone();
+        unknown_shape["key"]["shape"]["kind"] = "attention".into();
+        let mut unknown_clock = good.clone();
+        unknown_clock["clock"] = "sundial".into();
+        let text = serde_json::json!({
+            "version": 2,
+            "entries": [unknown_shape, 17, {"key": "m7|n24"}, good, unknown_clock],
+        })
+        .to_string();
+        let entries = parse_entries(&text);
+        assert_eq!(entries.keys().collect::<Vec<_>>(), vec![&block_key(5)]);
+    }
+
+    #[test]
+    fn implausible_timestamps_give_no_gpu_time() {
+        let wall = Duration::from_millis(2);
+        // A plausible reading, with the timestamp period applied.
+        assert_eq!(
+            gpu_duration(1_000, 1_500, 2.0, wall),
+            Some(Duration::from_micros(1))
+        );
+        // Both zero (some drivers), equal, or the end before the beginning.
+        assert_eq!(gpu_duration(0, 0, 1.0, wall), None);
+        assert_eq!(gpu_duration(7_000, 7_000, 1.0, wall), None);
+        assert_eq!(gpu_duration(9_000, 7_000, 1.0, wall), None);
+        // A period that is not a positive number.
+        for period in [0.0, -1.0, f32::NAN, f32::INFINITY] {
+            assert_eq!(gpu_duration(1_000, 2_000, period, wall), None, "{period}");
+        }
+        // Longer than the wall-clock time of the same run, which contains the pass.
+        assert_eq!(gpu_duration(0, 3_000_000, 1.0, wall), None);
+        assert_eq!(gpu_duration(5, u64::MAX, 1.0, wall), None);
+    }
+
+    #[test]
+    fn every_candidate_is_timed_on_one_clock() {
+        let on_gpu = |wall: &[u64], gpu: &[u64]| RunTimes {
+            wall: millis(wall),
+            gpu: millis(gpu).into_iter().map(Some).collect(),
+        };
+        let fast_on_gpu = on_gpu(&[9, 7, 8], &[3, 1, 2]);
+        let slow_on_gpu = on_gpu(&[5, 6, 4], &[4, 6, 5]);
+        assert_eq!(
+            medians_on_one_clock(&[fast_on_gpu.clone(), slow_on_gpu.clone()]),
+            (TuningClock::GpuTimestamps, millis(&[2, 5]))
+        );
+        // One implausible reading of one run puts every candidate on the wall clock.
+        let mut one_bad_run = slow_on_gpu.clone();
+        one_bad_run.gpu[1] = None;
+        assert_eq!(
+            medians_on_one_clock(&[fast_on_gpu.clone(), one_bad_run]),
+            (TuningClock::WallClock, millis(&[8, 5]))
+        );
+        let no_timestamps = RunTimes {
+            wall: millis(&[1, 3, 2]),
+            gpu: vec![None; 3],
+        };
+        assert_eq!(
+            medians_on_one_clock(&[no_timestamps]),
+            (TuningClock::WallClock, millis(&[2]))
+        );
+        assert_eq!(medians_on_one_clock(&[]), (TuningClock::WallClock, vec![]));
+    }
+
+    #[test]
+    fn a_candidate_whose_result_disagrees_with_the_reference_is_rejected() {
+        // The tuner keeps a kernel only if its result on the tuning data matches the portable
+        // GEMM's: a miscompiled experimental kernel must never win on speed.
+        let reference: Vec<f32> = (0..64).map(|i| (i as f32 - 20.0) * 0.125).collect();
+        assert!(check_candidate_output(&reference, &reference, Precision::F32).is_ok());
+        let nearly: Vec<f32> = reference.iter().map(|value| value * (1.0 + 1e-7)).collect();
+        assert!(check_candidate_output(&nearly, &reference, Precision::F32).is_ok());
+        let f16_rounding: Vec<f32> = reference.iter().map(|value| value * (1.0 + 1e-3)).collect();
+        assert!(check_candidate_output(&f16_rounding, &reference, Precision::F32).is_err());
+        assert!(check_candidate_output(&f16_rounding, &reference, Precision::F16).is_ok());
+        let zeros = vec![0.0f32; reference.len()];
+        assert!(check_candidate_output(&zeros, &reference, Precision::F16).is_err());
+        let mut with_nan = reference.clone();
+        with_nan[7] = f32::NAN;
+        let why = check_candidate_output(&with_nan, &reference, Precision::F16).expect_err("NaN");
+        assert!(why.contains("output[7]"), "{why}");
+        assert!(check_candidate_output(&reference[1..], &reference, Precision::F16).is_err());
+        // One wrong element among many: small in the L2 norm of the whole matrix, caught per
+        // element.
+        let wide: Vec<f32> = (0..10_000).map(|i| 1.0 + (i % 3) as f32 * 0.1).collect();
+        let mut one_off = wide.clone();
+        one_off[9_999] += 0.5;
+        let why = check_candidate_output(&one_off, &wide, Precision::F16).expect_err("one element");
+        assert!(why.contains("element"), "{why}");
+        // A reference that is not finite lets nothing pass.
+        let mut broken_reference = reference.clone();
+        broken_reference[3] = f32::NAN;
+        assert!(check_candidate_output(&reference, &broken_reference, Precision::F16).is_err());
+    }
 }
