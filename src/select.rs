@@ -1,9 +1,9 @@
 //! Kernel selection: the step between the plan and the executor that decides which kernel runs
 //! each step.
 //!
-//! [`select`] takes a [`Plan`], the device's capabilities (through its context), what the caller
+//! `select` takes a `Plan`, the device's capabilities (through its context), what the caller
 //! asked for ([`SelectionOptions`]) and, when tuning by measurement, the tuning cache, and returns
-//! a [`Schedule`]: every dispatch of a run with its operands and its kernel, a fused residual
+//! a `Schedule`: every dispatch of a run with its operands and its kernel, a fused residual
 //! block already a step kind of its own. The executor uploads each step's weights in the layout
 //! its kernel reads, builds and records exactly what the schedule says, and chooses nothing
 //! itself.
