@@ -24,6 +24,7 @@ use crate::kernels::gemv::{GemvOperands, TextureWeights, prepare_gemv};
 use crate::kernels::residual_block::{ResidualBlockOperands, prepare_residual_block};
 use crate::plan::{ElementwiseOp, Plan, Storage, ValueId};
 use crate::precision::Precision;
+pub use crate::select::BlockFusion;
 use crate::select::{self, Schedule, ScheduledStep, SelectionOptions};
 use crate::tune::{KernelChoice, TuningCache, TuningReport};
 
@@ -51,22 +52,6 @@ pub struct CompileOptions {
     pub tuning_cache: Option<std::path::PathBuf>,
     /// When a residual block runs as one dispatch of the whole-block kernel.
     pub block_fusion: BlockFusion,
-}
-
-/// When the executor runs a residual block (`relu(W2·relu(W1·a + b1) + b2 + a)`) with the
-/// whole-block kernel instead of two GEMM dispatches. Either way the block needs a device and
-/// shape the kernel supports (see [`crate::kernels::residual_block::supported`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum BlockFusion {
-    /// Where it measured faster than the two dispatches: with [`Tuning::Measure`] each block
-    /// shape is timed both ways (and cached); with [`Tuning::Heuristic`], which measures nothing,
-    /// blocks run as two dispatches.
-    #[default]
-    WhereFaster,
-    /// For every block the kernel supports.
-    Always,
-    /// Never.
-    Never,
 }
 
 /// How a compile chooses each layer's kernel.

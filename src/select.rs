@@ -19,7 +19,6 @@
 
 use crate::epilogue::Activation;
 use crate::error::{Error, Result};
-use crate::exec::BlockFusion;
 use crate::gpu::context::GpuContext;
 use crate::kernels::gemm::GemmVariant;
 use crate::kernels::gemv::{self, GEMV_MAX_BATCH, TextureWeights};
@@ -27,6 +26,22 @@ use crate::kernels::residual_block;
 use crate::plan::{ElementwiseOp, Plan, ResidualBlockSteps, StepKind, ValueId};
 use crate::precision::Precision;
 use crate::tune::{self, BlockForm, KernelChoice, TuningCache, TuningReport};
+
+/// When a compiled model runs a residual block (`relu(W2·relu(W1·a + b1) + b2 + a)`) with the
+/// whole-block kernel instead of two GEMM dispatches. Either way the block needs a device and
+/// shape the kernel supports (see [`crate::kernels::residual_block::supported`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum BlockFusion {
+    /// Where it measured faster than the two dispatches: with `Tuning::Measure` each block
+    /// shape is timed both ways (and cached); with `Tuning::Heuristic`, which measures nothing,
+    /// blocks run as two dispatches.
+    #[default]
+    WhereFaster,
+    /// For every block the kernel supports.
+    Always,
+    /// Never.
+    Never,
+}
 
 /// What the caller asks of kernel selection (the selection fields of
 /// [`crate::CompileOptions`]).

@@ -1014,86 +1014,11 @@ pub fn choose_block(
             rejected: None,
         });
     }
-    let input = tuning_matrix(
-        context,
-        precision,
-        "tuning block input",
-        (rows, width),
-        (1.0, 4),
-    )?;
-    let hidden_matrix = tuning_matrix(
-        context,
-        precision,
-        "tuning block hidden",
-        (rows, hidden),
-        (0.0, 5),
-    )?;
-    let output = tuning_matrix(
-        context,
-        precision,
-        "tuning block output",
-        (rows, width),
-        (0.0, 6),
-    )?;
-
-    let upload = |out: usize, inp: usize| {
-        LinearWeights::upload_with_precision(
-            context,
-            out,
-            inp,
-            &tuning_weights(out, inp),
-            None,
-            precision,
-        )
-    };
-    let first_layer = prepare_candidate(
-        context,
-        precision,
-        split.0,
-        (hidden, width),
-        &input,
-        None,
-        &hidden_matrix,
-    )?;
-    let second_layer = prepare_candidate(
-        context,
-        precision,
-        split.1,
-        (width, hidden),
-        &hidden_matrix,
-        Some(&input),
-        &output,
-    )?;
-    let two = time_runs(context, |pass| {
-        first_layer.record(pass);
-        second_layer.record(pass);
-    })?;
-    let expected = output.read(context)?;
-    if let Some(index) = expected.iter().position(|value| !value.is_finite()) {
-        return Err(crate::Error::Gpu {
-            operation: "checking a residual block's two dispatches while tuning".to_string(),
-            message: format!("output[{index}] is {} on finite data", expected[index]),
-        });
-    }
-
+    let data = BlockTuningData::create(context, precision, (rows, width, hidden))?;
+    let (two, expected) = data.time_two_dispatches(context, split)?;
     let mut timed = vec![BlockForm::TwoDispatches];
     let mut runs = vec![two];
-    let whole_block = || -> Result<(RunTimes, Vec<f32>)> {
-        let (first, second) = (upload(hidden, width)?, upload(width, hidden)?);
-        let block = prepare_residual_block(
-            context,
-            &ResidualBlockOperands {
-                input: &input,
-                first: &first,
-                second: &second,
-                output: &output,
-            },
-        )?;
-        output.fill(context, f32::NAN)?;
-        let block_runs = time_runs(context, |pass| block.record(pass))?;
-        Ok((block_runs, output.read(context)?))
-    };
-    let rejected = match whole_block() {
+    let rejected = match data.time_whole_block(context) {
         Err(error) => {
             // Left out, unless the device itself is gone.
             context.wait_idle()?;
@@ -1123,6 +1048,106 @@ pub fn choose_block(
         measured,
         rejected,
     })
+}
+
+/// The synthetic matrices a residual block is timed on: its input (also the shortcut), its hidden
+/// activation and its output, for `rows` rows of a block of `width` with a `hidden` layer.
+struct BlockTuningData {
+    precision: Precision,
+    width: usize,
+    hidden: usize,
+    input: DeviceMatrix,
+    hidden_matrix: DeviceMatrix,
+    output: DeviceMatrix,
+}
+
+impl BlockTuningData {
+    fn create(
+        context: &GpuContext,
+        precision: Precision,
+        (rows, width, hidden): (usize, usize, usize),
+    ) -> Result<Self> {
+        let matrix = |label: &str, cols: usize, (scale, salt): (f32, u64)| {
+            tuning_matrix(context, precision, label, (rows, cols), (scale, salt))
+        };
+        Ok(BlockTuningData {
+            precision,
+            width,
+            hidden,
+            input: matrix("tuning block input", width, (1.0, 4))?,
+            hidden_matrix: matrix("tuning block hidden", hidden, (0.0, 5))?,
+            output: matrix("tuning block output", width, (0.0, 6))?,
+        })
+    }
+
+    /// Times the block as its two layers' kernels recorded in one pass, as the executor runs
+    /// them, and returns their result: the reference the whole-block kernel is checked against.
+    fn time_two_dispatches(
+        &self,
+        context: &GpuContext,
+        (first, second): (KernelChoice, KernelChoice),
+    ) -> Result<(RunTimes, Vec<f32>)> {
+        let (width, hidden) = (self.width, self.hidden);
+        let first_layer = prepare_candidate(
+            context,
+            self.precision,
+            first,
+            (hidden, width),
+            &self.input,
+            None,
+            &self.hidden_matrix,
+        )?;
+        let second_layer = prepare_candidate(
+            context,
+            self.precision,
+            second,
+            (width, hidden),
+            &self.hidden_matrix,
+            Some(&self.input),
+            &self.output,
+        )?;
+        let runs = time_runs(context, |pass| {
+            first_layer.record(pass);
+            second_layer.record(pass);
+        })?;
+        let expected = self.output.read(context)?;
+        if let Some(index) = expected.iter().position(|value| !value.is_finite()) {
+            return Err(crate::Error::Gpu {
+                operation: "checking a residual block's two dispatches while tuning".to_string(),
+                message: format!("output[{index}] is {} on finite data", expected[index]),
+            });
+        }
+        Ok((runs, expected))
+    }
+
+    /// Times the whole-block kernel on the same data (its output poisoned first) and returns its
+    /// result.
+    fn time_whole_block(&self, context: &GpuContext) -> Result<(RunTimes, Vec<f32>)> {
+        let (width, hidden) = (self.width, self.hidden);
+        let upload = |out: usize, inp: usize| {
+            LinearWeights::upload_with_precision(
+                context,
+                out,
+                inp,
+                &tuning_weights(out, inp),
+                None,
+                self.precision,
+            )
+        };
+        let (first, second) = (upload(hidden, width)?, upload(width, hidden)?);
+        let block = prepare_residual_block(
+            context,
+            &ResidualBlockOperands {
+                input: &self.input,
+                first: &first,
+                second: &second,
+                output: &self.output,
+            },
+        )?;
+        self.output.fill(context, f32::NAN)?;
+        let runs = time_runs(context, |pass| block.record(pass))?;
+        Ok((runs, self.output.read(context)?))
+    }
 }
 
 #[cfg(test)]

@@ -187,18 +187,20 @@ impl DeviceMatrix {
             .saturating_mul(cols as u64)
             .saturating_mul(precision.element_bytes());
         if buffer.size() < needed {
-            return Err(Error::shape_mismatch(
-                "matrix view",
-                format!("a buffer of at least {needed} bytes ({rows}x{cols} {precision})"),
-                format!("{} bytes", buffer.size()),
-            ));
+            return Err(Error::BufferUsage {
+                what: "matrix view".to_string(),
+                expected: format!(
+                    "a buffer of at least {needed} bytes ({rows}x{cols} {precision})"
+                ),
+                actual: format!("{} bytes", buffer.size()),
+            });
         }
         if !buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
-            return Err(Error::shape_mismatch(
-                "matrix view",
-                "a buffer with STORAGE usage",
-                format!("usage {:?}", buffer.usage()),
-            ));
+            return Err(Error::BufferUsage {
+                what: "matrix view".to_string(),
+                expected: "a buffer with STORAGE usage".to_string(),
+                actual: format!("usage {:?}", buffer.usage()),
+            });
         }
         Ok(DeviceMatrix {
             buffer,
