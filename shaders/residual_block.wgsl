@@ -18,8 +18,8 @@
 //
 // Why it can win: one dispatch instead of two, and the hidden activation never makes the round
 // trip through global memory. Why it can lose: a workgroup holds only BLOCK_ROWS rows, so every
-// workgroup streams both weight matrices, and a small batch is one workgroup. The planner times it
-// against the two-dispatch form and keeps the faster.
+// workgroup streams both weight matrices, and a small batch is one workgroup. The tuner times it
+// against the two-dispatch form and kernel selection keeps the faster.
 
 // `Scalar`, the storage type of activations and weights (f32, or f16 for f16 models), is declared
 // by the host's source generator (src/kernels/source.rs), which also adds `enable f16;` for f16.

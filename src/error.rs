@@ -128,13 +128,6 @@ pub enum Error {
         reason: String,
     },
 
-    /// Compile options that contradict each other.
-    #[error("conflicting compile options: {reason}")]
-    ConflictingOptions {
-        /// Which options, and why they cannot hold together.
-        reason: String,
-    },
-
     /// A graph node's operands do not fit together.
     #[error("node {node:?}: expected {expected}, got {actual}")]
     GraphShape {

@@ -35,14 +35,14 @@ pub struct CompileOptions {
     pub max_batch: usize,
     /// Measure GPU time with timestamp queries, where the device has them.
     pub gpu_timestamps: bool,
-    /// Run every layer with this GEMM variant instead of a chosen one (for tests and
-    /// benchmarks). Honoured with [`Tuning::Measure`] too, which then only measures the residual
-    /// blocks' form.
+    /// Run every layer that runs a tiled GEMM with this variant instead of a chosen one (for
+    /// tests and benchmarks). Honoured with [`Tuning::Measure`] too: layers then follow the rules
+    /// with this variant, and only the residual blocks' form is measured.
     pub gemm_variant: Option<GemmVariant>,
-    /// Let the rules use the texture GEMV for layers of models compiled for at most
-    /// [`crate::kernels::gemv::GEMV_MAX_BATCH`] rows, where the device supports it. `false` with
-    /// [`Tuning::Measure`] and no forced `gemm_variant` is refused with
-    /// [`Error::ConflictingOptions`]: the tuner times the GEMV among its candidates.
+    /// Let the texture GEMV run the layers of models compiled for at most
+    /// [`crate::kernels::gemv::GEMV_MAX_BATCH`] rows (64 when measuring), where the device
+    /// supports it. `false` keeps every layer on the tiled GEMM, under the rules and when
+    /// measuring.
     pub small_batch_kernel: bool,
     /// How weights and activations are stored; f16 needs the device feature `SHADER_F16`.
     pub precision: Precision,
@@ -57,8 +57,9 @@ pub struct CompileOptions {
 /// How a compile chooses each layer's kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Tuning {
-    /// Fixed rules: the texture GEMV for models of at most [`crate::kernels::gemv::GEMV_MAX_BATCH`] rows where the
-    /// device supports it, else the device's best GEMM variant. Deterministic and instant.
+    /// Fixed rules: the texture GEMV for models of at most
+    /// [`crate::kernels::gemv::GEMV_MAX_BATCH`] rows where the device supports it, else the
+    /// device's best GEMM variant. Deterministic and instant.
     #[default]
     Heuristic,
     /// Time every candidate kernel per layer shape on this device, using and filling the tuning
@@ -68,7 +69,7 @@ pub enum Tuning {
 
 impl CompileOptions {
     /// What kernel selection reads of these options.
-    pub fn selection(&self) -> SelectionOptions {
+    pub(crate) fn selection(&self) -> SelectionOptions {
         SelectionOptions {
             max_batch: self.max_batch,
             precision: self.precision,
@@ -304,11 +305,6 @@ impl CompiledModel {
             self.record_pass(encoder, batch, None);
             encoder.copy_buffer_to_buffer(&self.output_buffer, 0, output, 0, output_bytes);
         })
-    }
-
-    /// The plan the model runs.
-    pub fn plan(&self) -> &Plan {
-        &self.plan
     }
 
     /// The largest batch a run accepts.

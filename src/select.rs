@@ -9,23 +9,23 @@
 //! itself.
 //!
 //! Choice is either by rule (deterministic, instant) or by measurement (`crate::tune`, which
-//! times the candidates on this device and caches the winner). Whatever the caller forces is
-//! honoured or refused with [`Error::ConflictingOptions`], never silently ignored:
-//! - a forced GEMM variant runs every layer, also when tuning by measurement (which then only
-//!   decides the residual blocks' form, timing the whole-block kernel against that variant);
-//! - `small_batch_kernel: false` keeps every layer on the tiled GEMM under the rules; the tuner
-//!   would time the texture GEMV anyway, so combined with measurement and no forced variant it is
-//!   refused.
+//! times the candidates on this device and caches the winner). What the caller forces is honoured
+//! either way, never silently ignored:
+//! - a forced GEMM variant replaces the rule-based variant for every layer that runs a tiled
+//!   GEMM, also when tuning by measurement (which then only decides the residual blocks' form,
+//!   timing the whole-block kernel against the forced layers' kernels);
+//! - `small_batch_kernel: false` keeps every layer on the tiled GEMM: the rules never pick the
+//!   texture GEMV, and the tuner does not time it.
 
 use crate::epilogue::Activation;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::gpu::context::GpuContext;
 use crate::kernels::gemm::GemmVariant;
 use crate::kernels::gemv::{self, GEMV_MAX_BATCH, TextureWeights};
 use crate::kernels::residual_block;
 use crate::plan::{ElementwiseOp, Plan, ResidualBlockSteps, StepKind, ValueId};
 use crate::precision::Precision;
-use crate::tune::{self, BlockForm, KernelChoice, TuningCache, TuningReport};
+use crate::tune::{self, BlockForm, KernelChoice, LayerCandidates, TuningCache, TuningReport};
 
 /// When a compiled model runs a residual block (`relu(W2·relu(W1·a + b1) + b2 + a)`) with the
 /// whole-block kernel instead of two GEMM dispatches. Either way the block needs a device and
@@ -51,9 +51,10 @@ pub struct SelectionOptions {
     pub max_batch: usize,
     /// How weights and activations are stored.
     pub precision: Precision,
-    /// A GEMM variant every layer must run with, instead of a chosen one.
+    /// A GEMM variant every tiled-GEMM layer must run with, instead of a chosen one.
     pub forced_gemm_variant: Option<GemmVariant>,
-    /// Whether the rules may pick the texture GEMV for small batches.
+    /// Whether the texture GEMV may run small batches (picked by the rules or timed by the
+    /// tuner).
     pub small_batch_kernel: bool,
     /// When a residual block runs as one dispatch of the whole-block kernel.
     pub block_fusion: BlockFusion,
@@ -120,14 +121,6 @@ pub(crate) fn select(
     options: &SelectionOptions,
     mut cache: Option<&mut TuningCache>,
 ) -> Result<Schedule> {
-    if cache.is_some() && options.forced_gemm_variant.is_none() && !options.small_batch_kernel {
-        return Err(Error::ConflictingOptions {
-            reason: "measured tuning times the texture GEMV among its candidates, so it cannot \
-                     honour small_batch_kernel = false; force a GEMM variant as well, or use the \
-                     heuristic rules"
-                .to_string(),
-        });
-    }
     let mut tuning = TuningReport {
         cache_path: cache.as_ref().and_then(|cache| cache.path().cloned()),
         ..TuningReport::default()
@@ -140,11 +133,10 @@ pub(crate) fn select(
             params.in_features(),
         );
         let kernel = match (options.forced_gemm_variant, cache.as_deref_mut()) {
-            (Some(variant), _) => KernelChoice::Gemm(variant),
             (None, Some(cache)) => {
                 measured_layer_kernel(context, cache, options, shape, &mut tuning)?
             }
-            (None, None) => rule_based_layer_kernel(context, options, shape),
+            (Some(_), _) | (None, None) => rule_based_layer_kernel(context, options, shape),
         };
         layer_kernels.push(kernel);
     }
@@ -169,8 +161,8 @@ pub(crate) fn select(
 }
 
 /// Each layer's kernel by the rules: the texture GEMV for models of at most [`GEMV_MAX_BATCH`]
-/// rows where the device supports it and the layer fits a texture, else the rule-based GEMM
-/// variant (see [`rule_based_gemm_variant`]).
+/// rows where the caller allows it, the device supports it and the layer fits a texture, else
+/// the forced GEMM variant or the rule-based one (see [`rule_based_gemm_variant`]).
 fn rule_based_layer_kernel(
     context: &GpuContext,
     options: &SelectionOptions,
@@ -185,7 +177,11 @@ fn rule_based_layer_kernel(
     if small_batch {
         KernelChoice::GemvTexture
     } else {
-        KernelChoice::Gemm(rule_based_gemm_variant(context, options.precision))
+        KernelChoice::Gemm(
+            options
+                .forced_gemm_variant
+                .unwrap_or_else(|| rule_based_gemm_variant(context, options.precision)),
+        )
     }
 }
 
@@ -198,11 +194,14 @@ fn measured_layer_kernel(
     (rows, out, inp): (usize, usize, usize),
     tuning: &mut TuningReport,
 ) -> Result<KernelChoice> {
-    let key = tune::shape_key(context, options.precision, rows, out, inp);
+    let allowed = LayerCandidates {
+        texture_gemv: options.small_batch_kernel,
+    };
+    let key = tune::shape_key(context, options.precision, (rows, out, inp), allowed);
     if let Some(known) = tuning.shapes.iter().find(|entry| entry.key == key) {
         return Ok(known.choice);
     }
-    let entry = tune::choose(context, cache, options.precision, (rows, out, inp))?;
+    let entry = tune::choose(context, cache, options.precision, (rows, out, inp), allowed)?;
     tuning.count(!entry.measured.is_empty());
     let choice = entry.choice;
     tuning.shapes.push(entry);

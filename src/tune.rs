@@ -118,6 +118,7 @@ pub struct TuningKey {
     /// A checksum ([`crate::kernels::source::checksum`]) over each candidate's name and the
     /// generated WGSL of every kernel it runs, so that a choice is measured again after a
     /// kernel's source changes.
+    #[serde(with = "hex_checksum")]
     pub candidate_checksum: u64,
 }
 
@@ -168,18 +169,33 @@ impl fmt::Display for TuningKey {
     }
 }
 
+/// A checksum stored as a 16-digit hex string: JSON numbers above 2^53 lose digits in readers
+/// that parse them as doubles (Python's and JavaScript's among them).
+mod hex_checksum {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(checksum: &u64, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&format!("{checksum:016x}"))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        u64::from_str_radix(&text, 16).map_err(D::Error::custom)
+    }
+}
+
 /// The shape a [`TuningKey`] was measured for.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum TunedShape {
-    /// One layer: `rows` of an `out` × `inp` weight matrix.
+    /// One layer: `rows` of an `out_features` × `in_features` weight matrix.
     Layer {
         /// The rows (batch size) the layer runs for.
         rows: usize,
         /// The layer's output features.
-        out: usize,
+        out_features: usize,
         /// The layer's input features.
-        inp: usize,
+        in_features: usize,
     },
     /// A residual block of `width` with a `hidden` layer, run for `rows` rows, whose two layers
     /// would otherwise run with the kernels named.
@@ -200,7 +216,11 @@ pub enum TunedShape {
 impl fmt::Display for TunedShape {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            TunedShape::Layer { rows, out, inp } => {
+            TunedShape::Layer {
+                rows,
+                out_features: out,
+                in_features: inp,
+            } => {
                 write!(formatter, "layer rows={rows} out={out} in={inp}")
             }
             TunedShape::Block {
@@ -273,18 +293,34 @@ pub struct ShapeChoice {
     pub rejected: Vec<(KernelChoice, String)>,
 }
 
-/// The kernels the tuner times for `rows` of an `out` × `inp` layer on `context`, the portable
-/// GEMM first (it is the reference the others' results are checked against).
+/// Which kernels a caller lets the tuner consider for a layer, besides the tiled GEMM variants
+/// (which are always candidates).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LayerCandidates {
+    /// Whether the texture GEMV may be timed (for batches of at most 64 rows); `false` where
+    /// the caller asked to keep every layer on the tiled GEMM's buffer layout.
+    pub texture_gemv: bool,
+}
+
+impl LayerCandidates {
+    /// Every kernel the device supports.
+    pub const ALL: LayerCandidates = LayerCandidates { texture_gemv: true };
+}
+
+/// The kernels the tuner times for `rows` of an `out` × `inp` layer on `context` among
+/// `allowed`, the portable GEMM first (it is the reference the others' results are checked
+/// against).
 pub fn candidates(
     context: &GpuContext,
     precision: Precision,
     (rows, out, inp): (usize, usize, usize),
+    allowed: LayerCandidates,
 ) -> Vec<KernelChoice> {
     let mut candidates: Vec<KernelChoice> = GemmVariant::ALL
         .into_iter()
         .map(KernelChoice::Gemm)
         .collect();
-    if rows <= GEMV_CANDIDATE_MAX_ROWS {
+    if allowed.texture_gemv && rows <= GEMV_CANDIDATE_MAX_ROWS {
         candidates.push(KernelChoice::GemvTexture);
     }
     candidates.retain(|candidate| candidate.supported(context, precision, (rows, out, inp)));
@@ -565,31 +601,36 @@ fn parse_entries(text: &str) -> BTreeMap<TuningKey, CachedChoice> {
 pub fn shape_key(
     context: &GpuContext,
     precision: Precision,
-    rows: usize,
-    out: usize,
-    inp: usize,
+    (rows, out, inp): (usize, usize, usize),
+    allowed: LayerCandidates,
 ) -> TuningKey {
-    let offered: Vec<(&str, Vec<&KernelSource>)> = candidates(context, precision, (rows, out, inp))
-        .into_iter()
-        .map(|candidate| (candidate.name(), vec![candidate.kernel()]))
-        .collect();
+    let offered: Vec<(&str, Vec<&KernelSource>)> =
+        candidates(context, precision, (rows, out, inp), allowed)
+            .into_iter()
+            .map(|candidate| (candidate.name(), vec![candidate.kernel()]))
+            .collect();
     TuningKey::new(
         context,
         precision,
-        TunedShape::Layer { rows, out, inp },
+        TunedShape::Layer {
+            rows,
+            out_features: out,
+            in_features: inp,
+        },
         &offered,
     )
 }
 
 /// Chooses a kernel for a `rows` × `out` × `inp` layer: from the cache, else by timing every
-/// candidate the device supports and recording the winner.
+/// candidate the device supports among `allowed` and recording the winner.
 pub fn choose(
     context: &GpuContext,
     cache: &mut TuningCache,
     precision: Precision,
     (rows, out, inp): (usize, usize, usize),
+    allowed: LayerCandidates,
 ) -> Result<ShapeChoice> {
-    let key = shape_key(context, precision, rows, out, inp);
+    let key = shape_key(context, precision, (rows, out, inp), allowed);
     if let Some(cached) = cache.entries.get(&key)
         && let Some(choice) = KernelChoice::from_name(&cached.kernel)
         && choice.supported(context, precision, (rows, out, inp))
@@ -616,7 +657,7 @@ pub fn choose(
     let mut timed = vec![portable];
     let mut runs = vec![portable_runs];
     let mut rejected = Vec::new();
-    for candidate in candidates(context, precision, (rows, out, inp)) {
+    for candidate in candidates(context, precision, (rows, out, inp), allowed) {
         if candidate == portable {
             continue;
         }
@@ -1163,8 +1204,8 @@ mod tests {
             precision: "f32".to_string(),
             shape: TunedShape::Layer {
                 rows,
-                out: 24,
-                inp: 40,
+                out_features: 24,
+                in_features: 40,
             },
             candidates: vec!["gemm".to_string(), "gemm_subgroup".to_string()],
             candidate_checksum: 0xfedc_ba98_7654_3210,
@@ -1196,9 +1237,10 @@ mod tests {
             let back: TuningKey = serde_json::from_str(&text).expect("deserialize");
             assert_eq!(back, key, "{text}");
         }
-        // The checksum is a u64 beyond f64's exact integers: it must come back to the bit.
+        // The checksum is a u64 beyond f64's exact integers: it is stored as hex, so that readers
+        // that parse JSON numbers as doubles keep every bit.
         let text = serde_json::to_string(&layer_key(7)).expect("serialize");
-        assert!(text.contains("18364758544493064720"), "{text}");
+        assert!(text.contains(r#""candidate_checksum":"fedcba9876543210""#), "{text}");
         assert!(text.contains(r#""kind":"layer""#), "{text}");
 
         let shown = layer_key(7).to_string();

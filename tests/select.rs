@@ -6,10 +6,11 @@ mod common;
 use resgraph::graph::synthetic::{MlpShape, mlp, random_input};
 use resgraph::reference::forward_f64;
 use resgraph::tune::TunedShape;
-use resgraph::{BlockFusion, CompileOptions, CompiledModel, Error, GemmVariant, Precision, Tuning};
+use resgraph::{BlockFusion, CompileOptions, CompiledModel, GemmVariant, Precision, Tuning};
 
-/// Batches of this many rows run the whole-block kernel wherever it is supported.
-const ROWS: usize = 8;
+/// Batches of this many rows are above the texture GEMV's batches, so the rules run every layer
+/// on a tiled GEMM.
+const ROWS: usize = 32;
 
 #[test]
 fn a_forced_variant_is_honoured_under_measured_tuning() {
@@ -62,7 +63,42 @@ fn a_forced_variant_is_honoured_under_measured_tuning() {
 }
 
 #[test]
-fn measured_tuning_without_the_small_batch_kernel_and_no_forced_variant_is_refused() {
+fn a_forced_variant_replaces_only_the_gemm_variant_and_small_batches_keep_the_gemv() {
+    let context = common::context_where("the texture GEMV (subgroups of at least 8)", |c| {
+        resgraph::kernels::gemv::supported_by(c)
+    });
+    let graph = mlp(MlpShape::square(16, 2), 1.0, 9).expect("graph");
+    let options = CompileOptions {
+        gemm_variant: Some(GemmVariant::Portable),
+        ..CompileOptions::new(4)
+    };
+    let model = CompiledModel::compile(common::shared(context), &graph, &options).expect("compile");
+    assert!(
+        model
+            .step_kernels()
+            .iter()
+            .all(|kernel| *kernel == "gemv_texture"),
+        "{:?}",
+        model.step_kernels()
+    );
+    let without_gemv = CompileOptions {
+        small_batch_kernel: false,
+        ..options
+    };
+    let model =
+        CompiledModel::compile(common::shared(context), &graph, &without_gemv).expect("compile");
+    assert!(
+        model.step_kernels().iter().all(|kernel| *kernel == "gemm"),
+        "{:?}",
+        model.step_kernels()
+    );
+}
+
+#[test]
+fn measured_tuning_without_the_small_batch_kernel_never_times_or_runs_the_gemv() {
+    let context = common::context_where("the texture GEMV (subgroups of at least 8)", |c| {
+        resgraph::kernels::gemv::supported_by(c)
+    });
     let graph = mlp(MlpShape::square(16, 1), 1.0, 7).expect("graph");
     let cache = tempfile::tempdir().expect("temp dir");
     let options = CompileOptions {
@@ -71,19 +107,38 @@ fn measured_tuning_without_the_small_batch_kernel_and_no_forced_variant_is_refus
         tuning_cache: Some(cache.path().join("tuning.json")),
         ..CompileOptions::new(4)
     };
-    let error = CompiledModel::compile(common::shared_primary_context(), &graph, &options)
-        .expect_err("the tuner cannot honour small_batch_kernel = false");
-    assert!(matches!(error, Error::ConflictingOptions { .. }), "{error}");
-    // With a forced variant the same request is honoured: no layer runs the texture GEMV.
-    let forced = CompileOptions {
-        gemm_variant: Some(GemmVariant::Portable),
-        ..options
-    };
-    let model = CompiledModel::compile(common::shared_primary_context(), &graph, &forced)
-        .expect("compile with a forced variant");
+    let model = CompiledModel::compile(common::shared(context), &graph, &options).expect("compile");
     assert!(
         !model.step_kernels().contains(&"gemv_texture"),
         "{:?}",
         model.step_kernels()
+    );
+    let report = model.tuning_report();
+    assert!(!report.shapes.is_empty(), "nothing was tuned: {report:?}");
+    for shape in &report.shapes {
+        assert!(
+            !shape
+                .key
+                .candidates
+                .iter()
+                .any(|name| name == "gemv_texture"),
+            "the GEMV was a candidate: {}",
+            shape.key
+        );
+    }
+    // The same model with the GEMV allowed offers it to the tuner (a separate cache entry).
+    let allowed = CompileOptions {
+        small_batch_kernel: true,
+        ..options
+    };
+    let model = CompiledModel::compile(common::shared(context), &graph, &allowed).expect("compile");
+    assert!(
+        model.tuning_report().shapes.iter().all(|shape| shape
+            .key
+            .candidates
+            .iter()
+            .any(|name| name == "gemv_texture")),
+        "{:?}",
+        model.tuning_report()
     );
 }

@@ -1,7 +1,8 @@
-//! Shader portability without the hardware: every WGSL file in `shaders/` is parsed and validated
-//! by naga, its overrides resolved for every combination of its boolean `override` constants, and
-//! translated to SPIR-V (Vulkan), MSL (Metal), HLSL (DX12) and GLSL (GL), so that a construct one
-//! backend cannot express fails here rather than on a user's machine.
+//! Shader portability without the hardware: every source the host compiles (each kernel of
+//! `ALL_KERNELS`, generated for f32 and f16 storage) is parsed and validated by naga, its overrides
+//! resolved for every combination of its boolean `override` constants and of the integer values
+//! the host sets, and translated to SPIR-V (Vulkan), MSL (Metal), HLSL (DX12) and GLSL (GL), so
+//! that a construct one backend cannot express fails here rather than on a user's machine.
 
 use std::path::PathBuf;
 
@@ -62,19 +63,28 @@ fn validate(module: &naga::Module) -> ModuleInfo {
 }
 
 /// Every assignment of true/false to the module's boolean overrides (others keep defaults).
+/// The integer override values the host sets besides the defaults: the GEMV's one-row and
+/// four-row pipelines, and the cooperative GEMM's workgroup of one subgroup (32 on NVIDIA and
+/// Apple, 64 where an adapter fixes that size).
+const HOST_INTEGER_OVERRIDES: &[(&str, &[f64])] = &[
+    ("GEMV_ROWS", &[1.0, 4.0]),
+    ("WORKGROUP_SIZE", &[32.0, 64.0]),
+];
+
+/// Every assignment of true/false to the module's boolean overrides, crossed with the integer
+/// values of [`HOST_INTEGER_OVERRIDES`] the module declares (others keep their defaults).
 fn override_combinations(module: &naga::Module) -> Vec<PipelineConstants> {
-    let booleans: Vec<String> = module
-        .overrides
-        .iter()
-        .filter(|(_, o)| {
-            matches!(
-                module.types[o.ty].inner,
-                naga::TypeInner::Scalar(naga::Scalar::BOOL)
-            )
-        })
-        .filter_map(|(_, o)| o.name.clone())
-        .collect();
-    (0..1u32 << booleans.len())
+    let declared = |ty: naga::Scalar| -> Vec<String> {
+        module
+            .overrides
+            .iter()
+            .filter(|(_, o)| module.types[o.ty].inner == naga::TypeInner::Scalar(ty))
+            .filter_map(|(_, o)| o.name.clone())
+            .collect()
+    };
+    let booleans = declared(naga::Scalar::BOOL);
+    let integers = declared(naga::Scalar::U32);
+    let mut combinations: Vec<PipelineConstants> = (0..1u32 << booleans.len())
         .map(|bits| {
             let mut constants = PipelineConstants::default();
             for (index, name) in booleans.iter().enumerate() {
@@ -82,7 +92,23 @@ fn override_combinations(module: &naga::Module) -> Vec<PipelineConstants> {
             }
             constants
         })
-        .collect()
+        .collect();
+    for (name, values) in HOST_INTEGER_OVERRIDES {
+        if !integers.iter().any(|declared| declared == name) {
+            continue;
+        }
+        combinations = combinations
+            .into_iter()
+            .flat_map(|constants| {
+                values.iter().map(move |value| {
+                    let mut constants = constants.clone();
+                    constants.insert((*name).to_string(), *value);
+                    constants
+                })
+            })
+            .collect();
+    }
+    combinations
 }
 
 #[test]

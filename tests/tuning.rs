@@ -106,13 +106,32 @@ fn two_processes_tuning_at_once_keep_each_others_entries() {
     let mut first = resgraph::tune::TuningCache::open(Some(path.clone()));
     let mut second = resgraph::tune::TuningCache::open(Some(path.clone()));
     let precision = resgraph::precision::Precision::F32;
-    resgraph::tune::choose(&context, &mut first, precision, (2, 8, 8)).expect("tune");
-    resgraph::tune::choose(&context, &mut second, precision, (3, 8, 8)).expect("tune");
+    resgraph::tune::choose(
+        &context,
+        &mut first,
+        precision,
+        (2, 8, 8),
+        resgraph::tune::LayerCandidates::ALL,
+    )
+    .expect("tune");
+    resgraph::tune::choose(
+        &context,
+        &mut second,
+        precision,
+        (3, 8, 8),
+        resgraph::tune::LayerCandidates::ALL,
+    )
+    .expect("tune");
     first.save().expect("save");
     second.save().expect("save");
     let merged = resgraph::tune::TuningCache::open(Some(path));
     for rows in [2, 3] {
-        let key = resgraph::tune::shape_key(&context, precision, rows, 8, 8);
+        let key = resgraph::tune::shape_key(
+            &context,
+            precision,
+            (rows, 8, 8),
+            resgraph::tune::LayerCandidates::ALL,
+        );
         assert!(merged.get(&key).is_some(), "lost the entry for {rows} rows");
     }
 }
@@ -127,11 +146,25 @@ fn a_choice_cached_for_other_kernel_sources_is_measured_again() {
     let precision = Precision::F32;
     let shape = (4, 16, 24);
     let mut cache = TuningCache::open(Some(path.clone()));
-    let first = tune::choose(context, &mut cache, precision, shape).expect("tune");
+    let first = tune::choose(
+        context,
+        &mut cache,
+        precision,
+        shape,
+        resgraph::tune::LayerCandidates::ALL,
+    )
+    .expect("tune");
     assert!(!first.measured.is_empty());
     cache.save().expect("save");
     let mut cache = TuningCache::open(Some(path.clone()));
-    let again = tune::choose(context, &mut cache, precision, shape).expect("tune");
+    let again = tune::choose(
+        context,
+        &mut cache,
+        precision,
+        shape,
+        resgraph::tune::LayerCandidates::ALL,
+    )
+    .expect("tune");
     assert!(
         again.measured.is_empty(),
         "the unchanged key was measured again"
@@ -143,12 +176,22 @@ fn a_choice_cached_for_other_kernel_sources_is_measured_again() {
     let entries = json["entries"].as_array_mut().expect("entries");
     assert_eq!(entries.len(), 1);
     for entry in entries {
-        let checksum = entry["key"]["candidate_checksum"].as_u64().expect("a u64");
-        entry["key"]["candidate_checksum"] = (checksum ^ 1).into();
+        let checksum = entry["key"]["candidate_checksum"]
+            .as_str()
+            .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+            .expect("a checksum in hex");
+        entry["key"]["candidate_checksum"] = format!("{:016x}", checksum ^ 1).into();
     }
     std::fs::write(&path, json.to_string()).expect("write");
     let mut cache = TuningCache::open(Some(path));
-    let after_edit = tune::choose(context, &mut cache, precision, shape).expect("tune");
+    let after_edit = tune::choose(
+        context,
+        &mut cache,
+        precision,
+        shape,
+        resgraph::tune::LayerCandidates::ALL,
+    )
+    .expect("tune");
     assert!(
         !after_edit.measured.is_empty(),
         "a choice cached for other kernel sources was used"
@@ -162,7 +205,14 @@ fn candidates_are_timed_with_gpu_timestamps_where_the_device_has_them() {
     });
     for (backend, context) in with_timestamps {
         let mut cache = TuningCache::open(None);
-        let entry = tune::choose(context, &mut cache, Precision::F32, (5, 32, 24)).expect("tune");
+        let entry = tune::choose(
+            context,
+            &mut cache,
+            Precision::F32,
+            (5, 32, 24),
+            resgraph::tune::LayerCandidates::ALL,
+        )
+        .expect("tune");
         assert_eq!(entry.clock, TuningClock::GpuTimestamps, "{backend}");
         assert_measured(&entry.measured, &backend);
         if residual_block::supported(context, Precision::F32, (5, 32, 24)) {
@@ -179,7 +229,14 @@ fn candidates_are_timed_with_gpu_timestamps_where_the_device_has_them() {
 fn without_timestamp_queries_candidates_are_timed_with_the_wall_clock() {
     for (backend, context) in common::contexts_without(wgpu::Features::TIMESTAMP_QUERY) {
         let mut cache = TuningCache::open(None);
-        let entry = tune::choose(&context, &mut cache, Precision::F32, (5, 32, 24)).expect("tune");
+        let entry = tune::choose(
+            &context,
+            &mut cache,
+            Precision::F32,
+            (5, 32, 24),
+            resgraph::tune::LayerCandidates::ALL,
+        )
+        .expect("tune");
         assert_eq!(entry.clock, TuningClock::WallClock, "{backend}");
         assert_measured(&entry.measured, &backend);
     }

@@ -1,5 +1,5 @@
 //! Host side of `shaders/gemv_texture.wgsl`: the fused GEMM for small batches, with a layer's
-//! weights in an `rgba32float` texture.
+//! weights in an `rgba32float` 2-D array texture (`rgba16float` for f16 models).
 //!
 //! With one or a few rows a GEMM has no weight reuse across rows, and the tiled GEMM kernels
 //! waste most of their 256-row workgroups; this kernel assigns one invocation to 4 output columns
@@ -40,7 +40,7 @@ pub const GEMV_TEXTURE_KERNEL: KernelSource = KernelSource {
 pub const GEMV_WORKGROUP_SIZE: u32 = 32;
 /// Rows per workgroup of the multi-row pipeline (`GEMV_ROWS`).
 pub const GEMV_ROWS: u32 = 4;
-/// The largest batch for which the executor's fixed rules (`Tuning::Heuristic`) prefer this
+/// The largest batch for which kernel selection's rules (`Tuning::Heuristic`) prefer this
 /// kernel to the tiled GEMM; `Tuning::Measure` times both instead (see BENCHMARKS.md).
 pub const GEMV_MAX_BATCH: usize = 16;
 

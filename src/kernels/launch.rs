@@ -74,17 +74,26 @@ impl PreparedKernel {
         }
         let max_rows = to_u32(kernel.name, &format!("{label} rows"), max_rows)?;
         let limit = context.limits().max_compute_workgroups_per_dimension;
-        if let Some(&requested) = shape
-            .workgroups(max_rows)
+        let grid = shape.workgroups(max_rows);
+        if let Some((axis, &requested)) = ["x", "y", "z"]
             .iter()
-            .find(|&&groups| groups > limit)
+            .zip(&grid)
+            .find(|(_, groups)| **groups > limit)
         {
             return Err(Error::DispatchTooLarge {
-                what: format!("{label} of {max_rows} rows"),
+                what: format!("{label} of {max_rows} rows (workgroups along {axis})"),
                 requested: u64::from(requested),
                 limit,
             });
         }
+        // The binding table and the resources are written side by side in each kernel's glue;
+        // a mismatch is a bug in that glue, which wgpu would report less clearly.
+        debug_assert_eq!(
+            resources.len() + 1,
+            kernel.bindings.len(),
+            "{}: resources for bindings 1.. and the binding table differ",
+            kernel.name
+        );
         let key = KernelKey::new(kernel.source_key(precision), kernel.entry_point, constants);
         let pipeline = context.pipelines().get_or_create(
             context.device(),

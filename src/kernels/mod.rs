@@ -1,5 +1,9 @@
 //! Host-side glue of the WGSL kernels in `shaders/`: how each is keyed, bound and dispatched.
 
+use crate::error::{Error, Result};
+use crate::gpu::buffers;
+use crate::gpu::context::GpuContext;
+
 pub mod elementwise;
 pub mod gemm;
 pub mod gemv;
@@ -19,10 +23,6 @@ pub const ALL_KERNELS: &[&source::KernelSource] = &[
     &elementwise::ELEMENTWISE_KERNEL,
     &residual_block::RESIDUAL_BLOCK_KERNEL,
 ];
-
-use crate::error::{Error, Result};
-use crate::gpu::buffers;
-use crate::gpu::context::GpuContext;
 
 /// Workgroups needed for `items` at `per_workgroup` each along one dimension, or
 /// `Error::DispatchTooLarge` when that is over the device's per-dimension limit.

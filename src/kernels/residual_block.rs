@@ -5,8 +5,8 @@
 //! The block reads both layers' weights in the GEMM's blocked layout ([`LinearWeights`]), so a
 //! model can switch between the fused block and two GEMM dispatches without another upload. The
 //! planner offers every `linear → relu → linear → add(input) → relu` pair
-//! (`Plan::residual_blocks`); the executor uses this kernel for the pairs where it
-//! measured faster, or where the caller asked for it.
+//! (`Plan::residual_blocks`); kernel selection (`crate::select`) runs a pair with this kernel
+//! where the tuner measured it faster, or where the caller asked for it.
 
 use crate::error::{Error, Result};
 use crate::gpu::buffers::DeviceMatrix;

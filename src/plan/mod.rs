@@ -72,7 +72,7 @@ pub(crate) struct Step {
         not(test),
         allow(
             dead_code,
-            reason = "only the fusion tests read the name today, to check what each step covers;                       it is kept so that a step can be traced back to its graph nodes"
+            reason = "read by the fusion tests; kept so that a step can be traced to its graph nodes"
         )
     )]
     pub name: String,
