@@ -1240,7 +1240,10 @@ mod tests {
         // The checksum is a u64 beyond f64's exact integers: it is stored as hex, so that readers
         // that parse JSON numbers as doubles keep every bit.
         let text = serde_json::to_string(&layer_key(7)).expect("serialize");
-        assert!(text.contains(r#""candidate_checksum":"fedcba9876543210""#), "{text}");
+        assert!(
+            text.contains(r#""candidate_checksum":"fedcba9876543210""#),
+            "{text}"
+        );
         assert!(text.contains(r#""kind":"layer""#), "{text}");
 
         let shown = layer_key(7).to_string();

@@ -14,7 +14,7 @@ use resgraph::graph::synthetic::{MlpShape, mlp, random_input};
 use resgraph::kernels::residual_block;
 use resgraph::precision::Precision;
 use resgraph::reference::forward_f64;
-use resgraph::tune::{self, TuningCache, TuningClock};
+use resgraph::tune::{self, LayerCandidates, TuningCache, TuningClock};
 
 fn tuned(
     context: &Arc<GpuContext>,
@@ -111,7 +111,7 @@ fn two_processes_tuning_at_once_keep_each_others_entries() {
         &mut first,
         precision,
         (2, 8, 8),
-        resgraph::tune::LayerCandidates::ALL,
+        LayerCandidates::ALL,
     )
     .expect("tune");
     resgraph::tune::choose(
@@ -119,19 +119,15 @@ fn two_processes_tuning_at_once_keep_each_others_entries() {
         &mut second,
         precision,
         (3, 8, 8),
-        resgraph::tune::LayerCandidates::ALL,
+        LayerCandidates::ALL,
     )
     .expect("tune");
     first.save().expect("save");
     second.save().expect("save");
     let merged = resgraph::tune::TuningCache::open(Some(path));
     for rows in [2, 3] {
-        let key = resgraph::tune::shape_key(
-            &context,
-            precision,
-            (rows, 8, 8),
-            resgraph::tune::LayerCandidates::ALL,
-        );
+        let key =
+            resgraph::tune::shape_key(&context, precision, (rows, 8, 8), LayerCandidates::ALL);
         assert!(merged.get(&key).is_some(), "lost the entry for {rows} rows");
     }
 }
@@ -145,26 +141,15 @@ fn a_choice_cached_for_other_kernel_sources_is_measured_again() {
     let path = dir.path().join("tuning.json");
     let precision = Precision::F32;
     let shape = (4, 16, 24);
+    let choose = |cache: &mut TuningCache| {
+        tune::choose(context, cache, precision, shape, LayerCandidates::ALL).expect("tune")
+    };
     let mut cache = TuningCache::open(Some(path.clone()));
-    let first = tune::choose(
-        context,
-        &mut cache,
-        precision,
-        shape,
-        resgraph::tune::LayerCandidates::ALL,
-    )
-    .expect("tune");
+    let first = choose(&mut cache);
     assert!(!first.measured.is_empty());
     cache.save().expect("save");
     let mut cache = TuningCache::open(Some(path.clone()));
-    let again = tune::choose(
-        context,
-        &mut cache,
-        precision,
-        shape,
-        resgraph::tune::LayerCandidates::ALL,
-    )
-    .expect("tune");
+    let again = choose(&mut cache);
     assert!(
         again.measured.is_empty(),
         "the unchanged key was measured again"
@@ -184,14 +169,7 @@ fn a_choice_cached_for_other_kernel_sources_is_measured_again() {
     }
     std::fs::write(&path, json.to_string()).expect("write");
     let mut cache = TuningCache::open(Some(path));
-    let after_edit = tune::choose(
-        context,
-        &mut cache,
-        precision,
-        shape,
-        resgraph::tune::LayerCandidates::ALL,
-    )
-    .expect("tune");
+    let after_edit = choose(&mut cache);
     assert!(
         !after_edit.measured.is_empty(),
         "a choice cached for other kernel sources was used"
@@ -210,7 +188,7 @@ fn candidates_are_timed_with_gpu_timestamps_where_the_device_has_them() {
             &mut cache,
             Precision::F32,
             (5, 32, 24),
-            resgraph::tune::LayerCandidates::ALL,
+            LayerCandidates::ALL,
         )
         .expect("tune");
         assert_eq!(entry.clock, TuningClock::GpuTimestamps, "{backend}");
@@ -234,7 +212,7 @@ fn without_timestamp_queries_candidates_are_timed_with_the_wall_clock() {
             &mut cache,
             Precision::F32,
             (5, 32, 24),
-            resgraph::tune::LayerCandidates::ALL,
+            LayerCandidates::ALL,
         )
         .expect("tune");
         assert_eq!(entry.clock, TuningClock::WallClock, "{backend}");
