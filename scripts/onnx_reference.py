@@ -10,7 +10,10 @@ The models are built with onnx.helper the way exporters write them:
   - MatMul(x, W[in, out]) followed by Add(., b);
   - Gemm with alpha, beta and transB = 0;
   - float16 initializers cast to float32 (Cast), Flatten of a [batch, a, b] input, Identity;
-  - residual blocks (Add of the block input) and plain blocks, stem and head layers of other widths.
+  - residual blocks (Add of the block input) and plain blocks, stem and head layers of other widths;
+  - weights in a side file (CASE.onnx.data, every initializer's data_location EXTERNAL), as
+    PyTorch's default exporter (dynamo, since torch 2.9) writes them with onnx's external-data
+    helper.
 
 Usage: python3 scripts/onnx_reference.py OUT_DIR [--seed N] [--small]
 Pinned versions (see .ci/run): onnx==1.20.1 onnxruntime==1.23.2 numpy==2.3.5.
@@ -133,6 +136,8 @@ def cases(small):
         case("fp16_matmul_add_w19", width=19, style="matmul_add", fp16=True, batches=[2]),
         case("gemm_alpha_beta_w21", width=21, style="gemm_alpha_beta", depth=1, batches=[4]),
         case("flatten_3x7_w21", input_shape=[3, 7], width=21, output_width=6, depth=1, batches=[1, 3]),
+        case("external_data_w23_stem_head", input_width=11, width=23, output_width=4,
+             external_data=True, batches=[1, 6]),
     ]
     if not small:
         all_cases += [
@@ -141,6 +146,7 @@ def cases(small):
             case("fp16_gemm_w513_stem_head", input_width=100, width=513, output_width=10, fp16=True,
                  depth=1, batches=[3]),
             case("plain_gemm_w257", width=257, residual=False, depth=2, batches=[1]),
+            case("external_data_w300", width=300, depth=2, external_data=True, batches=[1, 9]),
         ]
     return all_cases
 
@@ -157,7 +163,14 @@ def main():
     for case in cases(args.small):
         model, in_shape = build(case, rng)
         model_path = os.path.join(args.out_dir, case["name"] + ".onnx")
-        onnx.save(model, model_path)
+        if case.get("external_data", False):
+            # What torch.onnx.export(dynamo=True) does through onnx: every initializer in one
+            # side file next to the model, at aligned offsets.
+            onnx.save_model(model, model_path, save_as_external_data=True,
+                            all_tensors_to_one_file=True,
+                            location=case["name"] + ".onnx.data", size_threshold=0)
+        else:
+            onnx.save(model, model_path)
         session = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
         for batch in case["batches"]:
             x = rng.uniform(-1.0, 1.0, [batch] + in_shape).astype(np.float32)

@@ -2,6 +2,7 @@
 //! reads against what the file claims before allocating or building anything, and turns every
 //! problem into an [`Error`] that names the file and the place in it.
 
+mod external_data;
 pub mod npy;
 pub mod onnx;
 pub mod safetensors;
@@ -42,11 +43,16 @@ pub fn load_model(path: &Path) -> Result<Graph> {
     parse_model(path, &bytes)
 }
 
-/// Parses model bytes; `path` names the source in errors and picks the format.
+/// Parses model bytes; `path` names the source in errors and picks the format, and an ONNX
+/// model's external data is read from `path`'s folder (and nowhere else).
 pub fn parse_model(path: &Path, bytes: &[u8]) -> Result<Graph> {
     let name = path.display().to_string();
+    let folder = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
     match ModelFormat::detect(path, bytes) {
-        ModelFormat::Onnx => onnx::import_onnx(bytes, &name),
+        ModelFormat::Onnx => onnx::import_onnx(bytes, &name, Some(folder)),
         ModelFormat::Safetensors => safetensors::import_safetensors(bytes, &name),
     }
 }

@@ -9,11 +9,13 @@
 //! operator and the node.
 
 use std::collections::HashMap;
+use std::path::Path;
 
 use prost::Message;
 
 use crate::error::{Error, Result};
 use crate::graph::{Graph, GraphBuilder, LinearParams, NodeId};
+use crate::model::external_data::{ExternalLocation, read_external_bytes};
 
 /// The protobuf types generated from `proto/onnx.proto` at build time.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
@@ -46,8 +48,10 @@ enum Value {
     MatMul(PendingMatMul),
 }
 
-/// Parses ONNX bytes into a graph; `path` only names the source in errors.
-pub fn import_onnx(bytes: &[u8], path: &str) -> Result<Graph> {
+/// Parses ONNX bytes into a graph; `path` names the source in errors. Tensors stored as
+/// external data are read from `external_data_folder` (the model's folder), confined to it; with
+/// `None`, such a tensor is an error.
+pub fn import_onnx(bytes: &[u8], path: &str, external_data_folder: Option<&Path>) -> Result<Graph> {
     let model = proto::ModelProto::decode(bytes).map_err(|error| Error::Model {
         path: path.to_string(),
         reason: format!("not a valid ONNX protobuf: {error}"),
@@ -58,6 +62,7 @@ pub fn import_onnx(bytes: &[u8], path: &str) -> Result<Graph> {
     })?;
     Importer {
         path,
+        external_data_folder,
         values: HashMap::new(),
         builder: GraphBuilder::new(),
     }
@@ -66,6 +71,7 @@ pub fn import_onnx(bytes: &[u8], path: &str) -> Result<Graph> {
 
 struct Importer<'p> {
     path: &'p str,
+    external_data_folder: Option<&'p Path>,
     values: HashMap<String, Value>,
     builder: GraphBuilder,
 }
@@ -192,10 +198,50 @@ impl Importer<'_> {
         }
     }
 
-    fn constant(&self, tensor: &proto::TensorProto, what: &str) -> Result<Constant> {
-        if tensor.data_location == Some(proto::tensor_proto::DataLocation::External as i32) {
-            return Err(self.error(format!("{what} stores its data externally; not supported")));
+    /// The bytes of a tensor stored as external data, read from the model's folder (`None` for
+    /// a tensor stored in the model itself).
+    fn external_bytes(
+        &self,
+        tensor: &proto::TensorProto,
+        what: &str,
+        count: usize,
+        data_type: i32,
+    ) -> Result<Option<Vec<u8>>> {
+        if tensor.data_location != Some(proto::tensor_proto::DataLocation::External as i32) {
+            return Ok(None);
         }
+        let element_bytes: u64 = if data_type == DataType::Float as i32 {
+            4
+        } else if data_type == DataType::Float16 as i32 {
+            2
+        } else if data_type == DataType::Int64 as i32 {
+            8
+        } else {
+            return Err(self.error(format!(
+                "{what} has data type {} ({}); resgraph reads float32 and float16 weights",
+                data_type,
+                data_type_name(data_type)
+            )));
+        };
+        let Some(folder) = self.external_data_folder else {
+            return Err(self.error(format!(
+                "{what} stores its data externally, and the model was given as bytes without its \
+                 folder; load it from its file"
+            )));
+        };
+        let entries = tensor.external_data.iter().map(|entry| {
+            (
+                entry.key.as_deref().unwrap_or_default(),
+                entry.value.as_deref().unwrap_or_default(),
+            )
+        });
+        let location =
+            ExternalLocation::from_entries(entries, what).map_err(|reason| self.error(reason))?;
+        let expected = (count as u64).saturating_mul(element_bytes);
+        read_external_bytes(folder, &location, expected, what, self.path).map(Some)
+    }
+
+    fn constant(&self, tensor: &proto::TensorProto, what: &str) -> Result<Constant> {
         let count = tensor
             .dims
             .iter()
@@ -206,7 +252,8 @@ impl Importer<'_> {
             })
             .ok_or_else(|| self.error(format!("{what} has invalid dims {:?}", tensor.dims)))?;
         let data_type = tensor.data_type.unwrap_or_default();
-        let raw = tensor.raw_data.as_deref();
+        let external = self.external_bytes(tensor, what, count, data_type)?;
+        let raw = external.as_deref().or(tensor.raw_data.as_deref());
         let values: Vec<f32> = if data_type == DataType::Float as i32 {
             match raw {
                 Some(raw) => {
