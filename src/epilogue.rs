@@ -14,9 +14,13 @@ pub enum Activation {
 
 impl Activation {
     /// Applies the activation to one value in f64, for the CPU reference.
+    ///
+    /// ReLU keeps a NaN as NaN, as PyTorch's does: `f64::max` alone would return the other
+    /// operand and turn a NaN into zero, hiding a poisoned value from every comparison.
     pub fn apply_f64(self, value: f64) -> f64 {
         match self {
             Activation::Identity => value,
+            Activation::Relu if value.is_nan() => value,
             Activation::Relu => value.max(0.0),
         }
     }

@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+pub mod batch_norm;
 pub mod synthetic;
 
 use crate::error::{Error, Result};
