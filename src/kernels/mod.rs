@@ -4,6 +4,7 @@ use crate::error::{Error, Result};
 use crate::gpu::buffers;
 use crate::gpu::context::GpuContext;
 
+pub mod conv2d;
 pub mod elementwise;
 pub mod gemm;
 pub mod gemv;
@@ -22,6 +23,7 @@ pub const ALL_KERNELS: &[&source::KernelSource] = &[
     &gemv::GEMV_TEXTURE_KERNEL,
     &elementwise::ELEMENTWISE_KERNEL,
     &residual_block::RESIDUAL_BLOCK_KERNEL,
+    &conv2d::CONV2D_KERNEL,
 ];
 
 /// Workgroups needed for `items` at `per_workgroup` each along one dimension, or
