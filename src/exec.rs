@@ -16,8 +16,9 @@ use crate::epilogue::Activation;
 use crate::error::{Error, Result};
 use crate::gpu::buffers::{self, DeviceMatrix, STORAGE_USAGE};
 use crate::gpu::context::GpuContext;
-use crate::graph::{Graph, LinearParams};
+use crate::graph::{Conv2dParams, Graph, LinearParams};
 use crate::kernels::PreparedKernel;
+use crate::kernels::conv2d::{Conv2dGeometry, Conv2dOperands, prepare_conv2d, upload_conv_weights};
 use crate::kernels::elementwise::{ElementwiseOperands, prepare_elementwise};
 use crate::kernels::gemm::{GemmOperands, GemmVariant, LinearWeights, prepare_gemm};
 use crate::kernels::gemv::{GemvOperands, TextureWeights, prepare_gemv};
@@ -622,7 +623,27 @@ impl Activations {
         })
     }
 
-    /// The matrix where `value` lives.
+    /// The NHWC view of images where `value` lives: `pixels` rows of `channels` per batch entry.
+    fn image(
+        &self,
+        plan: &Plan,
+        value: ValueId,
+        pixels: usize,
+        channels: usize,
+    ) -> Result<DeviceMatrix> {
+        let buffer = match plan.value_storage[value.0] {
+            Storage::Input => self.input.buffer().clone(),
+            Storage::Slot(slot) => self.slots[slot].clone(),
+        };
+        DeviceMatrix::from_buffer_with_precision(
+            buffer,
+            self.max_batch * pixels,
+            channels,
+            self.precision,
+        )
+    }
+
+    /// The matrix where `value` lives, one row per batch entry.
     fn matrix(&self, plan: &Plan, value: ValueId) -> Result<DeviceMatrix> {
         let width = plan.value_widths[value.0];
         let buffer = match plan.value_storage[value.0] {
@@ -695,6 +716,31 @@ fn prepare_step(
                 weights,
             )?
         }
+        ScheduledStep::Conv {
+            conv,
+            input,
+            input_size,
+            residual,
+            activation,
+            output,
+        } => {
+            let step = ConvStep {
+                params: &plan.convs[conv],
+                input,
+                input_size,
+                residual,
+                activation,
+                output,
+            };
+            prepare_conv_step(context, plan, activations, &step, weights)?
+        }
+        ScheduledStep::Pool { op, .. } => {
+            return Err(Error::UnsupportedShape {
+                kernel: "pool",
+                what: format!("a {op:?} pool"),
+                reason: "the executor does not run pooling steps yet".to_string(),
+            });
+        }
         ScheduledStep::Elementwise {
             op,
             left,
@@ -710,6 +756,65 @@ fn prepare_step(
             },
         )?,
     };
+    Ok(prepared)
+}
+
+/// One scheduled convolution.
+struct ConvStep<'a> {
+    params: &'a Conv2dParams,
+    input: ValueId,
+    input_size: (usize, usize),
+    residual: Option<ValueId>,
+    activation: Activation,
+    output: ValueId,
+}
+
+/// Uploads a convolution's weights in the implicit GEMM's layout (kept in `weights`) and
+/// prepares its dispatch over NHWC views of its values.
+fn prepare_conv_step(
+    context: &GpuContext,
+    plan: &Plan,
+    activations: &Activations,
+    step: &ConvStep<'_>,
+    weights: &mut Vec<LayerWeights>,
+) -> Result<PreparedKernel> {
+    let params = step.params;
+    let geometry = Conv2dGeometry {
+        input_size: step.input_size,
+        in_channels: params.in_channels(),
+        out_channels: params.out_channels(),
+        kernel: params.kernel(),
+        stride: params.stride(),
+        padding: params.padding(),
+    };
+    let (out_h, out_w) = geometry.output_size()?;
+    let (in_h, in_w) = step.input_size;
+    let input = activations.image(plan, step.input, in_h * in_w, params.in_channels())?;
+    let output = activations.image(plan, step.output, out_h * out_w, params.out_channels())?;
+    let residual = step
+        .residual
+        .map(|value| activations.image(plan, value, out_h * out_w, params.out_channels()))
+        .transpose()?;
+    let conv_weights = upload_conv_weights(
+        context,
+        &geometry,
+        params.weight(),
+        params.bias(),
+        activations.precision,
+    )?;
+    let prepared = prepare_conv2d(
+        context,
+        &Conv2dOperands {
+            input: &input,
+            weights: &conv_weights,
+            geometry,
+            batch: activations.max_batch,
+            residual: residual.as_ref(),
+            output: &output,
+            activation: step.activation,
+        },
+    )?;
+    weights.push(LayerWeights::Blocked(conv_weights));
     Ok(prepared)
 }
 

@@ -540,23 +540,34 @@ fn inspect(path: &Path) -> resgraph::Result<()> {
     );
     println!();
     println!(
-        "  {:<4} {:<10} {:<32} {:>12} {:>12}",
-        "#", "op", "name", "shape", "parameters"
+        "  {:<4} {:<12} {:<32} {:>16} {:>12} {:>14}",
+        "#", "op", "name", "output", "parameters", "FLOPs/sample"
     );
     for (index, node) in graph.nodes().iter().enumerate() {
-        let (op, shape, parameters) = match &node.op {
-            Op::Input => ("input", format!("[B, {}]", node.width), String::new()),
-            Op::Linear { params, .. } => (
-                "linear",
-                format!("{}x{}", params.out_features(), params.in_features()),
-                params.parameter_count().to_string(),
-            ),
-            Op::Relu { .. } => ("relu", format!("[B, {}]", node.width), String::new()),
-            Op::Add { .. } => ("add", format!("[B, {}]", node.width), String::new()),
+        let (op, parameters) = match &node.op {
+            Op::Input => ("input", 0),
+            Op::Linear { params, .. } => ("linear", params.parameter_count()),
+            Op::Relu { .. } => ("relu", 0),
+            Op::Add { .. } => ("add", 0),
+            Op::Conv2d { params, .. } => ("conv2d", params.parameter_count()),
+            Op::MaxPool2d { .. } => ("max_pool2d", 0),
+            Op::AvgPool2d { .. } => ("avg_pool2d", 0),
+            Op::GlobalAvgPool { .. } => ("global_pool", 0),
+            Op::Flatten { .. } => ("flatten", 0),
+        };
+        let parameters = if parameters == 0 {
+            String::new()
+        } else {
+            parameters.to_string()
+        };
+        let flops = match node.flops() {
+            0 => String::new(),
+            flops => flops.to_string(),
         };
         println!(
-            "  {index:<4} {op:<10} {:<32} {shape:>12} {parameters:>12}",
-            node.name
+            "  {index:<4} {op:<12} {:<32} {:>16} {parameters:>12} {flops:>14}",
+            node.name,
+            format!("[B, {}]", &node.shape.describe()[1..].trim_end_matches(']')),
         );
     }
     let plan = resgraph::plan::Plan::new(&graph)?;

@@ -96,6 +96,50 @@ pub fn relative_error(out: &[f32], reference: &[f64]) -> f64 {
     }
 }
 
+/// The height, width and channels of an image shape (a dense row of `n` is a 1×1 image of `n`
+/// channels, which is what the graph builder lets pool and convolution nodes read).
+fn image_shape(shape: crate::graph::ValueShape) -> (usize, usize, usize) {
+    match shape {
+        crate::graph::ValueShape::Image {
+            height,
+            width,
+            channels,
+        } => (height, width, channels),
+        crate::graph::ValueShape::Dense { width } => (1, 1, width),
+    }
+}
+
+/// NHWC images as dense rows in PyTorch's (channel, row, column) order, as `torch.flatten(x, 1)`
+/// gives them for NCHW tensors; a dense row is returned as it is.
+fn flatten_to_pytorch_order(
+    values: &[f64],
+    batch: usize,
+    shape: crate::graph::ValueShape,
+) -> Vec<f64> {
+    let (height, width, channels) = match shape {
+        crate::graph::ValueShape::Dense { .. } => return values.to_vec(),
+        crate::graph::ValueShape::Image {
+            height,
+            width,
+            channels,
+        } => (height, width, channels),
+    };
+    let per_image = height * width * channels;
+    let mut flat = vec![0.0; batch * per_image];
+    for image in 0..batch {
+        for y in 0..height {
+            for x in 0..width {
+                for channel in 0..channels {
+                    let from = image * per_image + (y * width + x) * channels + channel;
+                    let to = image * per_image + (channel * height + y) * width + x;
+                    flat[to] = values[from];
+                }
+            }
+        }
+    }
+    flat
+}
+
 /// The whole graph's forward pass for `batch` rows of `input` (`batch × input_width`, row-major),
 /// node by node, in f64. Returns `batch × output_width` values.
 ///
@@ -133,6 +177,59 @@ pub fn forward_f64(graph: &crate::graph::Graph, input: &[f32], batch: usize) -> 
                 .zip(&values[right.index()])
                 .map(|(a, b)| a + b)
                 .collect(),
+            Op::Conv2d { input, params } => {
+                let (height, width, _) = image_shape(graph.node(*input).shape);
+                conv2d_f64(
+                    &values[input.index()],
+                    (batch, height, width),
+                    Conv2dRef {
+                        weight: params.weight(),
+                        bias: params.bias().unwrap_or(&[]),
+                        in_channels: params.in_channels(),
+                        out_channels: params.out_channels(),
+                        kernel: params.kernel(),
+                        stride: params.stride(),
+                        padding: params.padding(),
+                    },
+                    None,
+                    Epilogue::default(),
+                )
+                .0
+            }
+            Op::MaxPool2d { input, window } => {
+                let (height, width, channels) = image_shape(graph.node(*input).shape);
+                max_pool2d_f64(
+                    &values[input.index()],
+                    (batch, height, width, channels),
+                    window.kernel,
+                    window.stride,
+                    window.padding,
+                )
+                .0
+            }
+            Op::AvgPool2d {
+                input,
+                window,
+                count_include_pad,
+            } => {
+                let (height, width, channels) = image_shape(graph.node(*input).shape);
+                avg_pool2d_f64(
+                    &values[input.index()],
+                    (batch, height, width, channels),
+                    window.kernel,
+                    window.stride,
+                    window.padding,
+                    *count_include_pad,
+                )
+                .0
+            }
+            Op::GlobalAvgPool { input } => {
+                let (height, width, channels) = image_shape(graph.node(*input).shape);
+                global_avg_pool_f64(&values[input.index()], (batch, height, width, channels))
+            }
+            Op::Flatten { input } => {
+                flatten_to_pytorch_order(&values[input.index()], batch, graph.node(*input).shape)
+            }
         };
         values.push(value);
     }

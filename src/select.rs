@@ -23,7 +23,7 @@ use crate::gpu::context::GpuContext;
 use crate::kernels::gemm::GemmVariant;
 use crate::kernels::gemv::{self, GEMV_MAX_BATCH, TextureWeights};
 use crate::kernels::residual_block;
-use crate::plan::{ElementwiseOp, Plan, ResidualBlockSteps, StepKind, ValueId};
+use crate::plan::{ElementwiseOp, Plan, PoolOp, ResidualBlockSteps, StepKind, ValueId};
 use crate::precision::Precision;
 use crate::tune::{self, BlockForm, KernelChoice, LayerCandidates, TuningCache, TuningReport};
 
@@ -92,6 +92,32 @@ pub(crate) enum ScheduledStep {
     /// Two GEMM steps of the plan that form a residual block, run as one dispatch of the
     /// whole-block kernel (which reads both layers in the blocked GEMM layout).
     ResidualBlock(ResidualBlockSteps),
+    /// `act(conv(input, W) + b [+ residual])`, run by the implicit-GEMM convolution.
+    Conv {
+        /// The convolution, an index into `Plan::convs`.
+        conv: usize,
+        /// X, NHWC images.
+        input: ValueId,
+        /// The input's height and width.
+        input_size: (usize, usize),
+        /// R, when an add was fused.
+        residual: Option<ValueId>,
+        /// The activation applied last.
+        activation: Activation,
+        /// The value it writes.
+        output: ValueId,
+    },
+    /// A pool over NHWC images.
+    Pool {
+        /// Which pool.
+        op: PoolOp,
+        /// X, NHWC images.
+        input: ValueId,
+        /// The input's height, width and channels.
+        input_shape: (usize, usize, usize),
+        /// The value it writes.
+        output: ValueId,
+    },
 }
 
 /// What selection decided for one plan on one device.
@@ -270,6 +296,30 @@ fn schedule_steps(
                 output: step.output,
                 kernel: layer_kernels[layer],
             },
+            StepKind::Conv {
+                conv,
+                input,
+                input_size,
+                residual,
+                activation,
+            } => ScheduledStep::Conv {
+                conv,
+                input,
+                input_size,
+                residual,
+                activation,
+                output: step.output,
+            },
+            StepKind::Pool {
+                op,
+                input,
+                input_shape,
+            } => ScheduledStep::Pool {
+                op,
+                input,
+                input_shape,
+                output: step.output,
+            },
             StepKind::Elementwise { op, left, right } => ScheduledStep::Elementwise {
                 op,
                 left,
@@ -324,6 +374,13 @@ mod tests {
                     ..
                 } => (std::iter::once(input).chain(residual).collect(), output),
                 ScheduledStep::ResidualBlock(block) => (vec![block.input], block.output),
+                ScheduledStep::Conv {
+                    input,
+                    residual,
+                    output,
+                    ..
+                } => (std::iter::once(input).chain(residual).collect(), output),
+                ScheduledStep::Pool { input, output, .. } => (vec![input], output),
                 ScheduledStep::Elementwise {
                     left,
                     right,

@@ -310,6 +310,19 @@ pub fn export_safetensors(graph: &Graph) -> Result<Vec<u8>> {
             }
             Op::Relu { .. } => json!({"op": "relu", "name": name, "inputs": inputs}),
             Op::Add { .. } => json!({"op": "add", "name": name, "inputs": inputs}),
+            Op::Conv2d { .. }
+            | Op::MaxPool2d { .. }
+            | Op::AvgPool2d { .. }
+            | Op::GlobalAvgPool { .. }
+            | Op::Flatten { .. } => {
+                return Err(Error::Model {
+                    path: "<safetensors export>".to_string(),
+                    reason: format!(
+                        "node {name:?}: resgraph's safetensors format does not store \
+                         convolutions, pools or flattens yet"
+                    ),
+                });
+            }
         };
         nodes_json.push(entry);
     }

@@ -1,20 +1,23 @@
 //! Fusion: `linear → relu` becomes one GEMM with a ReLU epilogue, and `linear → add(·, r) → relu`
-//! one GEMM with a residual-and-ReLU epilogue. A node can only be folded into its consumer when it
+//! one GEMM with a residual-and-ReLU epilogue; a convolution fuses the same way into one
+//! implicit-GEMM dispatch. A node can only be folded into its consumer when it
 //! has exactly one consumer and is not the graph's output, since otherwise its value is needed on
 //! its own.
 
 use std::collections::HashMap;
 
 use crate::epilogue::Activation;
-use crate::error::Result;
-use crate::graph::{Graph, LinearParams, NodeId, Op};
-use crate::plan::{ElementwiseOp, Step, StepKind, ValueId};
+use crate::error::{Error, Result};
+use crate::graph::{Conv2dParams, Graph, LinearParams, NodeId, Op, ValueShape};
+use crate::plan::{ElementwiseOp, PoolOp, Step, StepKind, ValueId};
 
 /// The steps before memory planning.
 #[derive(Debug)]
 pub struct Fused {
     /// Linear layers, indexed by the GEMM steps.
     pub layers: Vec<LinearParams>,
+    /// Convolutions, indexed by the convolution steps.
+    pub convs: Vec<Conv2dParams>,
     /// Steps in order.
     pub steps: Vec<Step>,
     /// Width of each value.
@@ -28,9 +31,9 @@ pub struct Fused {
 /// A node not yet emitted because it may fold into its consumer.
 #[derive(Clone, Debug)]
 enum Pending {
-    /// A linear layer waiting for a ReLU or an add.
+    /// A linear layer or convolution waiting for a ReLU or an add.
     Linear { node: NodeId },
-    /// A linear layer plus a residual add, waiting for a ReLU.
+    /// A linear layer or convolution plus a residual add, waiting for a ReLU.
     LinearAdd {
         linear: NodeId,
         add: NodeId,
@@ -56,6 +59,7 @@ pub fn fuse(graph: &Graph) -> Result<Fused> {
         pending: HashMap::new(),
         fused: Fused {
             layers: Vec::new(),
+            convs: Vec::new(),
             steps: Vec::new(),
             value_widths: vec![input_width],
             input: ValueId(0),
@@ -64,11 +68,30 @@ pub fn fuse(graph: &Graph) -> Result<Fused> {
     };
     fuser.values.insert(graph.input(), ValueId(0));
     for index in 0..graph.nodes().len() {
-        fuser.visit(NodeId(index));
+        fuser.visit(NodeId(index))?;
     }
     let output = fuser.materialize(graph.output());
     fuser.fused.output = output;
     Ok(fuser.fused)
+}
+
+/// The height, width and channels of an image (the builder only lets convolutions and pools read
+/// images, so a dense row here would be a builder bug; it reads as a 1×1 image).
+fn image_shape(shape: ValueShape) -> (usize, usize, usize) {
+    match shape {
+        ValueShape::Image {
+            height,
+            width,
+            channels,
+        } => (height, width, channels),
+        ValueShape::Dense { width } => (1, 1, width),
+    }
+}
+
+/// The height and width of an image.
+fn image_size(shape: ValueShape) -> (usize, usize) {
+    let (height, width, _) = image_shape(shape);
+    (height, width)
 }
 
 impl Fuser<'_> {
@@ -86,11 +109,25 @@ impl Fuser<'_> {
             .map(|(index, _)| NodeId(index))
     }
 
-    fn visit(&mut self, id: NodeId) {
+    fn visit(&mut self, id: NodeId) -> Result<()> {
         let node = &self.graph.nodes()[id.0];
         match &node.op {
             Op::Input => {}
-            Op::Linear { .. } => {
+            Op::MaxPool2d { input, window } => {
+                let op = PoolOp::Max(*window);
+                self.emit_pool(id, op, *input);
+            }
+            Op::AvgPool2d {
+                input,
+                window,
+                count_include_pad,
+            } => {
+                let op = PoolOp::Average(*window, *count_include_pad);
+                self.emit_pool(id, op, *input);
+            }
+            Op::GlobalAvgPool { input } => self.emit_pool(id, PoolOp::GlobalAverage, *input),
+            Op::Flatten { input } => self.flatten(id, *input, &node.name)?,
+            Op::Linear { .. } | Op::Conv2d { .. } => {
                 let foldable = self.sole_consumer(id).is_some_and(|consumer| {
                     match &self.graph.node(consumer).op {
                         Op::Relu { .. } => true,
@@ -167,6 +204,36 @@ impl Fuser<'_> {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// A flatten of a dense row or of a 1×1 image (after a global pool) is the same values in
+    /// the same order, so the node reads its input's value and costs no dispatch. Flattening a
+    /// larger image would need a transpose from NHWC to PyTorch's channel-first order, which no
+    /// kernel runs yet.
+    fn flatten(&mut self, id: NodeId, input: NodeId, name: &str) -> Result<()> {
+        match self.graph.node(input).shape {
+            ValueShape::Dense { .. }
+            | ValueShape::Image {
+                height: 1,
+                width: 1,
+                ..
+            } => {
+                let value = self.materialize(input);
+                self.values.insert(id, value);
+                Ok(())
+            }
+            image => Err(Error::UnsupportedShape {
+                kernel: "flatten",
+                what: format!(
+                    "node {name:?}, which flattens an image {}",
+                    image.describe()
+                ),
+                reason: "flattening a spatial map needs a transpose to PyTorch's channel-first \
+                         order, which resgraph does not run yet; pool the image to 1x1 first"
+                    .to_string(),
+            }),
+        }
     }
 
     /// The value of `node`, emitting it first if it is still pending.
@@ -201,22 +268,38 @@ impl Fuser<'_> {
         residual: Option<ValueId>,
         activation: Activation,
     ) -> ValueId {
-        let Op::Linear { input, params } = &self.graph.node(linear).op else {
-            unreachable!("emit_gemm is only called with linear nodes");
+        let kind = match &self.graph.node(linear).op {
+            Op::Linear { input, params } => {
+                let (input, params) = (*input, params.clone());
+                let input = self.materialize(input);
+                let layer = self.fused.layers.len();
+                self.fused.layers.push(params);
+                StepKind::Gemm {
+                    layer,
+                    input,
+                    residual,
+                    activation,
+                }
+            }
+            Op::Conv2d { input, params } => {
+                let (input_node, params) = (*input, params.clone());
+                let input = self.materialize(input_node);
+                let conv = self.fused.convs.len();
+                self.fused.convs.push(params);
+                StepKind::Conv {
+                    conv,
+                    input,
+                    input_size: image_size(self.graph.node(input_node).shape),
+                    residual,
+                    activation,
+                }
+            }
+            _ => unreachable!("emit_gemm is only called with linear and convolution nodes"),
         };
-        let (input, params) = (*input, params.clone());
-        let input = self.materialize(input);
-        let layer = self.fused.layers.len();
-        self.fused.layers.push(params);
         let last = *covered.last().unwrap_or(&linear);
         let output = self.new_value(self.graph.node(last).width);
         self.fused.steps.push(Step {
-            kind: StepKind::Gemm {
-                layer,
-                input,
-                residual,
-                activation,
-            },
+            kind,
             output,
             name: self.names(covered),
         });
@@ -241,6 +324,22 @@ impl Fuser<'_> {
         });
         self.values.insert(node, output);
         output
+    }
+
+    fn emit_pool(&mut self, node: NodeId, op: PoolOp, input: NodeId) {
+        let input_shape = image_shape(self.graph.node(input).shape);
+        let input = self.materialize(input);
+        let output = self.new_value(self.graph.node(node).width);
+        self.fused.steps.push(Step {
+            kind: StepKind::Pool {
+                op,
+                input,
+                input_shape,
+            },
+            output,
+            name: self.names(&[node]),
+        });
+        self.values.insert(node, output);
     }
 
     fn names(&self, nodes: &[NodeId]) -> String {

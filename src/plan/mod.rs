@@ -35,6 +35,17 @@ pub(crate) enum ElementwiseOp {
     Add,
 }
 
+/// A pooling step's operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PoolOp {
+    /// The maximum over each window.
+    Max(crate::graph::PoolWindow),
+    /// The mean over each window; the flag is PyTorch's `count_include_pad`.
+    Average(crate::graph::PoolWindow, bool),
+    /// The mean over all pixels, per channel.
+    GlobalAverage,
+}
+
 /// What one step computes.
 #[derive(Clone, Debug)]
 pub(crate) enum StepKind {
@@ -48,6 +59,29 @@ pub(crate) enum StepKind {
         residual: Option<ValueId>,
         /// The activation applied last.
         activation: Activation,
+    },
+    /// `act(conv(input, W) + b [+ residual])` for convolution `conv` of `Plan::convs`, over
+    /// NHWC images of `input_size` (height, width).
+    Conv {
+        /// Index into `Plan::convs`.
+        conv: usize,
+        /// X, NHWC.
+        input: ValueId,
+        /// The input's height and width.
+        input_size: (usize, usize),
+        /// R, when an add was fused.
+        residual: Option<ValueId>,
+        /// The activation applied last.
+        activation: Activation,
+    },
+    /// A pool over NHWC images of `input_shape` (height, width, channels).
+    Pool {
+        /// Which pool.
+        op: PoolOp,
+        /// X, NHWC.
+        input: ValueId,
+        /// The input's height, width and channels.
+        input_shape: (usize, usize, usize),
     },
     /// An elementwise operation.
     Elementwise {
@@ -84,7 +118,11 @@ impl Step {
         match &self.kind {
             StepKind::Gemm {
                 input, residual, ..
+            }
+            | StepKind::Conv {
+                input, residual, ..
             } => std::iter::once(*input).chain(*residual).collect(),
+            StepKind::Pool { input, .. } => vec![*input],
             StepKind::Elementwise { left, right, .. } => {
                 std::iter::once(*left).chain(*right).collect()
             }
@@ -123,6 +161,8 @@ pub(crate) struct ResidualBlockSteps {
 pub struct Plan {
     /// The linear layers the GEMM steps use.
     pub(crate) layers: Vec<LinearParams>,
+    /// The convolutions the convolution steps use.
+    pub(crate) convs: Vec<crate::graph::Conv2dParams>,
     /// The steps, in execution order.
     pub(crate) steps: Vec<Step>,
     /// The width of every value.
@@ -145,6 +185,7 @@ impl Plan {
             memory::assign_slots(&fused.steps, &fused.value_widths, fused.input, fused.output);
         Ok(Plan {
             layers: fused.layers,
+            convs: fused.convs,
             steps: fused.steps,
             value_widths: fused.value_widths,
             value_storage,

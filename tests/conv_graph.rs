@@ -1,0 +1,183 @@
+//! Convolutional residual networks as graphs: the builder checks image shapes, the planner fuses
+//! each convolution with its ReLU and residual add, and a compiled model matches the f64
+//! reference end to end on every test adapter.
+
+mod common;
+
+use resgraph::graph::{Conv2dParams, GraphBuilder, PoolWindow, ValueShape};
+use resgraph::reference::forward_f64;
+use resgraph::{CompileOptions, CompiledModel, Error, Precision};
+
+/// A convolution with PyTorch's default initialisation scale (uniform in ±1/sqrt(fan_in)) and a
+/// small bias, from a fixed seed.
+fn conv(
+    seed: u64,
+    (out_channels, in_channels): (usize, usize),
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+) -> Conv2dParams {
+    let mut rng = common::rng(seed);
+    let fan_in = (in_channels * kernel * kernel) as f32;
+    let bound = 1.0 / fan_in.sqrt();
+    let weight = common::uniform(
+        &mut rng,
+        out_channels * in_channels * kernel * kernel,
+        -bound,
+        bound,
+    );
+    let bias = common::uniform(&mut rng, out_channels, -0.1, 0.1);
+    Conv2dParams::new(
+        (out_channels, in_channels),
+        (kernel, kernel),
+        (stride, stride),
+        (padding, padding, padding, padding),
+        weight,
+        Some(bias),
+    )
+    .expect("a valid convolution")
+}
+
+/// A small ResNet body: a 3×3 stem, a basic block with the identity shortcut, and a basic block
+/// that halves the size with a 1×1 stride-2 projection; on an odd-sized 3-channel image.
+fn small_resnet_body() -> resgraph::Graph {
+    let mut graph = GraphBuilder::new();
+    let x = graph.input_image("x", (11, 9, 3)).expect("input");
+    let stem = graph
+        .conv2d("conv1", x, conv(1, (16, 3), 3, 1, 1))
+        .expect("stem");
+    let stem = graph.relu("relu", stem).expect("relu");
+    let block = graph
+        .basic_block(
+            "layer1.0",
+            stem,
+            conv(2, (16, 16), 3, 1, 1),
+            conv(3, (16, 16), 3, 1, 1),
+            None,
+        )
+        .expect("identity block");
+    let block = graph
+        .basic_block(
+            "layer2.0",
+            block,
+            conv(4, (32, 16), 3, 2, 1),
+            conv(5, (32, 32), 3, 1, 1),
+            Some(conv(6, (32, 16), 1, 2, 0)),
+        )
+        .expect("projection block");
+    graph.build(block).expect("graph")
+}
+
+#[test]
+fn the_builder_tracks_image_shapes_and_refuses_what_does_not_chain() {
+    let graph = small_resnet_body();
+    assert_eq!(
+        graph.input_shape(),
+        ValueShape::Image {
+            height: 11,
+            width: 9,
+            channels: 3
+        }
+    );
+    // 11x9 -> stride 2, padding 1, kernel 3: 6x5.
+    assert_eq!(
+        graph.output_shape(),
+        ValueShape::Image {
+            height: 6,
+            width: 5,
+            channels: 32
+        }
+    );
+    let mut builder = GraphBuilder::new();
+    let x = builder.input_image("x", (8, 8, 3)).expect("input");
+    let error = builder
+        .conv2d("wrong_channels", x, conv(7, (4, 5), 3, 1, 1))
+        .expect_err("5 channels expected, 3 given");
+    assert!(matches!(error, Error::GraphShape { .. }), "{error}");
+    assert!(error.to_string().contains("wrong_channels"), "{error}");
+    let error = builder
+        .conv2d("too_big", x, conv(8, (4, 3), 11, 1, 0))
+        .expect_err("an 11x11 kernel on 8x8");
+    assert!(matches!(error, Error::GraphShape { .. }), "{error}");
+    let error = builder
+        .linear("fc", x, resgraph::LinearParams::zeros(2, 192).expect("fc"))
+        .expect_err("a linear layer on an image");
+    assert!(error.to_string().contains("flatten or pool"), "{error}");
+    let pooled = builder
+        .max_pool2d(
+            "maxpool",
+            x,
+            PoolWindow {
+                kernel: (3, 3),
+                stride: (2, 2),
+                padding: (1, 1, 1, 1),
+            },
+        )
+        .expect("max pool");
+    assert_eq!(
+        builder.shape(pooled),
+        Some(ValueShape::Image {
+            height: 4,
+            width: 4,
+            channels: 3
+        })
+    );
+    let global = builder.global_avg_pool("avgpool", pooled).expect("pool");
+    assert_eq!(builder.shape(global), Some(ValueShape::Dense { width: 3 }));
+    let error = builder
+        .global_avg_pool("again", global)
+        .expect_err("a global pool of a dense row");
+    assert!(matches!(error, Error::GraphShape { .. }), "{error}");
+}
+
+#[test]
+fn a_convolutional_residual_network_runs_one_dispatch_per_convolution_and_matches_the_reference() {
+    let graph = small_resnet_body();
+    for (backend, context) in common::contexts() {
+        let model =
+            CompiledModel::compile(common::shared(context), &graph, &CompileOptions::new(3))
+                .expect("compile");
+        // The stem and its ReLU, two convolutions in the identity block (the add and ReLU fused
+        // into the second) and three in the projection block.
+        assert_eq!(model.dispatches_per_run(), 6, "{:?}", model.step_kernels());
+        assert!(
+            model
+                .step_kernels()
+                .iter()
+                .all(|kernel| *kernel == "conv2d"),
+            "{:?}",
+            model.step_kernels()
+        );
+        for batch in [1, 3] {
+            let input = common::uniform(
+                &mut common::rng(batch as u64),
+                batch * graph.input_width(),
+                -1.0,
+                1.0,
+            );
+            let output = model.run(&input).expect("run");
+            let error = common::assert_close(
+                &output,
+                &forward_f64(&graph, &input, batch),
+                Precision::F32.tolerance(),
+                &format!("{backend} batch {batch}"),
+            );
+            eprintln!("{backend} batch {batch}: relative error {error:.2e}");
+        }
+    }
+}
+
+#[test]
+fn a_spatial_flatten_is_a_typed_error_until_a_kernel_runs_it() {
+    let mut builder = GraphBuilder::new();
+    let x = builder.input_image("x", (4, 4, 2)).expect("input");
+    let flat = builder.flatten("flatten", x).expect("flatten");
+    let graph = builder.build(flat).expect("graph");
+    let error = CompiledModel::compile(
+        common::shared_primary_context(),
+        &graph,
+        &CompileOptions::new(1),
+    )
+    .expect_err("a 4x4 flatten needs a transpose");
+    assert!(matches!(error, Error::UnsupportedShape { .. }), "{error}");
+}
