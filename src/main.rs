@@ -14,6 +14,7 @@ use resgraph::gpu::context::{
     AdapterIdentity, AdapterOptions, AdapterReport, GpuContext, choose_adapter, create_instance,
     enumerate_adapters, parse_backends,
 };
+use resgraph::graph::ValueShape;
 use resgraph::graph::synthetic::{MlpShape, mlp, random_input};
 use resgraph::reference::forward_f64;
 
@@ -493,40 +494,131 @@ fn measured_times<'a>(measured: impl Iterator<Item = (&'a str, std::time::Durati
 fn run_model(options: &AdapterOptions, args: &RunArgs) -> resgraph::Result<()> {
     let graph = resgraph::model::load_model(&args.model)?;
     let array = resgraph::model::npy::read_npy(&args.input)?;
-    let width = graph.input_width();
-    let input_error = |reason: String| resgraph::Error::Npy {
+    let input = model_input(&graph, array).map_err(|reason| resgraph::Error::Npy {
         path: args.input.display().to_string(),
         reason,
-    };
-    let (batch, squeeze) = match array.shape.as_slice() {
-        [features] if *features == width => (1, true),
-        [batch, features] if *features == width && *batch > 0 => (*batch, false),
-        [_] | [_, _] => {
-            return Err(input_error(format!(
-                "shape {:?} does not match the model's input width {width} (expected [batch, {width}] or [{width}])",
-                array.shape
-            )));
-        }
-        _ => {
-            return Err(input_error(format!(
-                "rank {} input; expected [batch, {width}] or [{width}]",
-                array.shape.len()
-            )));
-        }
-    };
+    })?;
     let context = Arc::new(GpuContext::new(options)?);
     let compile = CompileOptions {
         precision: args.precision.resolve(&context),
-        ..CompileOptions::new(batch)
+        ..CompileOptions::new(input.batch)
     };
     let model = CompiledModel::compile(context, &graph, &compile)?;
-    let output = model.run(&array.data)?;
-    let shape: Vec<usize> = if squeeze {
-        vec![model.output_width()]
+    let output = model.run(&input.values)?;
+    // Images go back to PyTorch's NCHW order; dense rows are written as they are.
+    let (per_entry, output) = match graph.output_shape() {
+        ValueShape::Image {
+            height,
+            width,
+            channels,
+        } => (
+            vec![channels, height, width],
+            nhwc_to_nchw(&output, input.batch, (channels, height, width)),
+        ),
+        ValueShape::Dense { width } => (vec![width], output),
+    };
+    let shape: Vec<usize> = if input.squeeze {
+        per_entry
     } else {
-        vec![batch, model.output_width()]
+        std::iter::once(input.batch).chain(per_entry).collect()
     };
     resgraph::model::npy::write_npy_atomically(&args.output, &shape, &output)
+}
+
+/// A run's input as the model takes it: NHWC for image models, rows for dense ones.
+struct ModelInput {
+    batch: usize,
+    /// Whether the file held one entry without a batch dimension (the output drops it too).
+    squeeze: bool,
+    values: Vec<f32>,
+}
+
+/// Checks an `.npy` input against the model's input shape: `[batch, width]` or `[width]` for a
+/// dense model, `[batch, channels, height, width]` or `[channels, height, width]` (PyTorch's
+/// NCHW) for an image model, which is converted to NHWC.
+fn model_input(
+    graph: &resgraph::Graph,
+    array: resgraph::NpyArray,
+) -> std::result::Result<ModelInput, String> {
+    let (per_entry, image) = match graph.input_shape() {
+        ValueShape::Dense { width } => (vec![width], None),
+        ValueShape::Image {
+            height,
+            width,
+            channels,
+        } => (
+            vec![channels, height, width],
+            Some((channels, height, width)),
+        ),
+    };
+    let shape = array.shape.as_slice();
+    let (batch, squeeze) = if shape == per_entry.as_slice() {
+        (1, true)
+    } else if shape.len() == per_entry.len() + 1 && shape[1..] == per_entry[..] && shape[0] > 0 {
+        (shape[0], false)
+    } else {
+        let expected = per_entry
+            .iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let input = match image {
+            Some(_) => format!("images [{expected}] (NCHW)"),
+            None => format!("width {expected}"),
+        };
+        return Err(format!(
+            "a rank {} input of shape {shape:?} does not match the model's input {input} \
+             (expected [batch, {expected}] or [{expected}])",
+            shape.len()
+        ));
+    };
+    let values = match image {
+        Some(image) => nchw_to_nhwc(&array.data, batch, image),
+        None => array.data,
+    };
+    Ok(ModelInput {
+        batch,
+        squeeze,
+        values,
+    })
+}
+
+/// `batch` images from PyTorch's NCHW order to resgraph's NHWC.
+fn nchw_to_nhwc(
+    data: &[f32],
+    batch: usize,
+    (channels, height, width): (usize, usize, usize),
+) -> Vec<f32> {
+    let per_image = channels * height * width;
+    let mut out = vec![0.0; data.len()];
+    for image in 0..batch {
+        for channel in 0..channels {
+            for pixel in 0..height * width {
+                out[image * per_image + pixel * channels + channel] =
+                    data[image * per_image + channel * height * width + pixel];
+            }
+        }
+    }
+    out
+}
+
+/// `batch` images from resgraph's NHWC order to PyTorch's NCHW.
+fn nhwc_to_nchw(
+    data: &[f32],
+    batch: usize,
+    (channels, height, width): (usize, usize, usize),
+) -> Vec<f32> {
+    let per_image = channels * height * width;
+    let mut out = vec![0.0; data.len()];
+    for image in 0..batch {
+        for channel in 0..channels {
+            for pixel in 0..height * width {
+                out[image * per_image + channel * height * width + pixel] =
+                    data[image * per_image + pixel * channels + channel];
+            }
+        }
+    }
+    out
 }
 
 fn inspect(path: &Path) -> resgraph::Result<()> {

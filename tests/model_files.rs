@@ -285,16 +285,58 @@ fn weight(name: &str, dims: Vec<i64>, values: Vec<f32>) -> proto::TensorProto {
 #[test]
 fn an_unsupported_onnx_operator_names_the_operator_and_the_node() {
     let bytes = onnx_model(
-        vec![node("Conv", "encoder.conv1", &["x", "w"], "y")],
+        vec![node("LSTM", "encoder.lstm", &["x", "w"], "y")],
         vec![weight("w", vec![4, 4], vec![0.0; 16])],
     );
-    let error = model_error(&bytes, "conv.onnx");
+    let error = model_error(&bytes, "lstm.onnx");
     match &error {
         Error::UnsupportedOp { op, node, .. } => {
-            assert_eq!(op, "Conv");
-            assert_eq!(node, "encoder.conv1");
+            assert_eq!(op, "LSTM");
+            assert_eq!(node, "encoder.lstm");
         }
         other => panic!("expected UnsupportedOp, got {other}"),
+    }
+}
+
+#[test]
+fn an_unsupported_convolution_attribute_names_the_operator_the_node_and_the_attribute() {
+    for (attribute, shown) in [
+        (
+            proto::AttributeProto {
+                name: Some("group".to_string()),
+                i: Some(32),
+                ..Default::default()
+            },
+            "group=32",
+        ),
+        (
+            proto::AttributeProto {
+                name: Some("dilations".to_string()),
+                ints: vec![2, 2],
+                ..Default::default()
+            },
+            "dilations=[2, 2]",
+        ),
+        (
+            proto::AttributeProto {
+                name: Some("auto_pad".to_string()),
+                s: Some(b"SAME_UPPER".to_vec()),
+                ..Default::default()
+            },
+            "auto_pad=SAME_UPPER",
+        ),
+    ] {
+        let mut conv = node("Conv", "layer1.0.conv1", &["x", "w"], "y");
+        conv.attribute.push(attribute);
+        let bytes = onnx_model(
+            vec![conv],
+            vec![weight("w", vec![4, 13, 1, 1], vec![0.0; 52])],
+        );
+        let message = model_error(&bytes, "conv.onnx").to_string();
+        assert!(!message.contains('\n'), "{message}");
+        for part in ["Conv", "layer1.0.conv1", shown] {
+            assert!(message.contains(part), "{part}: {message}");
+        }
     }
 }
 

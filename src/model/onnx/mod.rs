@@ -23,6 +23,9 @@ pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/onnx.rs"));
 }
 
+mod images;
+
+use images::PendingConv;
 use proto::tensor_proto::DataType;
 
 /// A constant tensor: an initializer or a `Constant` node's value, converted to f32.
@@ -46,6 +49,8 @@ enum Value {
     Node(NodeId),
     Constant(Constant),
     MatMul(PendingMatMul),
+    /// A convolution whose batch norm may still follow.
+    Conv(PendingConv),
 }
 
 /// Parses ONNX bytes into a graph; `path` names the source in errors. Tensors stored as
@@ -106,8 +111,13 @@ impl Importer<'_> {
             )));
         };
         let input_name = input.name.clone().unwrap_or_default();
-        let width = self.input_width(input)?;
-        let id = self.builder.input(&input_name, width)?;
+        let id = match self.input_dims(input)?.as_slice() {
+            // [batch, channels, height, width]: images, which resgraph stores NHWC.
+            &[channels, height, width] if self.is_image_input(input) => self
+                .builder
+                .input_image(&input_name, (height, width, channels))?,
+            dims => self.builder.input(&input_name, dims.iter().product())?,
+        };
         self.values.insert(input_name, Value::Node(id));
 
         for (index, node) in graph.node.iter().enumerate() {
@@ -135,8 +145,18 @@ impl Importer<'_> {
         Ok(built)
     }
 
-    /// The width of a `[batch, ...]` input: the product of every dimension after the first.
-    fn input_width(&self, input: &proto::ValueInfoProto) -> Result<usize> {
+    /// Whether `input` is a rank-4 `[batch, channels, height, width]` image input.
+    fn is_image_input(&self, input: &proto::ValueInfoProto) -> bool {
+        use proto::type_proto::Value as Type;
+        matches!(
+            input.r#type.as_ref().and_then(|t| t.value.as_ref()),
+            Some(Type::TensorType(tensor))
+                if tensor.shape.as_ref().is_some_and(|shape| shape.dim.len() == 4)
+        )
+    }
+
+    /// The dimensions of a `[batch, ...]` input after the batch, each static and positive.
+    fn input_dims(&self, input: &proto::ValueInfoProto) -> Result<Vec<usize>> {
         use proto::tensor_shape_proto::dimension::Value as Dim;
         use proto::type_proto::Value as Type;
         let name = input.name.as_deref().unwrap_or_default();
@@ -164,12 +184,14 @@ impl Importer<'_> {
             )));
         }
         let mut width = 1usize;
+        let mut sizes = Vec::with_capacity(dims.len() - 1);
         for dim in &dims[1..] {
             match dim.value {
                 Some(Dim::DimValue(value)) if value > 0 => {
                     width = width
                         .checked_mul(value as usize)
                         .ok_or_else(|| self.error(format!("input {name:?} is too wide")))?;
+                    sizes.push(value as usize);
                 }
                 _ => {
                     return Err(self.error(format!(
@@ -179,7 +201,7 @@ impl Importer<'_> {
                 }
             }
         }
-        Ok(width)
+        Ok(sizes)
     }
 
     /// The static feature width a `[batch, width]` value declares, if it declares one.
@@ -336,6 +358,11 @@ impl Importer<'_> {
                 self.values.insert(name.to_string(), Value::Node(id));
                 Ok(id)
             }
+            Some(Value::Conv(pending)) => {
+                let id = self.emit_conv(pending)?;
+                self.values.insert(name.to_string(), Value::Node(id));
+                Ok(id)
+            }
             Some(Value::Constant(_)) => Err(self.error(format!(
                 "{user} uses the constant {name:?} as an activation; not supported"
             ))),
@@ -393,16 +420,42 @@ impl Importer<'_> {
                 let x = self.activation(&input(0)?, &format!("Relu node {name:?}"))?;
                 Value::Node(self.builder.relu(&name, x)?)
             }
-            "Identity" | "Flatten" => {
-                if op == "Flatten" {
-                    let axis = attribute_int(node, "axis").unwrap_or(1);
-                    if axis != 1 {
-                        return Err(self.error(format!(
-                            "Flatten node {name:?} has axis {axis}; only axis 1 keeps the batch"
-                        )));
-                    }
+            "Identity" => match self.values.get(&input(0)?).cloned() {
+                // dynamo=False writes an Identity of an initializer for weights it shares.
+                Some(Value::Constant(constant)) => Value::Constant(constant),
+                _ => Value::Node(self.activation(&input(0)?, &format!("{op} node {name:?}"))?),
+            },
+            "Flatten" => {
+                let axis = attribute_int(node, "axis").unwrap_or(1);
+                if axis != 1 {
+                    return Err(self.error(format!(
+                        "Flatten node {name:?} has axis {axis}; only axis 1 keeps the batch"
+                    )));
                 }
-                Value::Node(self.activation(&input(0)?, &format!("{op} node {name:?}"))?)
+                let x = self.activation(&input(0)?, &format!("{op} node {name:?}"))?;
+                match self.builder.shape(x) {
+                    Some(crate::graph::ValueShape::Image { .. }) => {
+                        Value::Node(self.builder.flatten(&name, x)?)
+                    }
+                    _ => Value::Node(x),
+                }
+            }
+            "Conv" => {
+                let bias = node.input.get(2).filter(|bias| !bias.is_empty());
+                self.conv(
+                    node,
+                    &name,
+                    (&input(0)?, &input(1)?, bias.map(String::as_str)),
+                )?
+            }
+            "BatchNormalization" => {
+                let inputs = [input(0)?, input(1)?, input(2)?, input(3)?, input(4)?];
+                self.batch_norm(node, &name, inputs.each_ref().map(String::as_str))?
+            }
+            "MaxPool" | "AveragePool" => self.pool(node, &op, &name, &input(0)?)?,
+            "GlobalAveragePool" | "ReduceMean" => {
+                let axes = node.input.get(1).filter(|axes| !axes.is_empty());
+                self.global_average(node, &op, &name, &input(0)?, axes.map(String::as_str))?
             }
             "Reshape" => self.reshape(&input(0)?, &input(1)?, &name)?,
             "Cast" => self.cast(node, &input(0)?, &name)?,
@@ -439,7 +492,9 @@ impl Importer<'_> {
         // [-1 or 0, width] and [0 or rows, -1] both keep one row per batch entry.
         let supported = match target.as_slice() {
             [rows, cols] => {
-                (*cols == width && (*rows == -1 || *rows == 0)) || (*cols == -1 && *rows >= 0)
+                // A positive row count is the batch an exporter fixed (dynamo=True without
+                // dynamic_shapes writes [1, width]); resgraph keeps the batch open.
+                (*cols == width && *rows >= -1) || (*cols == -1 && *rows >= 0)
             }
             _ => false,
         };
