@@ -9,6 +9,7 @@ pub mod elementwise;
 pub mod gemm;
 pub mod gemv;
 pub mod launch;
+pub mod pool;
 pub mod residual_block;
 pub mod source;
 
@@ -24,6 +25,8 @@ pub const ALL_KERNELS: &[&source::KernelSource] = &[
     &elementwise::ELEMENTWISE_KERNEL,
     &residual_block::RESIDUAL_BLOCK_KERNEL,
     &conv2d::CONV2D_KERNEL,
+    &pool::POOL2D_KERNEL,
+    &pool::GLOBAL_AVG_POOL_KERNEL,
 ];
 
 /// Workgroups needed for `items` at `per_workgroup` each along one dimension, or
