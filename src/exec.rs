@@ -22,8 +22,12 @@ use crate::kernels::conv2d::{Conv2dGeometry, Conv2dOperands, prepare_conv2d, upl
 use crate::kernels::elementwise::{ElementwiseOperands, prepare_elementwise};
 use crate::kernels::gemm::{GemmOperands, GemmVariant, LinearWeights, prepare_gemm};
 use crate::kernels::gemv::{GemvOperands, TextureWeights, prepare_gemv};
+use crate::kernels::pool::{
+    GlobalAvgPoolOperands, Pool2dGeometry, Pool2dOperands, prepare_avg_pool2d,
+    prepare_global_avg_pool, prepare_max_pool2d,
+};
 use crate::kernels::residual_block::{ResidualBlockOperands, prepare_residual_block};
-use crate::plan::{ElementwiseOp, Plan, Storage, ValueId};
+use crate::plan::{ElementwiseOp, Plan, PoolOp, Storage, ValueId};
 use crate::precision::Precision;
 pub use crate::select::BlockFusion;
 use crate::select::{self, Schedule, ScheduledStep, SelectionOptions};
@@ -734,13 +738,12 @@ fn prepare_step(
             };
             prepare_conv_step(context, plan, activations, &step, weights)?
         }
-        ScheduledStep::Pool { op, .. } => {
-            return Err(Error::UnsupportedShape {
-                kernel: "pool",
-                what: format!("a {op:?} pool"),
-                reason: "the executor does not run pooling steps yet".to_string(),
-            });
-        }
+        ScheduledStep::Pool {
+            op,
+            input,
+            input_shape,
+            output,
+        } => prepare_pool_step(context, plan, activations, op, (input, input_shape), output)?,
         ScheduledStep::Elementwise {
             op,
             left,
@@ -816,6 +819,57 @@ fn prepare_conv_step(
     )?;
     weights.push(LayerWeights::Blocked(conv_weights));
     Ok(prepared)
+}
+
+/// Prepares a pooling step over NHWC views of its values (rows of the prepared kernel are
+/// images, as for convolutions).
+fn prepare_pool_step(
+    context: &GpuContext,
+    plan: &Plan,
+    activations: &Activations,
+    op: PoolOp,
+    (input, (height, width, channels)): (ValueId, (usize, usize, usize)),
+    output: ValueId,
+) -> Result<PreparedKernel> {
+    let batch = activations.max_batch;
+    let input = activations.image(plan, input, height * width, channels)?;
+    let window = match op {
+        PoolOp::Max(window) | PoolOp::Average(window, _) => window,
+        PoolOp::GlobalAverage => {
+            let output = activations.image(plan, output, 1, channels)?;
+            return prepare_global_avg_pool(
+                context,
+                &GlobalAvgPoolOperands {
+                    input: &input,
+                    input_size: (height, width),
+                    channels,
+                    batch,
+                    output: &output,
+                },
+            );
+        }
+    };
+    let geometry = Pool2dGeometry {
+        input_size: (height, width),
+        channels,
+        kernel: window.kernel,
+        stride: window.stride,
+        padding: window.padding,
+    };
+    let (out_h, out_w) = geometry.output_size()?;
+    let output = activations.image(plan, output, out_h * out_w, channels)?;
+    let operands = Pool2dOperands {
+        input: &input,
+        geometry,
+        batch,
+        output: &output,
+    };
+    match op {
+        PoolOp::Average(_, count_include_pad) => {
+            prepare_avg_pool2d(context, &operands, count_include_pad)
+        }
+        _ => prepare_max_pool2d(context, &operands),
+    }
 }
 
 /// The matrices of one layer's step.

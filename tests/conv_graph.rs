@@ -181,3 +181,85 @@ fn a_spatial_flatten_is_a_typed_error_until_a_kernel_runs_it() {
     .expect_err("a 4x4 flatten needs a transpose");
     assert!(matches!(error, Error::UnsupportedShape { .. }), "{error}");
 }
+
+/// A ResNet-18-shaped network at toy size: a 7×7 stride-2 stem, ResNet's 3×3 stride-2 max-pool,
+/// an identity block and a projection block, a global average pool, a flatten and a classifier.
+fn tiny_resnet() -> resgraph::Graph {
+    let mut graph = GraphBuilder::new();
+    let x = graph.input_image("x", (23, 19, 3)).expect("input");
+    let stem = graph
+        .conv2d("conv1", x, conv(11, (16, 3), 7, 2, 3))
+        .expect("stem");
+    let stem = graph.relu("relu", stem).expect("relu");
+    let pooled = graph
+        .max_pool2d(
+            "maxpool",
+            stem,
+            PoolWindow {
+                kernel: (3, 3),
+                stride: (2, 2),
+                padding: (1, 1, 1, 1),
+            },
+        )
+        .expect("max pool");
+    let block = graph
+        .basic_block(
+            "layer1.0",
+            pooled,
+            conv(12, (16, 16), 3, 1, 1),
+            conv(13, (16, 16), 3, 1, 1),
+            None,
+        )
+        .expect("identity block");
+    let block = graph
+        .basic_block(
+            "layer2.0",
+            block,
+            conv(14, (32, 16), 3, 2, 1),
+            conv(15, (32, 32), 3, 1, 1),
+            Some(conv(16, (32, 16), 1, 2, 0)),
+        )
+        .expect("projection block");
+    let pooled = graph.global_avg_pool("avgpool", block).expect("average");
+    let flat = graph.flatten("flatten", pooled).expect("flatten");
+    let mut rng = common::rng(17);
+    let fc = resgraph::LinearParams::new(
+        10,
+        32,
+        common::uniform(&mut rng, 320, -0.2, 0.2),
+        Some(common::uniform(&mut rng, 10, -0.1, 0.1)),
+    )
+    .expect("fc");
+    let logits = graph.linear("fc", flat, fc).expect("classifier");
+    graph.build(logits).expect("graph")
+}
+
+#[test]
+fn a_resnet_shaped_network_with_pools_matches_the_reference_on_every_backend() {
+    let graph = tiny_resnet();
+    assert_eq!(graph.output_shape(), ValueShape::Dense { width: 10 });
+    for (backend, context) in common::contexts() {
+        let model =
+            CompiledModel::compile(common::shared(context), &graph, &CompileOptions::new(3))
+                .expect("compile");
+        // Stem, max-pool, 2 + 3 block convolutions, the global pool and the classifier: the
+        // flatten of a 1x1 map costs nothing.
+        assert_eq!(model.dispatches_per_run(), 9, "{:?}", model.step_kernels());
+        for batch in [1, 3] {
+            let input = common::uniform(
+                &mut common::rng(20 + batch as u64),
+                batch * graph.input_width(),
+                -1.0,
+                1.0,
+            );
+            let output = model.run(&input).expect("run");
+            let error = common::assert_close(
+                &output,
+                &forward_f64(&graph, &input, batch),
+                Precision::F32.tolerance(),
+                &format!("{backend} batch {batch}"),
+            );
+            eprintln!("{backend} tiny ResNet batch {batch}: relative error {error:.2e}");
+        }
+    }
+}
