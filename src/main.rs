@@ -15,7 +15,7 @@ use resgraph::gpu::context::{
     enumerate_adapters, parse_backends,
 };
 use resgraph::graph::ValueShape;
-use resgraph::graph::synthetic::{MlpShape, mlp, random_input};
+use resgraph::graph::synthetic::{MlpShape, ResNetArch, mlp, random_input, resnet};
 use resgraph::reference::forward_f64;
 
 /// Residual networks on any GPU.
@@ -132,11 +132,41 @@ struct BenchArgs {
     seed: u64,
     /// Benchmark this model file (.onnx or .safetensors) instead of the synthetic MLP; its input
     /// width replaces --width and --depth.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "arch")]
     model: Option<PathBuf>,
+    /// Benchmark a synthetic torchvision ResNet (He initialisation, batch norm folded, fixed
+    /// seed) instead of the MLP: resnet18, resnet34, resnet50 or resnet101.
+    #[arg(long, value_parser = parse_arch)]
+    arch: Option<ResNetArch>,
+    /// The ResNet's square input size in pixels (with --arch).
+    #[arg(long, default_value_t = 224, requires = "arch")]
+    image: usize,
+    /// The ResNet's classes (with --arch).
+    #[arg(long, default_value_t = 1000, requires = "arch")]
+    classes: usize,
     /// Choose kernels by fixed rules instead of by measurement (and the tuning cache).
     #[arg(long)]
     no_tune: bool,
+}
+
+/// Parses `--arch`, naming the architectures resgraph knows when the name is not one of them.
+fn parse_arch(name: &str) -> std::result::Result<ResNetArch, String> {
+    ResNetArch::from_name(name).ok_or_else(|| {
+        let known: Vec<&str> = ResNetArch::ALL.iter().map(|arch| arch.name()).collect();
+        format!(
+            "unknown architecture {name:?}; expected one of {}",
+            known.join(", ")
+        )
+    })
+}
+
+/// The network `bench` and `tune` run: a model file, a synthetic ResNet, or the synthetic MLP.
+fn bench_graph(args: &BenchArgs) -> resgraph::Result<resgraph::Graph> {
+    match (&args.model, args.arch) {
+        (Some(path), _) => resgraph::model::load_model(path),
+        (None, Some(arch)) => resnet(arch, args.image, args.classes, args.seed),
+        (None, None) => mlp(MlpShape::square(args.width, args.depth), 1.0, args.seed),
+    }
 }
 
 fn main() -> ExitCode {
@@ -250,10 +280,7 @@ fn info(options: &AdapterOptions) -> resgraph::Result<()> {
 }
 
 fn bench(options: &AdapterOptions, args: &BenchArgs) -> resgraph::Result<()> {
-    let graph = match &args.model {
-        Some(path) => resgraph::model::load_model(path)?,
-        None => mlp(MlpShape::square(args.width, args.depth), 1.0, args.seed)?,
-    };
+    let graph = bench_graph(args)?;
     let context = Arc::new(GpuContext::new(options)?);
     let precision = args.precision.resolve(&context);
     let compile = CompileOptions {
@@ -295,7 +322,9 @@ fn bench(options: &AdapterOptions, args: &BenchArgs) -> resgraph::Result<()> {
             "tolerance": precision.tolerance(),
             "model": args.model.as_ref().map(|path| path.display().to_string()),
             "width": graph.input_width(),
-            "depth": if args.model.is_some() { None } else { Some(args.depth) },
+            "depth": if args.model.is_some() || args.arch.is_some() { None } else { Some(args.depth) },
+            "arch": args.arch.map(ResNetArch::name),
+            "image": args.arch.map(|_| args.image),
             "batch": args.batch,
             "iters": result.iterations,
             "warmup": args.warmup,
@@ -324,14 +353,21 @@ fn bench(options: &AdapterOptions, args: &BenchArgs) -> resgraph::Result<()> {
         }
         println!("{object}");
     } else {
-        let title = match &args.model {
-            Some(path) => format!(
-                "model {} (input width {}, {} linear layers)",
+        let title = match (&args.model, args.arch) {
+            (Some(path), _) => format!(
+                "model {} (input {}, {} parameters)",
                 path.display(),
-                graph.input_width(),
-                graph.linear_layers().count()
+                graph.input_shape().describe(),
+                graph.parameter_count()
             ),
-            None => format!("residual MLP width {} depth {}", args.width, args.depth),
+            (None, Some(arch)) => format!(
+                "{} at {}x{} ({} classes, synthetic weights)",
+                arch.name(),
+                args.image,
+                args.image,
+                args.classes
+            ),
+            (None, None) => format!("residual MLP width {} depth {}", args.width, args.depth),
         };
         print_bench_table(&title, args, &model, &result, gflops, max_rel_err, &context);
     }
@@ -434,10 +470,7 @@ fn tuning_summary(report: &resgraph::tune::TuningReport) -> String {
 }
 
 fn tune(options: &AdapterOptions, args: &BenchArgs) -> resgraph::Result<()> {
-    let graph = match &args.model {
-        Some(path) => resgraph::model::load_model(path)?,
-        None => mlp(MlpShape::square(args.width, args.depth), 1.0, args.seed)?,
-    };
+    let graph = bench_graph(args)?;
     let context = Arc::new(GpuContext::new(options)?);
     let compile = CompileOptions {
         precision: args.precision.resolve(&context),

@@ -226,3 +226,44 @@ fn a_second_bench_does_not_retune_and_says_so() {
         "{tune}"
     );
 }
+
+#[test]
+fn bench_arch_runs_a_synthetic_resnet_and_passes_its_check() {
+    let output = resgraph(&[
+        "bench",
+        "--arch",
+        "resnet18",
+        "--image",
+        "32",
+        "--classes",
+        "7",
+        "--batch",
+        "2",
+        "--iters",
+        "1",
+        "--warmup",
+        "1",
+        "--check",
+        "--json",
+        "--no-tune",
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "bench --arch failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    assert_eq!(json["arch"], "resnet18");
+    assert_eq!(json["image"], 32);
+    let error = json["max_rel_err"].as_f64().expect("a checked error");
+    assert!(error <= 1e-5, "{error}");
+    let kernels = json["kernels"].to_string();
+    for kernel in ["conv2d", "pool2d", "global_avg_pool"] {
+        assert!(kernels.contains(kernel), "{kernels}");
+    }
+    let unknown = resgraph(&["bench", "--arch", "resnet9000"]);
+    assert!(!unknown.status.success());
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(stderr.contains("resnet50"), "{stderr}");
+}

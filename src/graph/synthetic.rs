@@ -1,11 +1,12 @@
-//! Synthetic residual MLPs with PyTorch's `nn.Linear` initialisation and a fixed seed: what
-//! `resgraph bench` runs when no model is given, and what the tests build stacks from.
+//! Synthetic networks from a fixed seed: residual MLPs with PyTorch's `nn.Linear` initialisation
+//! (what `resgraph bench` runs when no model is given, and what the tests build stacks from), and
+//! torchvision's ResNets with He initialisation (what `resgraph bench --arch` runs).
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 use crate::error::Result;
-use crate::graph::{Graph, GraphBuilder, LinearParams};
+use crate::graph::{Conv2dParams, Graph, GraphBuilder, LinearParams, PoolWindow};
 
 /// The shape of a synthetic residual MLP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,4 +86,156 @@ pub fn mlp(shape: MlpShape, scale: f32, seed: u64) -> Result<Graph> {
 pub fn random_input(len: usize, seed: u64) -> Vec<f32> {
     let mut rng = StdRng::seed_from_u64(seed);
     (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+/// torchvision's ResNet architectures, with their block kind and blocks per stage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResNetArch {
+    /// Basic blocks, `[2, 2, 2, 2]`.
+    ResNet18,
+    /// Basic blocks, `[3, 4, 6, 3]`.
+    ResNet34,
+    /// Bottleneck blocks (expansion 4), `[3, 4, 6, 3]`.
+    ResNet50,
+    /// Bottleneck blocks, `[3, 4, 23, 3]`.
+    ResNet101,
+}
+
+impl ResNetArch {
+    /// Every architecture, in size order.
+    pub const ALL: [ResNetArch; 4] = [
+        ResNetArch::ResNet18,
+        ResNetArch::ResNet34,
+        ResNetArch::ResNet50,
+        ResNetArch::ResNet101,
+    ];
+
+    /// The name torchvision gives it (`resnet50`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ResNetArch::ResNet18 => "resnet18",
+            ResNetArch::ResNet34 => "resnet34",
+            ResNetArch::ResNet50 => "resnet50",
+            ResNetArch::ResNet101 => "resnet101",
+        }
+    }
+
+    /// The architecture named `name` (`resnet18`, …), if resgraph knows it.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|arch| arch.name() == name)
+    }
+
+    fn blocks(self) -> [usize; 4] {
+        match self {
+            ResNetArch::ResNet18 => [2, 2, 2, 2],
+            ResNetArch::ResNet34 | ResNetArch::ResNet50 => [3, 4, 6, 3],
+            ResNetArch::ResNet101 => [3, 4, 23, 3],
+        }
+    }
+
+    fn bottleneck(self) -> bool {
+        matches!(self, ResNetArch::ResNet50 | ResNetArch::ResNet101)
+    }
+}
+
+/// A convolution with He (Kaiming) initialisation over its fan-out, as torchvision initialises
+/// ResNet convolutions (uniform with the same variance), and its batch norm folded at the
+/// initial statistics (scale 1, shift 0): a zero bias.
+fn he_conv(
+    rng: &mut StdRng,
+    (out_channels, in_channels): (usize, usize),
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+) -> Result<Conv2dParams> {
+    let fan_out = (out_channels * kernel * kernel) as f32;
+    // A uniform distribution on [-b, b) has variance b²/3; He wants 2 / fan_out.
+    let bound = (6.0 / fan_out).sqrt();
+    let weight = (0..out_channels * in_channels * kernel * kernel)
+        .map(|_| rng.random_range(-bound..bound))
+        .collect();
+    Conv2dParams::new(
+        (out_channels, in_channels),
+        (kernel, kernel),
+        (stride, stride),
+        (padding, padding, padding, padding),
+        weight,
+        Some(vec![0.0; out_channels]),
+    )
+}
+
+/// A torchvision ResNet of `arch` for square `image`-pixel RGB inputs and `classes` outputs,
+/// with He-initialised weights from seed `seed` and batch norm folded into the convolutions.
+/// Nodes are named as torchvision's `state_dict` names them (`conv1`, `layer1.0.conv1`,
+/// `layer2.0.downsample.0`, `fc`). What `resgraph bench --arch` runs.
+pub fn resnet(arch: ResNetArch, image: usize, classes: usize, seed: u64) -> Result<Graph> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut builder = GraphBuilder::new();
+    let x = builder.input_image("input", (image, image, 3))?;
+    let stem = builder.conv2d("conv1", x, he_conv(&mut rng, (64, 3), 7, 2, 3)?)?;
+    let stem = builder.relu("relu", stem)?;
+    let window = PoolWindow {
+        kernel: (3, 3),
+        stride: (2, 2),
+        padding: (1, 1, 1, 1),
+    };
+    let mut x = builder.max_pool2d("maxpool", stem, window)?;
+    let expansion = if arch.bottleneck() { 4 } else { 1 };
+    let mut channels = 64;
+    for (stage, &blocks) in arch.blocks().iter().enumerate() {
+        let width = 64 << stage;
+        for block in 0..blocks {
+            let stride = if stage > 0 && block == 0 { 2 } else { 1 };
+            let name = format!("layer{}.{block}", stage + 1);
+            let out_channels = width * expansion;
+            let downsample = if stride != 1 || channels != out_channels {
+                Some(he_conv(&mut rng, (out_channels, channels), 1, stride, 0)?)
+            } else {
+                None
+            };
+            x = if arch.bottleneck() {
+                let convs = [
+                    he_conv(&mut rng, (width, channels), 1, 1, 0)?,
+                    he_conv(&mut rng, (width, width), 3, stride, 1)?,
+                    he_conv(&mut rng, (out_channels, width), 1, 1, 0)?,
+                ];
+                builder.bottleneck_block(&name, x, convs, downsample)?
+            } else {
+                let conv1 = he_conv(&mut rng, (width, channels), 3, stride, 1)?;
+                let conv2 = he_conv(&mut rng, (width, width), 3, 1, 1)?;
+                builder.basic_block(&name, x, conv1, conv2, downsample)?
+            };
+            channels = out_channels;
+        }
+    }
+    let pooled = builder.global_avg_pool("avgpool", x)?;
+    let flat = builder.flatten("flatten", pooled)?;
+    let fc = random_linear(&mut rng, classes, channels, 1.0)?;
+    let logits = builder.linear("fc", flat, fc)?;
+    builder.build(logits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resnets_have_torchvisions_parameter_counts() {
+        // torchvision's counts: resnet18 11,689,512 and resnet50 25,557,032, with batch norm's
+        // 2 parameters per channel and bias-free convolutions; folded, each batch norm leaves
+        // one bias per channel, so the folded counts are lower by the batch norms' channel
+        // totals (4,800 and 26,560).
+        let resnet18 = resnet(ResNetArch::ResNet18, 64, 1000, 1).expect("resnet18");
+        assert_eq!(resnet18.parameter_count(), 11_689_512 - 4_800);
+        let resnet50 = resnet(ResNetArch::ResNet50, 64, 1000, 1).expect("resnet50");
+        assert_eq!(resnet50.parameter_count(), 25_557_032 - 26_560);
+        assert_eq!(resnet50.output_width(), 1000);
+    }
+
+    #[test]
+    fn resnet50_at_224_costs_about_four_billion_multiply_adds() {
+        let graph = resnet(ResNetArch::ResNet50, 224, 1000, 1).expect("resnet50");
+        let gmacs = graph.flops_per_row() as f64 / 2e9;
+        assert!((4.0..4.2).contains(&gmacs), "{gmacs} GMAC");
+    }
 }
