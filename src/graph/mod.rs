@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 pub mod batch_norm;
+pub mod resnet;
 pub mod synthetic;
 
 use crate::error::{Error, Result};

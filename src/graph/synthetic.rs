@@ -6,7 +6,8 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 use crate::error::Result;
-use crate::graph::{Conv2dParams, Graph, GraphBuilder, LinearParams, PoolWindow};
+use crate::graph::resnet::{ResNetConv, ResNetWeights, build_resnet};
+use crate::graph::{Conv2dParams, Graph, GraphBuilder, LinearParams};
 
 /// The shape of a synthetic residual MLP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,55 +89,7 @@ pub fn random_input(len: usize, seed: u64) -> Vec<f32> {
     (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
 }
 
-/// torchvision's ResNet architectures, with their block kind and blocks per stage.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ResNetArch {
-    /// Basic blocks, `[2, 2, 2, 2]`.
-    ResNet18,
-    /// Basic blocks, `[3, 4, 6, 3]`.
-    ResNet34,
-    /// Bottleneck blocks (expansion 4), `[3, 4, 6, 3]`.
-    ResNet50,
-    /// Bottleneck blocks, `[3, 4, 23, 3]`.
-    ResNet101,
-}
-
-impl ResNetArch {
-    /// Every architecture, in size order.
-    pub const ALL: [ResNetArch; 4] = [
-        ResNetArch::ResNet18,
-        ResNetArch::ResNet34,
-        ResNetArch::ResNet50,
-        ResNetArch::ResNet101,
-    ];
-
-    /// The name torchvision gives it (`resnet50`).
-    pub fn name(self) -> &'static str {
-        match self {
-            ResNetArch::ResNet18 => "resnet18",
-            ResNetArch::ResNet34 => "resnet34",
-            ResNetArch::ResNet50 => "resnet50",
-            ResNetArch::ResNet101 => "resnet101",
-        }
-    }
-
-    /// The architecture named `name` (`resnet18`, …), if resgraph knows it.
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|arch| arch.name() == name)
-    }
-
-    fn blocks(self) -> [usize; 4] {
-        match self {
-            ResNetArch::ResNet18 => [2, 2, 2, 2],
-            ResNetArch::ResNet34 | ResNetArch::ResNet50 => [3, 4, 6, 3],
-            ResNetArch::ResNet101 => [3, 4, 23, 3],
-        }
-    }
-
-    fn bottleneck(self) -> bool {
-        matches!(self, ResNetArch::ResNet50 | ResNetArch::ResNet101)
-    }
-}
+pub use super::resnet::ResNetArch;
 
 /// A convolution with He (Kaiming) initialisation over its fan-out, as torchvision initialises
 /// ResNet convolutions (uniform with the same variance), and its batch norm folded at the
@@ -164,55 +117,41 @@ fn he_conv(
     )
 }
 
+/// Random He-initialised weights for [`super::resnet::build_resnet`].
+struct RandomResNetWeights {
+    rng: StdRng,
+}
+
+impl ResNetWeights for RandomResNetWeights {
+    fn conv(&mut self, conv: &ResNetConv<'_>) -> Result<Conv2dParams> {
+        he_conv(
+            &mut self.rng,
+            conv.channels,
+            conv.kernel,
+            conv.stride,
+            conv.padding,
+        )
+    }
+
+    fn linear(
+        &mut self,
+        _name: &str,
+        out_features: usize,
+        in_features: usize,
+    ) -> Result<LinearParams> {
+        random_linear(&mut self.rng, out_features, in_features, 1.0)
+    }
+}
+
 /// A torchvision ResNet of `arch` for square `image`-pixel RGB inputs and `classes` outputs,
 /// with He-initialised weights from seed `seed` and batch norm folded into the convolutions.
 /// Nodes are named as torchvision's `state_dict` names them (`conv1`, `layer1.0.conv1`,
 /// `layer2.0.downsample.0`, `fc`). What `resgraph bench --arch` runs.
 pub fn resnet(arch: ResNetArch, image: usize, classes: usize, seed: u64) -> Result<Graph> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut builder = GraphBuilder::new();
-    let x = builder.input_image("input", (image, image, 3))?;
-    let stem = builder.conv2d("conv1", x, he_conv(&mut rng, (64, 3), 7, 2, 3)?)?;
-    let stem = builder.relu("relu", stem)?;
-    let window = PoolWindow {
-        kernel: (3, 3),
-        stride: (2, 2),
-        padding: (1, 1, 1, 1),
+    let mut weights = RandomResNetWeights {
+        rng: StdRng::seed_from_u64(seed),
     };
-    let mut x = builder.max_pool2d("maxpool", stem, window)?;
-    let expansion = if arch.bottleneck() { 4 } else { 1 };
-    let mut channels = 64;
-    for (stage, &blocks) in arch.blocks().iter().enumerate() {
-        let width = 64 << stage;
-        for block in 0..blocks {
-            let stride = if stage > 0 && block == 0 { 2 } else { 1 };
-            let name = format!("layer{}.{block}", stage + 1);
-            let out_channels = width * expansion;
-            let downsample = if stride != 1 || channels != out_channels {
-                Some(he_conv(&mut rng, (out_channels, channels), 1, stride, 0)?)
-            } else {
-                None
-            };
-            x = if arch.bottleneck() {
-                let convs = [
-                    he_conv(&mut rng, (width, channels), 1, 1, 0)?,
-                    he_conv(&mut rng, (width, width), 3, stride, 1)?,
-                    he_conv(&mut rng, (out_channels, width), 1, 1, 0)?,
-                ];
-                builder.bottleneck_block(&name, x, convs, downsample)?
-            } else {
-                let conv1 = he_conv(&mut rng, (width, channels), 3, stride, 1)?;
-                let conv2 = he_conv(&mut rng, (width, width), 3, 1, 1)?;
-                builder.basic_block(&name, x, conv1, conv2, downsample)?
-            };
-            channels = out_channels;
-        }
-    }
-    let pooled = builder.global_avg_pool("avgpool", x)?;
-    let flat = builder.flatten("flatten", pooled)?;
-    let fc = random_linear(&mut rng, classes, channels, 1.0)?;
-    let logits = builder.linear("fc", flat, fc)?;
-    builder.build(logits)
+    build_resnet(arch, image, classes, &mut weights)
 }
 
 #[cfg(test)]

@@ -6,7 +6,12 @@
 //! - `layers`, convenient to write from Python: a sequence of `{"op": "linear", "name": "stem"}`,
 //!   `{"op": "relu"}`, `{"op": "residual_block", "name": "blocks.0"}` (reads `blocks.0.fc1.*`
 //!   and `blocks.0.fc2.*`) and `{"op": "plain_block", "name": ...}`;
-//! - `nodes`, general, what `resgraph convert` writes: every node with its inputs by index.
+//! - `nodes`, general, what `resgraph convert` writes: every node with its inputs by index;
+//! - `arch`, a torchvision ResNet by name: `{"arch": "resnet50", "num_classes": 1000}` (and
+//!   optionally `"image": 224`, the input size the graph is built for), reading the weights
+//!   under torchvision's `state_dict` names (`conv1.weight`, `bn1.running_var`,
+//!   `layer1.0.downsample.0.weight`, `fc.bias`) with every batch norm folded into its
+//!   convolution.
 //!
 //! Weights may be float32, float16 or bfloat16; every tensor's dtype, shape and presence is
 //! checked, and the shapes must chain, before anything reaches a device.
@@ -17,7 +22,9 @@ use safetensors::{Dtype, SafeTensors};
 use serde_json::{Value as Json, json};
 
 use crate::error::{Error, Result};
-use crate::graph::{Graph, GraphBuilder, LinearParams, NodeId, Op};
+use crate::graph::batch_norm::{BatchNorm, fold_batch_norm};
+use crate::graph::resnet::{ResNetArch, ResNetConv, ResNetWeights, build_resnet};
+use crate::graph::{Conv2dParams, Graph, GraphBuilder, LinearParams, NodeId, Op};
 
 /// The `__metadata__` key that holds the architecture.
 pub const GRAPH_METADATA_KEY: &str = "resgraph.graph";
@@ -48,14 +55,90 @@ pub fn import_safetensors(bytes: &[u8], path: &str) -> Result<Graph> {
         path,
         tensors: &tensors,
     };
-    if let Some(layers) = architecture.get("layers") {
+    if let Some(arch) = architecture.get("arch") {
+        reader.resnet(arch, &architecture)
+    } else if let Some(layers) = architecture.get("layers") {
         reader.layers(layers, &architecture)
     } else if let Some(nodes) = architecture.get("nodes") {
         reader.nodes(nodes, &architecture)
     } else {
         Err(error(format!(
-            "{GRAPH_METADATA_KEY} has neither \"layers\" nor \"nodes\""
+            "{GRAPH_METADATA_KEY} has none of \"arch\", \"layers\" and \"nodes\""
         )))
+    }
+}
+
+/// torchvision's batch-norm epsilon, which its `state_dict` does not store.
+const TORCHVISION_BATCH_NORM_EPSILON: f32 = 1e-5;
+
+/// A ResNet's weights from a `state_dict`, each batch norm folded into its convolution.
+struct StateDictResNetWeights<'r, 'a, 'data> {
+    reader: &'r Reader<'a, 'data>,
+}
+
+impl ResNetWeights for StateDictResNetWeights<'_, '_, '_> {
+    fn conv(&mut self, conv: &ResNetConv<'_>) -> Result<Conv2dParams> {
+        let reader = self.reader;
+        let weight_name = format!("{}.weight", conv.name);
+        let (shape, weight) = reader.tensor(&weight_name)?;
+        let (out_channels, in_channels) = conv.channels;
+        let expected = [out_channels, in_channels, conv.kernel, conv.kernel];
+        if shape != expected {
+            return Err(reader.error(format!(
+                "tensor {weight_name:?} has shape {shape:?}; the architecture needs {expected:?}"
+            )));
+        }
+        let mut statistics = Vec::with_capacity(4);
+        for part in ["weight", "bias", "running_mean", "running_var"] {
+            let name = format!("{}.{part}", conv.batch_norm);
+            let (shape, values) = reader.tensor(&name)?;
+            if shape != [out_channels] {
+                return Err(reader.error(format!(
+                    "tensor {name:?} has shape {shape:?}; expected [{out_channels}]"
+                )));
+            }
+            statistics.push(values);
+        }
+        let batch_norm = BatchNorm {
+            weight: &statistics[0],
+            bias: &statistics[1],
+            running_mean: &statistics[2],
+            running_var: &statistics[3],
+            epsilon: TORCHVISION_BATCH_NORM_EPSILON,
+        };
+        let (folded_weight, folded_bias) =
+            fold_batch_norm(&weight, None, out_channels, &batch_norm).map_err(|error| {
+                reader.error(format!(
+                    "folding {} into {}: {error}",
+                    conv.batch_norm, conv.name
+                ))
+            })?;
+        Conv2dParams::new(
+            conv.channels,
+            (conv.kernel, conv.kernel),
+            (conv.stride, conv.stride),
+            (conv.padding, conv.padding, conv.padding, conv.padding),
+            folded_weight,
+            Some(folded_bias),
+        )
+    }
+
+    fn linear(
+        &mut self,
+        name: &str,
+        out_features: usize,
+        in_features: usize,
+    ) -> Result<LinearParams> {
+        let params = self.reader.linear(name)?;
+        if (params.out_features(), params.in_features()) != (out_features, in_features) {
+            return Err(self.reader.error(format!(
+                "tensor \"{name}.weight\" is [{}, {}]; the architecture needs [{out_features}, \
+                 {in_features}]",
+                params.out_features(),
+                params.in_features()
+            )));
+        }
+        Ok(params)
     }
 }
 
@@ -127,6 +210,41 @@ impl Reader<'_, '_> {
             None
         };
         LinearParams::new(*out_features, *in_features, weight, bias)
+    }
+
+    /// The `arch` form: a torchvision ResNet by name, with `num_classes` (default 1000) and the
+    /// input `image` size (default 224).
+    fn resnet(&self, arch: &Json, architecture: &Json) -> Result<Graph> {
+        let name = arch
+            .as_str()
+            .ok_or_else(|| self.error("\"arch\" is not a string"))?;
+        let arch = ResNetArch::from_name(name).ok_or_else(|| {
+            let known: Vec<&str> = ResNetArch::ALL.iter().map(|arch| arch.name()).collect();
+            self.error(format!(
+                "unknown architecture {name:?}; expected one of {}",
+                known.join(", ")
+            ))
+        })?;
+        let positive = |key: &str, default: usize| -> Result<usize> {
+            match architecture.get(key) {
+                None => Ok(default),
+                Some(value) => value
+                    .as_u64()
+                    .filter(|&value| value > 0 && value <= 1 << 20)
+                    .map(|value| value as usize)
+                    .ok_or_else(|| {
+                        self.error(format!("\"{key}\" is {value}; expected a positive integer"))
+                    }),
+            }
+        };
+        let classes = positive("num_classes", 1000)?;
+        let image = positive("image", 224)?;
+        build_resnet(
+            arch,
+            image,
+            classes,
+            &mut StateDictResNetWeights { reader: self },
+        )
     }
 
     fn name_of<'j>(&self, entry: &'j Json, index: usize) -> Result<&'j str> {
