@@ -263,3 +263,38 @@ fn a_resnet_shaped_network_with_pools_matches_the_reference_on_every_backend() {
         }
     }
 }
+
+#[test]
+fn a_convolutional_network_survives_a_safetensors_round_trip() {
+    let graph = tiny_resnet();
+    let bytes = resgraph::export_safetensors(&graph).expect("export");
+    let reloaded =
+        resgraph::parse_model(std::path::Path::new("tiny.safetensors"), &bytes).expect("import");
+    assert_eq!(reloaded.input_shape(), graph.input_shape());
+    assert_eq!(reloaded.parameter_count(), graph.parameter_count());
+    assert_eq!(reloaded.nodes().len(), graph.nodes().len());
+    let input = common::uniform(&mut common::rng(30), 2 * graph.input_width(), -1.0, 1.0);
+    assert_eq!(
+        forward_f64(&reloaded, &input, 2),
+        forward_f64(&graph, &input, 2),
+        "the reloaded network computes something else"
+    );
+    // An average pool keeps its count_include_pad.
+    let mut builder = GraphBuilder::new();
+    let x = builder.input_image("x", (5, 5, 2)).expect("input");
+    let window = PoolWindow {
+        kernel: (3, 3),
+        stride: (2, 2),
+        padding: (1, 0, 1, 0),
+    };
+    let pooled = builder.avg_pool2d("pool", x, window, true).expect("pool");
+    let pool_graph = builder.build(pooled).expect("graph");
+    let bytes = resgraph::export_safetensors(&pool_graph).expect("export");
+    let reloaded =
+        resgraph::parse_model(std::path::Path::new("pool.safetensors"), &bytes).expect("import");
+    let input = common::uniform(&mut common::rng(31), 50, -1.0, 1.0);
+    assert_eq!(
+        forward_f64(&reloaded, &input, 1),
+        forward_f64(&pool_graph, &input, 1)
+    );
+}

@@ -24,7 +24,9 @@ use serde_json::{Value as Json, json};
 use crate::error::{Error, Result};
 use crate::graph::batch_norm::{BatchNorm, fold_batch_norm};
 use crate::graph::resnet::{ResNetArch, ResNetConv, ResNetWeights, build_resnet};
-use crate::graph::{Conv2dParams, Graph, GraphBuilder, LinearParams, NodeId, Op};
+use crate::graph::{
+    Conv2dParams, Graph, GraphBuilder, LinearParams, NodeId, Op, PoolWindow, ValueShape,
+};
 
 /// The `__metadata__` key that holds the architecture.
 pub const GRAPH_METADATA_KEY: &str = "resgraph.graph";
@@ -319,6 +321,99 @@ impl Reader<'_, '_> {
         })
     }
 
+    /// An `input` node: `"width"` for dense rows, or `"shape": [channels, height, width]` for
+    /// images.
+    fn input_node(&self, builder: &mut GraphBuilder, node: &Json, name: &str) -> Result<NodeId> {
+        if let Some(shape) = node.get("shape") {
+            let [channels, height, width] = self.sizes::<3>(shape, name, "shape")?;
+            return builder.input_image(name, (height, width, channels));
+        }
+        let width = node
+            .get("width")
+            .and_then(Json::as_u64)
+            .ok_or_else(|| self.error(format!("input node {name:?} has no width")))?;
+        builder.input(name, width as usize)
+    }
+
+    /// `N` non-negative sizes under `key` of node `name`.
+    fn sizes<const N: usize>(&self, value: &Json, name: &str, key: &str) -> Result<[usize; N]> {
+        let sizes: Option<Vec<usize>> = value.as_array().and_then(|items| {
+            items
+                .iter()
+                .map(|item| item.as_u64().filter(|&v| v <= 1 << 24).map(|v| v as usize))
+                .collect()
+        });
+        sizes
+            .and_then(|sizes| <[usize; N]>::try_from(sizes).ok())
+            .ok_or_else(|| {
+                self.error(format!(
+                    "node {name:?}: {key:?} is {value}; expected {N} non-negative integers"
+                ))
+            })
+    }
+
+    /// The stride and padding of a convolution or pool node, `[1, 1]` and no padding by default.
+    fn stride_and_padding(
+        &self,
+        node: &Json,
+        name: &str,
+    ) -> Result<((usize, usize), (usize, usize, usize, usize))> {
+        let stride = match node.get("stride") {
+            Some(value) => self.sizes::<2>(value, name, "stride")?,
+            None => [1, 1],
+        };
+        let padding = match node.get("padding") {
+            Some(value) => self.sizes::<4>(value, name, "padding")?,
+            None => [0, 0, 0, 0],
+        };
+        Ok((
+            (stride[0], stride[1]),
+            (padding[0], padding[1], padding[2], padding[3]),
+        ))
+    }
+
+    /// A pool node's window: `"kernel"`, `"stride"` and `"padding"`.
+    fn window(&self, node: &Json, name: &str) -> Result<PoolWindow> {
+        let kernel = node
+            .get("kernel")
+            .ok_or_else(|| self.error(format!("node {name:?} has no \"kernel\"")))?;
+        let [kernel_h, kernel_w] = self.sizes::<2>(kernel, name, "kernel")?;
+        let (stride, padding) = self.stride_and_padding(node, name)?;
+        Ok(PoolWindow {
+            kernel: (kernel_h, kernel_w),
+            stride,
+            padding,
+        })
+    }
+
+    /// The convolution stored as `{name}.weight` `[out, in, kh, kw]` and optional `{name}.bias`,
+    /// with the node's stride and padding.
+    fn conv2d(&self, node: &Json, name: &str) -> Result<Conv2dParams> {
+        let weight_name = format!("{name}.weight");
+        let (shape, weight) = self.tensor(&weight_name)?;
+        let [out_channels, in_channels, kernel_h, kernel_w] = shape.as_slice() else {
+            return Err(self.error(format!(
+                "tensor {weight_name:?} has shape {shape:?}; a convolution weight is [out, in, \
+                 kh, kw]"
+            )));
+        };
+        let bias_name = format!("{name}.bias");
+        let bias = if self.has(&bias_name) {
+            Some(self.tensor(&bias_name)?.1)
+        } else {
+            None
+        };
+        let (stride, padding) = self.stride_and_padding(node, name)?;
+        Conv2dParams::new(
+            (*out_channels, *in_channels),
+            (*kernel_h, *kernel_w),
+            stride,
+            padding,
+            weight,
+            bias,
+        )
+    }
+
     fn nodes(&self, nodes: &Json, architecture: &Json) -> Result<Graph> {
         let nodes = nodes
             .as_array()
@@ -359,22 +454,33 @@ impl Reader<'_, '_> {
                 ))
             };
             let id = match (op, inputs.as_slice()) {
-                ("input", []) => {
-                    let width = node
-                        .get("width")
-                        .and_then(Json::as_u64)
-                        .ok_or_else(|| self.error(format!("input node {name:?} has no width")))?;
-                    builder.input(name, width as usize)?
-                }
+                ("input", []) => self.input_node(&mut builder, node, name)?,
                 ("linear", [x]) => builder.linear(name, *x, self.linear(name)?)?,
                 ("relu", [x]) => builder.relu(name, *x)?,
                 ("add", [a, b]) => builder.add(name, *a, *b)?,
+                ("conv2d", [x]) => builder.conv2d(name, *x, self.conv2d(node, name)?)?,
+                ("max_pool2d", [x]) => builder.max_pool2d(name, *x, self.window(node, name)?)?,
+                ("avg_pool2d", [x]) => {
+                    let count_include_pad = node
+                        .get("count_include_pad")
+                        .and_then(Json::as_bool)
+                        .unwrap_or(false);
+                    let window = self.window(node, name)?;
+                    builder.avg_pool2d(name, *x, window, count_include_pad)?
+                }
+                ("global_avg_pool", [x]) => builder.global_avg_pool(name, *x)?,
+                ("flatten", [x]) => builder.flatten(name, *x)?,
                 ("input", _) => return Err(arity_error(0)),
-                ("linear" | "relu", _) => return Err(arity_error(1)),
+                (
+                    "linear" | "relu" | "conv2d" | "max_pool2d" | "avg_pool2d" | "global_avg_pool"
+                    | "flatten",
+                    _,
+                ) => return Err(arity_error(1)),
                 ("add", _) => return Err(arity_error(2)),
                 (other, _) => {
                     return Err(self.error(format!(
-                        "node {index} has op {other:?}; expected input, linear, relu or add"
+                        "node {index} has op {other:?}; expected input, linear, relu, add, \
+                         conv2d, max_pool2d, avg_pool2d, global_avg_pool or flatten"
                     )));
                 }
             };
@@ -388,6 +494,22 @@ impl Reader<'_, '_> {
             .ok_or_else(|| self.error("the graph has no nodes"))?;
         builder.build(output)
     }
+}
+
+/// Little-endian float32 bytes.
+fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    values
+        .iter()
+        .flat_map(|value| value.to_le_bytes())
+        .collect()
+}
+
+/// A pool window's keys in the `nodes` form.
+fn window_json(window: &PoolWindow) -> Json {
+    let (top, left, bottom, right) = window.padding;
+    json!({"kernel": [window.kernel.0, window.kernel.1],
+           "stride": [window.stride.0, window.stride.1],
+           "padding": [top, left, bottom, right]})
 }
 
 /// Serialises a graph to resgraph's safetensors format (`nodes` form, float32 weights).
@@ -408,7 +530,14 @@ pub fn export_safetensors(graph: &Graph) -> Result<Vec<u8>> {
         };
         let inputs: Vec<usize> = node.op.inputs().iter().map(|id| id.index()).collect();
         let entry = match &node.op {
-            Op::Input => json!({"op": "input", "name": name, "width": node.width}),
+            Op::Input => match node.shape {
+                ValueShape::Image {
+                    height,
+                    width,
+                    channels,
+                } => json!({"op": "input", "name": name, "shape": [channels, height, width]}),
+                ValueShape::Dense { width } => json!({"op": "input", "name": name, "width": width}),
+            },
             Op::Linear { params, .. } => {
                 let weight: Vec<u8> = params
                     .weight()
@@ -428,19 +557,46 @@ pub fn export_safetensors(graph: &Graph) -> Result<Vec<u8>> {
             }
             Op::Relu { .. } => json!({"op": "relu", "name": name, "inputs": inputs}),
             Op::Add { .. } => json!({"op": "add", "name": name, "inputs": inputs}),
-            Op::Conv2d { .. }
-            | Op::MaxPool2d { .. }
-            | Op::AvgPool2d { .. }
-            | Op::GlobalAvgPool { .. }
-            | Op::Flatten { .. } => {
-                return Err(Error::Model {
-                    path: "<safetensors export>".to_string(),
-                    reason: format!(
-                        "node {name:?}: resgraph's safetensors format does not store \
-                         convolutions, pools or flattens yet"
-                    ),
-                });
+            Op::Conv2d { params, .. } => {
+                let (kernel_h, kernel_w) = params.kernel();
+                let shape = vec![
+                    params.out_channels(),
+                    params.in_channels(),
+                    kernel_h,
+                    kernel_w,
+                ];
+                tensors.push((format!("{name}.weight"), f32_bytes(params.weight()), shape));
+                if let Some(bias) = params.bias() {
+                    let shape = vec![params.out_channels()];
+                    tensors.push((format!("{name}.bias"), f32_bytes(bias), shape));
+                }
+                let (stride, (top, left, bottom, right)) = (params.stride(), params.padding());
+                json!({"op": "conv2d", "name": name, "inputs": inputs,
+                       "stride": [stride.0, stride.1], "padding": [top, left, bottom, right]})
             }
+            Op::MaxPool2d { window, .. } => {
+                let mut entry = window_json(window);
+                entry["op"] = json!("max_pool2d");
+                entry["name"] = json!(name);
+                entry["inputs"] = json!(inputs);
+                entry
+            }
+            Op::AvgPool2d {
+                window,
+                count_include_pad,
+                ..
+            } => {
+                let mut entry = window_json(window);
+                entry["op"] = json!("avg_pool2d");
+                entry["name"] = json!(name);
+                entry["inputs"] = json!(inputs);
+                entry["count_include_pad"] = json!(count_include_pad);
+                entry
+            }
+            Op::GlobalAvgPool { .. } => {
+                json!({"op": "global_avg_pool", "name": name, "inputs": inputs})
+            }
+            Op::Flatten { .. } => json!({"op": "flatten", "name": name, "inputs": inputs}),
         };
         nodes_json.push(entry);
     }
