@@ -64,7 +64,8 @@ enum Command {
 struct RunArgs {
     /// The model file (.onnx or .safetensors).
     model: PathBuf,
-    /// float32 .npy input of shape [batch, in] or [in].
+    /// float32 .npy input of shape [batch, in] or [in], or for an image model [batch, channels,
+    /// height, width] or [channels, height, width] (NCHW, as PyTorch).
     #[arg(long)]
     input: PathBuf,
     /// Where to write the float32 .npy output (replaced atomically).

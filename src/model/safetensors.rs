@@ -353,11 +353,7 @@ impl Reader<'_, '_> {
     }
 
     /// The stride and padding of a convolution or pool node, `[1, 1]` and no padding by default.
-    fn stride_and_padding(
-        &self,
-        node: &Json,
-        name: &str,
-    ) -> Result<((usize, usize), (usize, usize, usize, usize))> {
+    fn stride_and_padding(&self, node: &Json, name: &str) -> Result<(Pair, Padding)> {
         let stride = match node.get("stride") {
             Some(value) => self.sizes::<2>(value, name, "stride")?,
             None => [1, 1],
@@ -495,6 +491,11 @@ impl Reader<'_, '_> {
         builder.build(output)
     }
 }
+
+/// A height-and-width pair.
+type Pair = (usize, usize);
+/// Padding `(top, left, bottom, right)`.
+type Padding = (usize, usize, usize, usize);
 
 /// Little-endian float32 bytes.
 fn f32_bytes(values: &[f32]) -> Vec<u8> {
