@@ -298,3 +298,28 @@ fn a_convolutional_network_survives_a_safetensors_round_trip() {
         forward_f64(&pool_graph, &input, 1)
     );
 }
+
+#[test]
+fn a_resnet_shaped_network_in_f16_matches_the_reference_within_the_f16_tolerance() {
+    let graph = tiny_resnet();
+    let contexts = common::contexts_where("shader-f16", |context| {
+        context.features().contains(wgpu::Features::SHADER_F16)
+    });
+    for (backend, context) in contexts {
+        let options = CompileOptions {
+            precision: Precision::F16,
+            ..CompileOptions::new(3)
+        };
+        let model =
+            CompiledModel::compile(common::shared(context), &graph, &options).expect("compile");
+        let input = common::uniform(&mut common::rng(40), 3 * graph.input_width(), -1.0, 1.0);
+        let output = model.run(&input).expect("run");
+        let error = common::assert_close(
+            &output,
+            &forward_f64(&graph, &input, 3),
+            Precision::F16.tolerance(),
+            &format!("{backend} f16"),
+        );
+        eprintln!("{backend} tiny ResNet f16: relative error {error:.2e}");
+    }
+}
