@@ -24,6 +24,7 @@ pub const ALL_KERNELS: &[&source::KernelSource] = &[
     &elementwise::ELEMENTWISE_KERNEL,
     &residual_block::RESIDUAL_BLOCK_KERNEL,
     &conv2d::CONV2D_KERNEL,
+    &conv2d::CONV2D_SUBGROUP_KERNEL,
 ];
 
 /// Workgroups needed for `items` at `per_workgroup` each along one dimension, or
