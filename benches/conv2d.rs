@@ -4,7 +4,8 @@
 //! Two groups:
 //! - `conv2d`: one convolution per benchmark, the shapes of [`LAYER_SHAPES`] (one of each kind
 //!   ResNet-50 has: the 7×7 stride-2 stem, the 3×3 convolutions of each stage, a 1×1 expansion and
-//!   the last stage's 1×1 stride-2 projection).
+//!   the last stage's 1×1 stride-2 projection), and, as the yardstick, the subgroup GEMM on each
+//!   one's GEMM view (`SubgroupGemmOfTheSameShape`: pixels × out channels × taps · channels4).
 //! - `conv2d_resnet50`: all 53 convolutions of torchvision's ResNet-50 (bottleneck blocks with
 //!   the stride on the 3×3, as torchvision ≥ 0.13 builds it) recorded in one compute pass, one
 //!   submit per iteration: what the convolutions of one forward pass cost together. Pooling,
@@ -26,6 +27,7 @@ use resgraph::kernels::PreparedKernel;
 use resgraph::kernels::conv2d::{
     Conv2dGeometry, Conv2dOperands, Conv2dVariant, prepare_conv2d, upload_conv_weights,
 };
+use resgraph::kernels::gemm::{GemmOperands, GemmVariant, LinearWeights, prepare_gemm};
 use resgraph::precision::Precision;
 
 /// One convolution to benchmark: a name, its input size (square) and channels, and its window.
@@ -85,6 +87,9 @@ const fn shape(
 /// One convolution of each kind ResNet-50 has at 224×224 (the input size given is the layer's).
 const LAYER_SHAPES: &[ConvShape] = &[
     shape("stem_7x7s2_3to64_at224", 224, (3, 64), 7, 2, 3),
+    // The stem again on an input padded to 4 channels (a zero fourth channel, with zero
+    // weights): vec4 loads instead of scalar ones. Its FLOPs count the fourth channel.
+    shape("stem_7x7s2_4to64_at224", 224, (4, 64), 7, 2, 3),
     shape("3x3_64to64_at56", 56, (64, 64), 3, 1, 1),
     shape("1x1_64to256_at56", 56, (64, 256), 1, 1, 0),
     shape("3x3_128to128_at28", 28, (128, 128), 3, 1, 1),
@@ -142,14 +147,10 @@ fn deterministic_values(len: usize, scale: f32) -> Vec<f32> {
         .collect()
 }
 
-/// A prepared convolution with the buffers it reads and writes (kept alive with it).
+/// A prepared convolution (or GEMM) with the buffers it reads and writes (kept alive with it).
 struct PreparedConvolution {
     kernel: PreparedKernel,
-    _buffers: (
-        resgraph::kernels::gemm::LinearWeights,
-        DeviceMatrix,
-        DeviceMatrix,
-    ),
+    _buffers: (LinearWeights, DeviceMatrix, DeviceMatrix),
 }
 
 /// Uploads weights and an input for `conv` (batch 1) and prepares it with `variant`, ReLU
@@ -245,7 +246,67 @@ fn bench_layers(criterion: &mut Criterion) {
             );
         }
     }
+    // The yardstick: the subgroup GEMM on each convolution's GEMM view (output pixels × out
+    // channels × kernel taps · channels4), as if the im2col matrix had been materialised. The
+    // issue asks the convolution to be as efficient as this.
+    if GemmVariant::Subgroup.supported_by(&context, Precision::F32) {
+        for conv in shapes {
+            let gemm = prepare_equivalent_gemm(&context, conv);
+            group.throughput(Throughput::Elements(conv.flops()));
+            group.bench_function(
+                BenchmarkId::new("SubgroupGemmOfTheSameShape", conv.name),
+                |bencher| {
+                    bencher.iter(|| {
+                        gemm.kernel.submit(&context).expect("submit");
+                        context.wait_idle().expect("wait");
+                    });
+                },
+            );
+        }
+    }
     group.finish();
+}
+
+/// The subgroup GEMM with the rows, columns and inner dimension of `conv`'s implicit GEMM, on
+/// random data, with the same ReLU epilogue.
+fn prepare_equivalent_gemm(context: &GpuContext, conv: &ConvShape) -> PreparedConvolution {
+    let geometry = conv.geometry();
+    let (out_h, out_w) = geometry.output_size().expect("a valid shape");
+    let (rows, cols, inner) = (out_h * out_w, conv.out_channels, geometry.inner());
+    let scale = 1.0 / (inner as f32).sqrt();
+    let weights = LinearWeights::upload(
+        context,
+        cols,
+        inner,
+        &deterministic_values(cols * inner, scale),
+        Some(&deterministic_values(cols, scale)),
+    )
+    .expect("weights");
+    let input = DeviceMatrix::from_host(
+        context,
+        "x",
+        rows,
+        inner,
+        &deterministic_values(rows * inner, 1.0),
+    )
+    .expect("input");
+    let output = DeviceMatrix::new(context, "y", rows, cols).expect("output");
+    let kernel = prepare_gemm(
+        context,
+        &GemmOperands {
+            input: &input,
+            weights: &weights,
+            residual: None,
+            output: &output,
+            activation: Activation::Relu,
+        },
+        GemmVariant::Subgroup,
+    )
+    .expect("prepare");
+    PreparedConvolution {
+        kernel,
+        _buffers: (weights, input, output),
+    }
 }
 
 fn bench_resnet50(criterion: &mut Criterion) {

@@ -23,7 +23,8 @@
 // (3 or 12 input channels, say) a chunk straddles two taps, and the high half belongs to the
 // next tap, or lies past the last one in the padding of inner. So each half keeps a cursor of its
 // own, (kh, kw, c), and its own input offsets for the 4 pixels, recomputed only when its tap
-// changes.
+// changes. Where the host knows that no chunk straddles (CHUNKS_WITHIN_TAPS, every ResNet layer
+// but the stem), one cursor serves both halves and the straddling code is compiled out.
 
 // `Scalar`, the storage type of activations and weights (f32, or f16 for f16 models), is declared
 // by the host's source generator (src/kernels/source.rs), which also adds `enable f16;` for f16.
@@ -68,6 +69,9 @@ override WORKGROUP_SIZE: u32 = 64u;
 // pixel. On CPU adapters every storage load instruction runs a lane-by-lane loop whatever its
 // width, so one vec4 load costs about what one scalar load does.
 override VEC4_ACTIVATIONS: bool = false;
+// Whether channels4 is a multiple of 8, so that every chunk of 8 k's lies in one tap (every
+// ResNet layer but the stem): then one cursor serves both halves.
+override CHUNKS_WITHIN_TAPS: bool = false;
 
 // Where one output pixel's receptive field starts in the input: its image's first value and the
 // input row and column of its top-left tap (which may lie in the padding, hence i32).
@@ -210,10 +214,21 @@ fn conv2d(
         let x1_low = load_half(low_tap1, low.c);
         let x2_low = load_half(low_tap2, low.c);
         let x3_low = load_half(low_tap3, low.c);
-        let x0_high = load_half(high_tap0, high.c);
-        let x1_high = load_half(high_tap1, high.c);
-        let x2_high = load_half(high_tap2, high.c);
-        let x3_high = load_half(high_tap3, high.c);
+        var x0_high: vec4<f32>;
+        var x1_high: vec4<f32>;
+        var x2_high: vec4<f32>;
+        var x3_high: vec4<f32>;
+        if (CHUNKS_WITHIN_TAPS) {
+            x0_high = load_half(low_tap0, low.c + 4u);
+            x1_high = load_half(low_tap1, low.c + 4u);
+            x2_high = load_half(low_tap2, low.c + 4u);
+            x3_high = load_half(low_tap3, low.c + 4u);
+        } else {
+            x0_high = load_half(high_tap0, high.c);
+            x1_high = load_half(high_tap1, high.c);
+            x2_high = load_half(high_tap2, high.c);
+            x3_high = load_half(high_tap3, high.c);
+        }
         {
             let w0_k = subgroupBroadcast(w0, 0u);
             let w1_k = subgroupBroadcast(w1, 0u);
@@ -422,24 +437,41 @@ fn conv2d(
             acc3_2 = fma(x3_k, w2_k, acc3_2);
             acc3_3 = fma(x3_k, w3_k, acc3_3);
         }
-        // Move both halves on by one chunk; a half's offsets change only with its tap, once every
-        // channels4 / 8 chunks or so.
-        let next_low = advance_cursor(low, 8u);
-        if (next_low.kw != low.kw || next_low.kh != low.kh) {
-            low_tap0 = tap_offset(origin0, next_low);
-            low_tap1 = tap_offset(origin1, next_low);
-            low_tap2 = tap_offset(origin2, next_low);
-            low_tap3 = tap_offset(origin3, next_low);
+        if (CHUNKS_WITHIN_TAPS) {
+            // Both halves lie in the low cursor's tap; move it on by one chunk, and to the next
+            // tap once its channels are done.
+            low.c = low.c + 8u;
+            if (low.c == params.channels4) {
+                low.c = 0u;
+                low.kw = low.kw + 1u;
+                if (low.kw == params.kernel_w) {
+                    low.kw = 0u;
+                    low.kh = low.kh + 1u;
+                }
+                low_tap0 = tap_offset(origin0, low);
+                low_tap1 = tap_offset(origin1, low);
+                low_tap2 = tap_offset(origin2, low);
+                low_tap3 = tap_offset(origin3, low);
+            }
+        } else {
+            // Move both halves on by one chunk; a half's offsets change only with its tap.
+            let next_low = advance_cursor(low, 8u);
+            if (next_low.kw != low.kw || next_low.kh != low.kh) {
+                low_tap0 = tap_offset(origin0, next_low);
+                low_tap1 = tap_offset(origin1, next_low);
+                low_tap2 = tap_offset(origin2, next_low);
+                low_tap3 = tap_offset(origin3, next_low);
+            }
+            low = next_low;
+            let next_high = advance_cursor(high, 8u);
+            if (next_high.kw != high.kw || next_high.kh != high.kh) {
+                high_tap0 = tap_offset(origin0, next_high);
+                high_tap1 = tap_offset(origin1, next_high);
+                high_tap2 = tap_offset(origin2, next_high);
+                high_tap3 = tap_offset(origin3, next_high);
+            }
+            high = next_high;
         }
-        low = next_low;
-        let next_high = advance_cursor(high, 8u);
-        if (next_high.kw != high.kw || next_high.kh != high.kh) {
-            high_tap0 = tap_offset(origin0, next_high);
-            high_tap1 = tap_offset(origin1, next_high);
-            high_tap2 = tap_offset(origin2, next_high);
-            high_tap3 = tap_offset(origin3, next_high);
-        }
-        high = next_high;
     }
 
     let col0 = block * 16u;

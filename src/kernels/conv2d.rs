@@ -444,6 +444,11 @@ pub fn prepare_conv2d(
     if vec4_activations {
         constants.push(("VEC4_ACTIVATIONS", 1));
     }
+    // Every chunk of 8 k's lies in one tap: the subgroup kernel then follows one tap cursor
+    // instead of one per half-chunk.
+    if variant == Conv2dVariant::Subgroup && geometry.channels4().is_multiple_of(INNER_CHUNK) {
+        constants.push(("CHUNKS_WITHIN_TAPS", 1));
+    }
     PreparedKernel::new(
         context,
         LaunchDescriptor {
