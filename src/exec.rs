@@ -18,7 +18,9 @@ use crate::gpu::buffers::{self, DeviceMatrix, STORAGE_USAGE};
 use crate::gpu::context::GpuContext;
 use crate::graph::{Conv2dParams, Graph, LinearParams};
 use crate::kernels::PreparedKernel;
-use crate::kernels::conv2d::{Conv2dGeometry, Conv2dOperands, prepare_conv2d, upload_conv_weights};
+use crate::kernels::conv2d::{
+    Conv2dGeometry, Conv2dOperands, Conv2dVariant, prepare_conv2d, upload_conv_weights,
+};
 use crate::kernels::elementwise::{ElementwiseOperands, prepare_elementwise};
 use crate::kernels::gemm::{GemmOperands, GemmVariant, LinearWeights, prepare_gemm};
 use crate::kernels::gemv::{GemvOperands, TextureWeights, prepare_gemv};
@@ -721,6 +723,7 @@ fn prepare_step(
             )?
         }
         ScheduledStep::Conv {
+            variant,
             conv,
             input,
             input_size,
@@ -729,6 +732,7 @@ fn prepare_step(
             output,
         } => {
             let step = ConvStep {
+                variant,
                 params: &plan.convs[conv],
                 input,
                 input_size,
@@ -764,6 +768,7 @@ fn prepare_step(
 
 /// One scheduled convolution.
 struct ConvStep<'a> {
+    variant: Conv2dVariant,
     params: &'a Conv2dParams,
     input: ValueId,
     input_size: (usize, usize),
@@ -816,6 +821,7 @@ fn prepare_conv_step(
             output: &output,
             activation: step.activation,
         },
+        step.variant,
     )?;
     weights.push(LayerWeights::Blocked(conv_weights));
     Ok(prepared)

@@ -20,6 +20,7 @@
 use crate::epilogue::Activation;
 use crate::error::Result;
 use crate::gpu::context::GpuContext;
+use crate::kernels::conv2d::Conv2dVariant;
 use crate::kernels::gemm::GemmVariant;
 use crate::kernels::gemv::{self, GEMV_MAX_BATCH, TextureWeights};
 use crate::kernels::residual_block;
@@ -94,6 +95,8 @@ pub(crate) enum ScheduledStep {
     ResidualBlock(ResidualBlockSteps),
     /// `act(conv(input, W) + b [+ residual])`, run by the implicit-GEMM convolution.
     Conv {
+        /// The convolution variant that runs it.
+        variant: Conv2dVariant,
         /// The convolution, an index into `Plan::convs`.
         conv: usize,
         /// X, NHWC images.
@@ -183,7 +186,15 @@ pub(crate) fn select(
             fused_blocks.push(block);
         }
     }
-    Ok(schedule_steps(plan, &layer_kernels, &fused_blocks, tuning))
+    // The subgroup convolution shares weights across 8 invocations, as the subgroup GEMM does,
+    // wherever the device has subgroups of at least 8.
+    let conv_variant = if Conv2dVariant::Subgroup.supported_by(context, options.precision) {
+        Conv2dVariant::Subgroup
+    } else {
+        Conv2dVariant::Portable
+    };
+    let kernels = (layer_kernels.as_slice(), conv_variant);
+    Ok(schedule_steps(plan, kernels, &fused_blocks, tuning))
 }
 
 /// Each layer's kernel by the rules: the texture GEMV for models of at most [`GEMV_MAX_BATCH`]
@@ -269,7 +280,7 @@ fn fuse_block(
 /// The run's dispatches in plan order, each fused block in place of its two GEMM steps.
 fn schedule_steps(
     plan: &Plan,
-    layer_kernels: &[KernelChoice],
+    (layer_kernels, conv_variant): (&[KernelChoice], Conv2dVariant),
     fused_blocks: &[ResidualBlockSteps],
     tuning: TuningReport,
 ) -> Schedule {
@@ -303,6 +314,7 @@ fn schedule_steps(
                 residual,
                 activation,
             } => ScheduledStep::Conv {
+                variant: conv_variant,
                 conv,
                 input,
                 input_size,
@@ -349,7 +361,12 @@ mod tests {
         assert_eq!(blocks.len(), 3);
         let kernels = vec![KernelChoice::Gemm(GemmVariant::Portable); plan.layers.len()];
         // Fuse the middle block only.
-        let schedule = schedule_steps(&plan, &kernels, &blocks[1..2], TuningReport::default());
+        let schedule = schedule_steps(
+            &plan,
+            (&kernels, Conv2dVariant::Portable),
+            &blocks[1..2],
+            TuningReport::default(),
+        );
         assert_eq!(schedule.steps.len(), plan.steps.len() - 1);
         assert_eq!(schedule.steps[2], ScheduledStep::ResidualBlock(blocks[1]));
         let layers: Vec<usize> = schedule
@@ -412,7 +429,12 @@ mod tests {
                 }
             })
             .collect();
-        let schedule = schedule_steps(&plan, &kernels, &[], TuningReport::default());
+        let schedule = schedule_steps(
+            &plan,
+            (&kernels, Conv2dVariant::Portable),
+            &[],
+            TuningReport::default(),
+        );
         assert_eq!(schedule.steps.len(), plan.steps.len());
         for step in &schedule.steps {
             match *step {

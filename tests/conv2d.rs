@@ -1,7 +1,8 @@
 //! The implicit-GEMM convolution against the f64 reference, on every test adapter: the shapes of
 //! a ResNet (7×7 stride-2 stem on 3 channels, 3×3 blocks, 1×1 stride-2 projections) at awkward
 //! sizes, asymmetric padding, every epilogue, fewer images than prepared, and NaN propagation,
-//! always with the output poisoned first.
+//! always with the output poisoned first. Every case runs with every variant the adapter
+//! supports, not only the one a model would choose.
 
 mod common;
 
@@ -9,7 +10,7 @@ use resgraph::epilogue::{Activation, Epilogue};
 use resgraph::gpu::buffers::DeviceMatrix;
 use resgraph::gpu::context::GpuContext;
 use resgraph::kernels::conv2d::{
-    Conv2dGeometry, Conv2dOperands, prepare_conv2d, upload_conv_weights,
+    Conv2dGeometry, Conv2dOperands, Conv2dVariant, prepare_conv2d, upload_conv_weights,
 };
 use resgraph::precision::Precision;
 use resgraph::reference::{Conv2dRef, conv2d_f64, to_f64};
@@ -57,9 +58,23 @@ const PLAIN: Epilogue = Epilogue {
     add_residual: false,
 };
 
-/// Runs `case` on `context` with `images` of the prepared batch and returns the relative error
-/// against the reference.
-fn check(context: &GpuContext, case: &Case, images: usize, seed: u64) -> f64 {
+/// The convolution variants `context` can run: all of them are tested.
+fn variants(context: &GpuContext) -> Vec<Conv2dVariant> {
+    Conv2dVariant::ALL
+        .into_iter()
+        .filter(|variant| variant.supported_by(context, Precision::F32))
+        .collect()
+}
+
+/// Runs `case` with `variant` on `context` with `images` of the prepared batch and returns the
+/// relative error against the reference.
+fn check(
+    context: &GpuContext,
+    variant: Conv2dVariant,
+    case: &Case,
+    images: usize,
+    seed: u64,
+) -> f64 {
     let geometry = case.geometry;
     let (in_h, in_w) = geometry.input_size;
     let (out_h, out_w) = geometry.output_size().expect("a valid geometry");
@@ -95,6 +110,7 @@ fn check(context: &GpuContext, case: &Case, images: usize, seed: u64) -> f64 {
             output: &output,
             activation: case.epilogue.activation,
         },
+        variant,
     )
     .expect("prepare the convolution");
     conv.set_rows(context, images).expect("set the images");
@@ -136,7 +152,10 @@ fn check(context: &GpuContext, case: &Case, images: usize, seed: u64) -> f64 {
         computed,
         &reference,
         Precision::F32.tolerance(),
-        &format!("{:?} batch {} images {images}", geometry, case.batch),
+        &format!(
+            "{variant:?}: {:?} batch {} images {images}",
+            geometry, case.batch
+        ),
     )
 }
 
@@ -169,6 +188,25 @@ fn resnet_shaped_cases() -> Vec<Case> {
         ),
         // One output pixel, many channels: more channel blocks than pixels.
         case((3, 3, 12), 33, (3, 3), (1, 1), (0, 0, 0, 0), 1, RELU),
+        // Chunks of 8 k's that straddle two taps (channels4 = 4, 12 or 20, not a multiple of 8),
+        // with scalar loads (3 channels) and vec4 loads (12, 20): the subgroup variant's high
+        // half of a chunk then reads the next tap, or the padding after the last one.
+        case((7, 6, 3), 16, (3, 3), (1, 1), (1, 1, 1, 1), 2, RELU),
+        case(
+            (6, 9, 12),
+            19,
+            (3, 3),
+            (1, 1),
+            (1, 1, 1, 1),
+            1,
+            RELU_RESIDUAL,
+        ),
+        case((8, 5, 20), 16, (3, 3), (2, 1), (1, 0, 1, 2), 2, PLAIN),
+        // 5 channels pad to 8: each chunk is one tap, its high half partly padded channels.
+        case((6, 7, 5), 8, (3, 3), (1, 1), (1, 1, 1, 1), 2, RELU),
+        // One input channel (padded to 4): every chunk is two taps, and the last chunk's high
+        // half lies past the last tap, in the padding of the inner dimension.
+        case((5, 5, 1), 4, (3, 3), (1, 1), (0, 0, 0, 0), 1, PLAIN),
         // A bottleneck's 1x1 expansion over more pixels than one workgroup covers.
         case(
             (19, 17, 4),
@@ -185,9 +223,11 @@ fn resnet_shaped_cases() -> Vec<Case> {
 #[test]
 fn every_resnet_shaped_convolution_matches_the_reference_on_every_backend() {
     for (backend, context) in common::contexts() {
-        for (index, case) in resnet_shaped_cases().iter().enumerate() {
-            let error = check(context, case, case.batch, 100 + index as u64);
-            eprintln!("{backend} case {index}: relative error {error:.2e}");
+        for variant in variants(context) {
+            for (index, case) in resnet_shaped_cases().iter().enumerate() {
+                let error = check(context, variant, case, case.batch, 100 + index as u64);
+                eprintln!("{backend} {variant:?} case {index}: relative error {error:.2e}");
+            }
         }
     }
 }
@@ -204,8 +244,10 @@ fn a_smaller_batch_than_prepared_computes_only_its_images() {
         4,
         RELU_RESIDUAL,
     );
-    for images in [1, 3, 4] {
-        check(context, &case, images, 200 + images as u64);
+    for variant in variants(context) {
+        for images in [1, 3, 4] {
+            check(context, variant, &case, images, 200 + images as u64);
+        }
     }
 }
 
@@ -233,32 +275,36 @@ fn nan_in_the_input_is_nan_in_every_output_it_reaches() {
     .expect("weights");
     let x = DeviceMatrix::from_host(context, "x", 25, 4, &input).expect("x");
     let y = DeviceMatrix::new(context, "y", 25, 4).expect("y");
-    let conv = prepare_conv2d(
-        context,
-        &Conv2dOperands {
-            input: &x,
-            weights: &weights,
-            geometry,
-            batch: 1,
-            residual: None,
-            output: &y,
-            activation: Activation::Identity,
-        },
-    )
-    .expect("prepare");
-    conv.submit(context).expect("submit");
-    context.wait_idle().expect("wait");
-    let out = y.read(context).expect("read");
-    for oh in 0..5usize {
-        for ow in 0..5usize {
-            let covers = oh.abs_diff(2) <= 1 && ow.abs_diff(2) <= 1;
-            for oc in 0..4 {
-                let value = out[(oh * 5 + ow) * 4 + oc];
-                assert_eq!(
-                    value.is_nan(),
-                    covers,
-                    "output ({oh}, {ow}) channel {oc} = {value}"
-                );
+    for variant in variants(context) {
+        y.fill(context, 7.0).expect("reset the output");
+        let conv = prepare_conv2d(
+            context,
+            &Conv2dOperands {
+                input: &x,
+                weights: &weights,
+                geometry,
+                batch: 1,
+                residual: None,
+                output: &y,
+                activation: Activation::Identity,
+            },
+            variant,
+        )
+        .expect("prepare");
+        conv.submit(context).expect("submit");
+        context.wait_idle().expect("wait");
+        let out = y.read(context).expect("read");
+        for oh in 0..5usize {
+            for ow in 0..5usize {
+                let covers = oh.abs_diff(2) <= 1 && ow.abs_diff(2) <= 1;
+                for oc in 0..4 {
+                    let value = out[(oh * 5 + ow) * 4 + oc];
+                    assert_eq!(
+                        value.is_nan(),
+                        covers,
+                        "{variant:?}: output ({oh}, {ow}) channel {oc} = {value}"
+                    );
+                }
             }
         }
     }
@@ -289,12 +335,14 @@ fn operands_that_do_not_fit_the_geometry_are_typed_errors() {
         output,
         activation: Activation::Relu,
     };
-    let error = prepare_conv2d(context, &operands(&wrong_input, &y)).expect_err("wrong input");
+    let portable = Conv2dVariant::Portable;
+    let error =
+        prepare_conv2d(context, &operands(&wrong_input, &y), portable).expect_err("wrong input");
     assert!(
         matches!(error, resgraph::Error::ShapeMismatch { .. }),
         "{error}"
     );
-    let error = prepare_conv2d(context, &operands(&x, &x)).expect_err("wrong output");
+    let error = prepare_conv2d(context, &operands(&x, &x), portable).expect_err("wrong output");
     assert!(
         matches!(error, resgraph::Error::ShapeMismatch { .. }),
         "{error}"
@@ -305,4 +353,64 @@ fn operands_that_do_not_fit_the_geometry_are_typed_errors() {
         matches!(error, resgraph::Error::ShapeMismatch { .. }),
         "{error}"
     );
+}
+
+#[test]
+fn the_subgroup_variant_runs_on_a_test_adapter() {
+    // The tests above check every variant each adapter supports; this one makes sure that the
+    // subgroup variant is among them somewhere (lavapipe has subgroups of 8), so that it is never
+    // left untested by an adapter list without subgroups.
+    let with_subgroups = common::contexts_where("subgroups of at least 8 invocations", |context| {
+        Conv2dVariant::Subgroup.supported_by(context, Precision::F32)
+    });
+    for (backend, context) in with_subgroups {
+        assert!(
+            variants(context).contains(&Conv2dVariant::Subgroup),
+            "{backend}"
+        );
+    }
+}
+
+#[test]
+fn the_subgroup_variant_on_a_device_without_subgroups_is_a_typed_error() {
+    // Every adapter, opened without SUBGROUP, is a device that lacks what the subgroup variant
+    // needs: asking for it must be the typed error, not a shader that fails to compile.
+    let geometry = Conv2dGeometry {
+        input_size: (4, 4),
+        in_channels: 8,
+        out_channels: 8,
+        kernel: (3, 3),
+        stride: (1, 1),
+        padding: (1, 1, 1, 1),
+    };
+    for (backend, context) in common::contexts_without(wgpu::Features::SUBGROUP) {
+        assert!(
+            !Conv2dVariant::Subgroup.supported_by(&context, Precision::F32),
+            "{backend}: the subgroup convolution claims to run without SUBGROUP"
+        );
+        assert!(Conv2dVariant::Portable.supported_by(&context, Precision::F32));
+        let weights =
+            upload_conv_weights(&context, &geometry, &[0.1; 8 * 8 * 9], None, Precision::F32)
+                .expect("weights");
+        let x = DeviceMatrix::new(&context, "x", 16, 8).expect("x");
+        let y = DeviceMatrix::new(&context, "y", 16, 8).expect("y");
+        let operands = Conv2dOperands {
+            input: &x,
+            weights: &weights,
+            geometry,
+            batch: 1,
+            residual: None,
+            output: &y,
+            activation: Activation::Relu,
+        };
+        match prepare_conv2d(&context, &operands, Conv2dVariant::Subgroup) {
+            Ok(_) => panic!("{backend}: the subgroup convolution was prepared without SUBGROUP"),
+            Err(resgraph::Error::MissingFeature { feature, .. }) => {
+                assert!(feature.contains("SUBGROUP"), "{backend}: {feature}");
+            }
+            Err(other) => panic!("{backend}: expected MissingFeature, got {other}"),
+        }
+        prepare_conv2d(&context, &operands, Conv2dVariant::Portable)
+            .unwrap_or_else(|error| panic!("{backend}: the portable convolution: {error}"));
+    }
 }

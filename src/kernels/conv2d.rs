@@ -7,13 +7,19 @@
 //! GEMM over pixels. Weights, given in PyTorch's `[out, in, kernel_h, kernel_w]` layout, are
 //! reordered once at upload to `[out, kernel_h, kernel_w, channels4]` (channels padded with zero
 //! weights to a multiple of 4) and stored in the GEMM's blocked layout ([`LinearWeights`]).
+//!
+//! Two shader variants read that one layout ([`Conv2dVariant`]): a portable one, and one that
+//! shares each chunk of 8 k's of weights across 8 invocations with subgroup broadcasts, as the
+//! subgroup GEMM does.
 
 use crate::epilogue::Activation;
 use crate::error::{Error, Result};
 use crate::gpu::buffers::DeviceMatrix;
 use crate::gpu::context::GpuContext;
 use crate::gpu::pipelines::BindingKind;
-use crate::kernels::gemm::{COLUMN_BLOCK, INNER_CHUNK, LinearWeights, ROWS_PER_WORKGROUP};
+use crate::kernels::gemm::{
+    COLUMN_BLOCK, GemmVariant, INNER_CHUNK, LinearWeights, ROWS_PER_WORKGROUP,
+};
 use crate::kernels::launch::{
     LaunchDescriptor, LaunchShape, PreparedKernel, check_operands, param_bytes, to_u32,
 };
@@ -21,7 +27,19 @@ use crate::kernels::source::{FUSED_EPILOGUE, KernelSource, no_declarations};
 use crate::kernels::workgroup_count;
 use crate::precision::Precision;
 
-/// The implicit-GEMM convolution and its binding table (the GEMM's, with NHWC activations).
+/// The bindings of both convolution kernels, in binding order: the GEMM's, with NHWC
+/// activations.
+const CONV2D_BINDINGS: &[BindingKind] = &[
+    BindingKind::Uniform,          // 0: params
+    BindingKind::StorageRead,      // 1: input, NHWC
+    BindingKind::StorageRead,      // 2: weights, 16-column blocks over (kh, kw, c)
+    BindingKind::StorageRead,      // 3: bias, padded to 16
+    BindingKind::StorageRead,      // 4: residual, NHWC like the output
+    BindingKind::StorageReadWrite, // 5: output, NHWC
+    BindingKind::StorageRead,      // 6: input again, as vec4 when channels % 4 == 0
+];
+
+/// The portable implicit-GEMM convolution: register blocking only, runs on every adapter.
 pub const CONV2D_KERNEL: KernelSource = KernelSource {
     name: "conv2d",
     body: include_str!("../../shaders/conv2d.wgsl"),
@@ -29,16 +47,62 @@ pub const CONV2D_KERNEL: KernelSource = KernelSource {
     extensions: &[],
     declarations: no_declarations,
     entry_point: "conv2d",
-    bindings: &[
-        BindingKind::Uniform,          // 0: params
-        BindingKind::StorageRead,      // 1: input, NHWC
-        BindingKind::StorageRead,      // 2: weights, 16-column blocks over (kh, kw, c)
-        BindingKind::StorageRead,      // 3: bias, padded to 16
-        BindingKind::StorageRead,      // 4: residual, NHWC like the output
-        BindingKind::StorageReadWrite, // 5: output, NHWC
-        BindingKind::StorageRead,      // 6: input again, as vec4 when channels % 4 == 0
-    ],
+    bindings: CONV2D_BINDINGS,
 };
+
+/// The subgroup implicit-GEMM convolution: each chunk of 8 k's of weights is loaded once per 8
+/// invocations and shared with `subgroupBroadcast`, as in the subgroup GEMM.
+pub const CONV2D_SUBGROUP_KERNEL: KernelSource = KernelSource {
+    name: "conv2d_subgroup",
+    body: include_str!("../../shaders/conv2d_subgroup.wgsl"),
+    pieces: &[FUSED_EPILOGUE],
+    extensions: &[],
+    declarations: no_declarations,
+    entry_point: "conv2d",
+    bindings: CONV2D_BINDINGS,
+};
+
+/// Which convolution shader runs a dispatch. Both read the same weight layout
+/// ([`upload_conv_weights`]), so one upload serves either.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Conv2dVariant {
+    /// `shaders/conv2d.wgsl`: register blocking, no optional features.
+    Portable,
+    /// `shaders/conv2d_subgroup.wgsl`: register blocking plus weights shared across 8
+    /// invocations through subgroup broadcasts. Needs what [`GemmVariant::Subgroup`] needs.
+    Subgroup,
+}
+
+impl Conv2dVariant {
+    /// Every variant, for tests and benchmarks.
+    pub const ALL: [Conv2dVariant; 2] = [Conv2dVariant::Portable, Conv2dVariant::Subgroup];
+
+    /// Whether the device can run this variant with `precision` storage: the subgroup variant
+    /// needs the `SUBGROUP` feature and subgroups of at least 8 invocations, exactly as the
+    /// subgroup GEMM does.
+    pub fn supported_by(self, context: &GpuContext, precision: Precision) -> bool {
+        match self {
+            Conv2dVariant::Portable => true,
+            Conv2dVariant::Subgroup => GemmVariant::Subgroup.supported_by(context, precision),
+        }
+    }
+
+    /// What the device lacks when [`Self::supported_by`] is false, for the error message.
+    fn requirement(self) -> &'static str {
+        match self {
+            Conv2dVariant::Portable => "nothing",
+            Conv2dVariant::Subgroup => "SUBGROUP (with subgroups of at least 8 invocations)",
+        }
+    }
+
+    /// The shader of this variant.
+    pub fn kernel(self) -> &'static KernelSource {
+        match self {
+            Conv2dVariant::Portable => &CONV2D_KERNEL,
+            Conv2dVariant::Subgroup => &CONV2D_SUBGROUP_KERNEL,
+        }
+    }
+}
 
 /// The shape of one convolution: what it reads and how its window moves. Dilation is 1 and
 /// groups is 1.
@@ -301,16 +365,26 @@ impl LaunchShape for ConvLaunch {
     }
 }
 
-/// Validates the operands and prepares one fused convolution for `operands.batch` images
-/// (re-aimed at fewer images with `set_rows`/`record_rows`, whose rows are images).
+/// Validates the operands and prepares one fused convolution with `variant` for
+/// `operands.batch` images (re-aimed at fewer images with `set_rows`/`record_rows`, whose rows
+/// are images): a [`MissingFeature`](Error::MissingFeature) error when the device cannot run
+/// the variant.
 pub fn prepare_conv2d(
     context: &GpuContext,
     operands: &Conv2dOperands<'_>,
+    variant: Conv2dVariant,
 ) -> Result<PreparedKernel> {
     let (out_h, out_w) = operands.validate()?;
     let geometry = &operands.geometry;
-    let kernel = &CONV2D_KERNEL;
     let precision = operands.weights.precision();
+    if !variant.supported_by(context, precision) {
+        return Err(Error::MissingFeature {
+            what: format!("the {variant:?} 2-D convolution variant with {precision} storage"),
+            feature: variant.requirement(),
+            adapter: context.adapter_info().name.clone(),
+        });
+    }
+    let kernel = variant.kernel();
     let u32_of = |what: &str, value: usize| to_u32(kernel.name, what, value);
     let pixels = operands.batch * out_h * out_w;
     // Every input index must fit the shader's u32, as must every output pixel.
@@ -370,10 +444,15 @@ pub fn prepare_conv2d(
     if vec4_activations {
         constants.push(("VEC4_ACTIVATIONS", 1));
     }
+    // Every chunk of 8 k's lies in one tap: the subgroup kernel then follows one tap cursor
+    // instead of one per half-chunk.
+    if variant == Conv2dVariant::Subgroup && geometry.channels4().is_multiple_of(INNER_CHUNK) {
+        constants.push(("CHUNKS_WITHIN_TAPS", 1));
+    }
     PreparedKernel::new(
         context,
         LaunchDescriptor {
-            label: "conv2d",
+            label: kernel.name,
             kernel,
             precision,
             constants,

@@ -25,6 +25,7 @@ pub const ALL_KERNELS: &[&source::KernelSource] = &[
     &elementwise::ELEMENTWISE_KERNEL,
     &residual_block::RESIDUAL_BLOCK_KERNEL,
     &conv2d::CONV2D_KERNEL,
+    &conv2d::CONV2D_SUBGROUP_KERNEL,
     &pool::POOL2D_KERNEL,
     &pool::GLOBAL_AVG_POOL_KERNEL,
 ];
