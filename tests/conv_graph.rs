@@ -128,6 +128,37 @@ fn the_builder_tracks_image_shapes_and_refuses_what_does_not_chain() {
         .global_avg_pool("again", global)
         .expect_err("a global pool of a dense row");
     assert!(matches!(error, Error::GraphShape { .. }), "{error}");
+    let error = builder
+        .max_pool2d(
+            "all_padding",
+            x,
+            PoolWindow {
+                kernel: (3, 3),
+                stride: (1, 1),
+                padding: (2, 0, 0, 0),
+            },
+        )
+        .expect_err("padding over half the window");
+    assert!(matches!(error, Error::GraphShape { .. }), "{error}");
+    // Sizes from a model file whose product overflows are a typed error, never a panic or a
+    // wrapped width.
+    let mut huge = GraphBuilder::new();
+    let error = huge
+        .input_image("x", (1 << 24, 1 << 24, 1 << 24))
+        .expect_err("2^72 values");
+    assert!(matches!(error, Error::GraphShape { .. }), "{error}");
+    let x = huge.input_image("x", (1, 1, 1)).expect("input");
+    let padded = Conv2dParams::new(
+        (4, 1),
+        (1, 1),
+        (1, 1),
+        (1 << 20, 1 << 20, 0, 0),
+        vec![1.0; 4],
+        None,
+    )
+    .expect("a conv with absurd padding");
+    let error = huge.conv2d("padded", x, padded).expect_err("2^40 pixels");
+    assert!(matches!(error, Error::GraphShape { .. }), "{error}");
 }
 
 #[test]

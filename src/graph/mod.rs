@@ -291,6 +291,30 @@ pub fn window_output_size(
     ))
 }
 
+/// An image shape whose value count fits in memory arithmetic, or an error naming the node: sizes
+/// come from model files, and their product must not overflow.
+fn checked_image(
+    name: &str,
+    (height, width, channels): (usize, usize, usize),
+) -> Result<ValueShape> {
+    let fits = height
+        .checked_mul(width)
+        .and_then(|pixels| pixels.checked_mul(channels))
+        .is_some_and(|values| values <= u32::MAX as usize);
+    if !fits {
+        return Err(Error::GraphShape {
+            node: name.to_string(),
+            expected: "an image of at most 2^32 values per batch entry".to_string(),
+            actual: format!("{height}x{width} pixels of {channels} channels"),
+        });
+    }
+    Ok(ValueShape::Image {
+        height,
+        width,
+        channels,
+    })
+}
+
 /// A pooling window: its size, stride and padding `(top, left, bottom, right)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PoolWindow {
@@ -408,10 +432,14 @@ impl Node {
                     ValueShape::Dense { .. } => 0,
                 };
                 let (kernel_h, kernel_w) = params.kernel();
-                2 * pixels
-                    * params.out_channels() as u64
-                    * params.in_channels() as u64
-                    * (kernel_h * kernel_w) as u64
+                [
+                    params.out_channels() as u64,
+                    params.in_channels() as u64,
+                    kernel_h as u64,
+                    kernel_w as u64,
+                ]
+                .iter()
+                .fold(2 * pixels, |total, factor| total.saturating_mul(*factor))
             }
             _ => 0,
         }
@@ -551,14 +579,8 @@ impl GraphBuilder {
                 return Err(Error::zero_sized(format!("input {name:?}"), dimension));
             }
         }
-        self.add_input(
-            name,
-            ValueShape::Image {
-                height,
-                width,
-                channels,
-            },
-        )
+        let shape = checked_image(name, (height, width, channels))?;
+        self.add_input(name, shape)
     }
 
     fn add_input(&mut self, name: &str, shape: ValueShape) -> Result<NodeId> {
@@ -654,11 +676,7 @@ impl GraphBuilder {
                 ),
             }
         })?;
-        let shape = ValueShape::Image {
-            height: out_h,
-            width: out_w,
-            channels: params.out_channels(),
-        };
+        let shape = checked_image(name, (out_h, out_w, params.out_channels()))?;
         Ok(self.push(Op::Conv2d { input, params }, shape, name))
     }
 
@@ -828,9 +846,20 @@ impl GraphBuilder {
         }
     }
 
-    /// The shape of an image after `window`, or an error when the window does not fit.
+    /// The shape of an image after `window`, or an error when the window does not fit or its
+    /// padding is more than half the window (PyTorch's rule, which keeps every window partly
+    /// inside the image).
     fn pooled_shape(&self, name: &str, input: NodeId, window: PoolWindow) -> Result<ValueShape> {
         let (height, width, channels) = self.image_of(name, input)?;
+        let (top, left, bottom, right) = window.padding;
+        let (kernel_h, kernel_w) = window.kernel;
+        if top.max(bottom) > kernel_h / 2 || left.max(right) > kernel_w / 2 {
+            return Err(Error::GraphShape {
+                node: name.to_string(),
+                expected: format!("padding of at most half the {kernel_h}x{kernel_w} window"),
+                actual: format!("padding {:?}", window.padding),
+            });
+        }
         let (out_h, out_w) = window_output_size(
             (height, width),
             window.kernel,
@@ -848,11 +877,7 @@ impl GraphBuilder {
                 window.padding, window.stride
             ),
         })?;
-        Ok(ValueShape::Image {
-            height: out_h,
-            width: out_w,
-            channels,
-        })
+        checked_image(name, (out_h, out_w, channels))
     }
 
     fn push(&mut self, op: Op, shape: ValueShape, name: &str) -> NodeId {

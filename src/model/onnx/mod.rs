@@ -504,7 +504,14 @@ impl Importer<'_> {
                  [batch, {width}] only"
             )));
         }
-        Ok(Value::Node(x))
+        // An image pooled to one pixel and reshaped to [batch, channels] (an older export of
+        // torchvision's average pool) is a flatten in PyTorch's order.
+        match self.builder.shape(x) {
+            Some(crate::graph::ValueShape::Image { .. }) => {
+                Ok(Value::Node(self.builder.flatten(name, x)?))
+            }
+            _ => Ok(Value::Node(x)),
+        }
     }
 
     /// A `Cast` to float32 of a constant (weights stored in float16) or of an activation; a cast
