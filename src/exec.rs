@@ -649,14 +649,9 @@ impl Activations {
         )
     }
 
-    /// The matrix where `value` lives, one row per batch entry.
+    /// The matrix where `value` lives, one row per batch entry: the view of one-pixel images.
     fn matrix(&self, plan: &Plan, value: ValueId) -> Result<DeviceMatrix> {
-        let width = plan.value_widths[value.0];
-        let buffer = match plan.value_storage[value.0] {
-            Storage::Input => self.input.buffer().clone(),
-            Storage::Slot(slot) => self.slots[slot].clone(),
-        };
-        DeviceMatrix::from_buffer_with_precision(buffer, self.max_batch, width, self.precision)
+        self.image(plan, value, 1, plan.value_widths[value.0])
     }
 }
 

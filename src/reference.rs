@@ -96,19 +96,6 @@ pub fn relative_error(out: &[f32], reference: &[f64]) -> f64 {
     }
 }
 
-/// The height, width and channels of an image shape (a dense row of `n` is a 1×1 image of `n`
-/// channels, which is what the graph builder lets pool and convolution nodes read).
-fn image_shape(shape: crate::graph::ValueShape) -> (usize, usize, usize) {
-    match shape {
-        crate::graph::ValueShape::Image {
-            height,
-            width,
-            channels,
-        } => (height, width, channels),
-        crate::graph::ValueShape::Dense { width } => (1, 1, width),
-    }
-}
-
 /// NHWC images as dense rows in PyTorch's (channel, row, column) order, as `torch.flatten(x, 1)`
 /// gives them for NCHW tensors; a dense row is returned as it is.
 fn flatten_to_pytorch_order(
@@ -178,7 +165,7 @@ pub fn forward_f64(graph: &crate::graph::Graph, input: &[f32], batch: usize) -> 
                 .map(|(a, b)| a + b)
                 .collect(),
             Op::Conv2d { input, params } => {
-                let (height, width, _) = image_shape(graph.node(*input).shape);
+                let (height, width, _) = graph.node(*input).shape.image_dims();
                 conv2d_f64(
                     &values[input.index()],
                     (batch, height, width),
@@ -197,7 +184,7 @@ pub fn forward_f64(graph: &crate::graph::Graph, input: &[f32], batch: usize) -> 
                 .0
             }
             Op::MaxPool2d { input, window } => {
-                let (height, width, channels) = image_shape(graph.node(*input).shape);
+                let (height, width, channels) = graph.node(*input).shape.image_dims();
                 max_pool2d_f64(
                     &values[input.index()],
                     (batch, height, width, channels),
@@ -212,7 +199,7 @@ pub fn forward_f64(graph: &crate::graph::Graph, input: &[f32], batch: usize) -> 
                 window,
                 count_include_pad,
             } => {
-                let (height, width, channels) = image_shape(graph.node(*input).shape);
+                let (height, width, channels) = graph.node(*input).shape.image_dims();
                 avg_pool2d_f64(
                     &values[input.index()],
                     (batch, height, width, channels),
@@ -224,7 +211,7 @@ pub fn forward_f64(graph: &crate::graph::Graph, input: &[f32], batch: usize) -> 
                 .0
             }
             Op::GlobalAvgPool { input } => {
-                let (height, width, channels) = image_shape(graph.node(*input).shape);
+                let (height, width, channels) = graph.node(*input).shape.image_dims();
                 global_avg_pool_f64(&values[input.index()], (batch, height, width, channels))
             }
             Op::Flatten { input } => {

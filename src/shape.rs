@@ -40,3 +40,26 @@ pub fn check_linear_shape(
     }
     Ok(())
 }
+
+/// The output size of a window of `kernel` moved by `stride` over a `height × width` input with
+/// `padding` (top, left, bottom, right), PyTorch's floor rule; `None` when the window does not fit
+/// the padded input or the stride is zero. Shared by the graph builder and the convolution and
+/// pooling kernels, so that an output size is computed one way everywhere.
+pub fn window_output_size(
+    (height, width): (usize, usize),
+    kernel: (usize, usize),
+    stride: (usize, usize),
+    (top, left, bottom, right): (usize, usize, usize, usize),
+) -> Option<(usize, usize)> {
+    let padded = (
+        height.checked_add(top)?.checked_add(bottom)?,
+        width.checked_add(left)?.checked_add(right)?,
+    );
+    if kernel.0 == 0 || kernel.1 == 0 || kernel.0 > padded.0 || kernel.1 > padded.1 {
+        return None;
+    }
+    Some((
+        (padded.0 - kernel.0).checked_div(stride.0)? + 1,
+        (padded.1 - kernel.1).checked_div(stride.1)? + 1,
+    ))
+}

@@ -15,6 +15,7 @@ pub mod synthetic;
 
 use crate::error::{Error, Result};
 use crate::shape::check_linear_shape;
+pub use crate::shape::window_output_size;
 
 /// Identifies a node in the graph being built.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -126,6 +127,20 @@ impl ValueShape {
                 width,
                 channels,
             } => height * width * channels,
+        }
+    }
+
+    /// The height, width and channels of an image; a dense row of `n` reads as a 1×1 image of
+    /// `n` channels (the planner and the reference only ask this of what the builder let a
+    /// convolution or pool read, which is an image).
+    pub fn image_dims(&self) -> (usize, usize, usize) {
+        match *self {
+            ValueShape::Image {
+                height,
+                width,
+                channels,
+            } => (height, width, channels),
+            ValueShape::Dense { width } => (1, 1, width),
         }
     }
 
@@ -267,28 +282,6 @@ impl Conv2dParams {
     pub fn output_size(&self, (height, width): (usize, usize)) -> Option<(usize, usize)> {
         window_output_size((height, width), self.kernel, self.stride, self.padding)
     }
-}
-
-/// The output size of a window of `kernel` moved by `stride` over a `height × width` input with
-/// `padding` (top, left, bottom, right), PyTorch's floor rule; `None` when the window does not fit
-/// the padded input or the stride is zero.
-pub fn window_output_size(
-    (height, width): (usize, usize),
-    kernel: (usize, usize),
-    stride: (usize, usize),
-    (top, left, bottom, right): (usize, usize, usize, usize),
-) -> Option<(usize, usize)> {
-    let padded = (
-        height.checked_add(top)?.checked_add(bottom)?,
-        width.checked_add(left)?.checked_add(right)?,
-    );
-    if kernel.0 == 0 || kernel.1 == 0 || kernel.0 > padded.0 || kernel.1 > padded.1 {
-        return None;
-    }
-    Some((
-        (padded.0 - kernel.0).checked_div(stride.0)? + 1,
-        (padded.1 - kernel.1).checked_div(stride.1)? + 1,
-    ))
 }
 
 /// An image shape whose value count fits in memory arithmetic, or an error naming the node: sizes

@@ -26,6 +26,7 @@ use crate::kernels::launch::{
 use crate::kernels::source::{FUSED_EPILOGUE, KernelSource, no_declarations};
 use crate::kernels::workgroup_count;
 use crate::precision::Precision;
+use crate::shape::window_output_size;
 
 /// The bindings of both convolution kernels, in binding order: the GEMM's, with NHWC
 /// activations.
@@ -141,25 +142,18 @@ impl Conv2dGeometry {
                 return Err(Error::zero_sized(what, dimension));
             }
         }
-        let (top, left, bottom, right) = self.padding;
-        let padded = (
-            self.input_size.0.saturating_add(top).saturating_add(bottom),
-            self.input_size.1.saturating_add(left).saturating_add(right),
-        );
-        if self.kernel.0 > padded.0 || self.kernel.1 > padded.1 {
-            return Err(Error::shape_mismatch(
-                what,
-                format!(
-                    "a kernel that fits the padded input {}x{}",
-                    padded.0, padded.1
-                ),
-                format!("a {}x{} kernel", self.kernel.0, self.kernel.1),
-            ));
-        }
-        Ok((
-            (padded.0 - self.kernel.0) / self.stride.0 + 1,
-            (padded.1 - self.kernel.1) / self.stride.1 + 1,
-        ))
+        window_output_size(self.input_size, self.kernel, self.stride, self.padding).ok_or_else(
+            || {
+                Error::shape_mismatch(
+                    what,
+                    format!(
+                        "a kernel that fits the input {}x{} padded by {:?}",
+                        self.input_size.0, self.input_size.1, self.padding
+                    ),
+                    format!("a {}x{} kernel", self.kernel.0, self.kernel.1),
+                )
+            },
+        )
     }
 
     /// Input channels padded to a multiple of 4: the weights' channel stride.

@@ -15,6 +15,7 @@ use crate::kernels::launch::{
     LaunchDescriptor, LaunchShape, PreparedKernel, check_operands, param_bytes, to_u32,
 };
 use crate::kernels::source::{KernelSource, no_declarations};
+use crate::shape::window_output_size;
 
 /// The max and average pooling shader and its binding table.
 pub const POOL2D_KERNEL: KernelSource = KernelSource {
@@ -92,25 +93,18 @@ impl Pool2dGeometry {
                 return Err(Error::zero_sized(what, dimension));
             }
         }
-        let (top, left, bottom, right) = self.padding;
-        let padded = (
-            self.input_size.0.saturating_add(top).saturating_add(bottom),
-            self.input_size.1.saturating_add(left).saturating_add(right),
-        );
-        if self.kernel.0 > padded.0 || self.kernel.1 > padded.1 {
-            return Err(Error::shape_mismatch(
-                what,
-                format!(
-                    "a window that fits the padded input {}x{}",
-                    padded.0, padded.1
-                ),
-                format!("a {}x{} window", self.kernel.0, self.kernel.1),
-            ));
-        }
-        let output = (
-            (padded.0 - self.kernel.0) / self.stride.0 + 1,
-            (padded.1 - self.kernel.1) / self.stride.1 + 1,
-        );
+        let (top, left, _, _) = self.padding;
+        let output = window_output_size(self.input_size, self.kernel, self.stride, self.padding)
+            .ok_or_else(|| {
+                Error::shape_mismatch(
+                    what,
+                    format!(
+                        "a window that fits the input {}x{} padded by {:?}",
+                        self.input_size.0, self.input_size.1, self.padding
+                    ),
+                    format!("a {}x{} window", self.kernel.0, self.kernel.1),
+                )
+            })?;
         // The first window starts `before` cells into the padding and the last one at
         // (out - 1) * stride; both must reach the image, and then so do the windows between them.
         // A window with no tap inside the image would pool to −∞ (max) or 0 / 0 (average without

@@ -75,25 +75,6 @@ pub fn fuse(graph: &Graph) -> Result<Fused> {
     Ok(fuser.fused)
 }
 
-/// The height, width and channels of an image (the builder only lets convolutions and pools read
-/// images, so a dense row here would be a builder bug; it reads as a 1×1 image).
-fn image_shape(shape: ValueShape) -> (usize, usize, usize) {
-    match shape {
-        ValueShape::Image {
-            height,
-            width,
-            channels,
-        } => (height, width, channels),
-        ValueShape::Dense { width } => (1, 1, width),
-    }
-}
-
-/// The height and width of an image.
-fn image_size(shape: ValueShape) -> (usize, usize) {
-    let (height, width, _) = image_shape(shape);
-    (height, width)
-}
-
 impl Fuser<'_> {
     /// The single consumer of `node`, if it has exactly one and is not the graph output.
     fn sole_consumer(&self, node: NodeId) -> Option<NodeId> {
@@ -289,7 +270,10 @@ impl Fuser<'_> {
                 StepKind::Conv {
                     conv,
                     input,
-                    input_size: image_size(self.graph.node(input_node).shape),
+                    input_size: {
+                        let (height, width, _) = self.graph.node(input_node).shape.image_dims();
+                        (height, width)
+                    },
                     residual,
                     activation,
                 }
@@ -327,7 +311,7 @@ impl Fuser<'_> {
     }
 
     fn emit_pool(&mut self, node: NodeId, op: PoolOp, input: NodeId) {
-        let input_shape = image_shape(self.graph.node(input).shape);
+        let input_shape = self.graph.node(input).shape.image_dims();
         let input = self.materialize(input);
         let output = self.new_value(self.graph.node(node).width);
         self.fused.steps.push(Step {
