@@ -40,7 +40,7 @@ fn elementwise(
         value = value + f32(right[index]);
     }
     if (APPLY_RELU) {
-        value = max(value, 0.0);
+        value = relu_keep_nan(value);
     }
     output[index] = Scalar(value);
 }

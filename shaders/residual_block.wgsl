@@ -640,8 +640,8 @@ fn residual_block(
 // Stores the first layer's ReLU outputs of row r, columns [col0, col0 + 8), zero past the hidden
 // width.
 fn store_hidden(r: u32, col0: u32, low: vec4<f32>, high: vec4<f32>) {
-    let relu_low = max(low, vec4<f32>(0.0));
-    let relu_high = max(high, vec4<f32>(0.0));
+    let relu_low = relu_keep_nan4(low);
+    let relu_high = relu_keep_nan4(high);
     for (var c = 0u; c < 4u; c = c + 1u) {
         hidden[r * MAX_HIDDEN + col0 + c] = select(0.0, relu_low[c], col0 + c < params.hidden);
         hidden[r * MAX_HIDDEN + col0 + 4u + c] =

@@ -8,7 +8,7 @@ pub enum Activation {
     /// No activation: the output is the affine result (plus the residual, if any).
     #[default]
     Identity,
-    /// `max(x, 0)`.
+    /// `max(x, 0)`, with NaN kept NaN as in PyTorch (`shaders/activation.wgsl`).
     Relu,
 }
 

@@ -177,6 +177,17 @@ pub enum Error {
         adapter: String,
     },
 
+    /// Something would need more host memory than the system has available.
+    #[error("{what}: {requested} bytes of host memory needed, more than the {available} available")]
+    HostMemory {
+        /// What would be allocated, e.g. `the weights of a residual MLP of width 100000`.
+        what: String,
+        /// The bytes it would need.
+        requested: u64,
+        /// The bytes the system reports available.
+        available: u64,
+    },
+
     /// A dispatch would need more workgroups than the device allows in one dimension.
     #[error(
         "{what} needs {requested} workgroups in one dimension, past the device limit \

@@ -39,6 +39,8 @@ pub mod gpu;
 #[doc(hidden)]
 pub mod graph;
 #[doc(hidden)]
+pub mod host;
+#[doc(hidden)]
 pub mod kernels;
 #[doc(hidden)]
 pub mod model;

@@ -104,17 +104,17 @@ impl Precision {
 
 #[derive(clap::Args, Debug)]
 struct BenchArgs {
-    /// Width of every block.
-    #[arg(long, default_value_t = 1024)]
+    /// Width of every block of the synthetic MLP.
+    #[arg(long, default_value_t = 1024, value_parser = at_least_one, conflicts_with_all = ["model", "arch"])]
     width: usize,
-    /// Number of residual blocks.
-    #[arg(long, default_value_t = 8)]
+    /// Number of residual blocks of the synthetic MLP.
+    #[arg(long, default_value_t = 8, value_parser = at_least_one, conflicts_with_all = ["model", "arch"])]
     depth: usize,
     /// Rows per run.
     #[arg(long, default_value_t = 256)]
     batch: usize,
     /// Timed runs.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, value_parser = at_least_one)]
     iters: usize,
     /// Untimed runs first (pipelines, caches, clocks).
     #[arg(long, default_value_t = 3)]
@@ -150,6 +150,15 @@ struct BenchArgs {
     no_tune: bool,
 }
 
+/// Parses a count that must be at least 1 (`--iters 0` would time nothing).
+fn at_least_one(text: &str) -> std::result::Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_string()),
+        Ok(value) => Ok(value),
+        Err(error) => Err(format!("{error}")),
+    }
+}
+
 /// Parses `--arch`, naming the architectures resgraph knows when the name is not one of them.
 fn parse_arch(name: &str) -> std::result::Result<ResNetArch, String> {
     ResNetArch::from_name(name).ok_or_else(|| {
@@ -162,22 +171,90 @@ fn parse_arch(name: &str) -> std::result::Result<ResNetArch, String> {
 }
 
 /// The network `bench` and `tune` run: a model file, a synthetic ResNet, or the synthetic MLP.
-fn bench_graph(args: &BenchArgs) -> resgraph::Result<resgraph::Graph> {
+/// A synthetic model's sizes are checked against the device's limits and the host's memory
+/// before any of its weights are drawn, so that a huge `--width` or `--classes` is a clear error
+/// rather than an allocation failure.
+fn bench_graph(args: &BenchArgs, context: &GpuContext) -> resgraph::Result<resgraph::Graph> {
     match (&args.model, args.arch) {
         (Some(path), _) => resgraph::model::load_model(path),
-        (None, Some(arch)) => resnet(arch, args.image, args.classes, args.seed),
-        (None, None) => mlp(MlpShape::square(args.width, args.depth), 1.0, args.seed),
+        (None, Some(arch)) => {
+            // The convolutions' weights do not grow with any argument; the classifier does.
+            let features: u64 = if arch.bottleneck() { 2048 } else { 512 };
+            let head = (args.classes as u64).checked_mul(features);
+            let what = format!("the {}-class classifier of {}", args.classes, arch.name());
+            check_synthetic_weights(context, &what, head, head)?;
+            resnet(arch, args.image, args.classes, args.seed)
+        }
+        (None, None) => {
+            let shape = MlpShape::square(args.width, args.depth);
+            let what = format!(
+                "a residual MLP of width {} and depth {}",
+                args.width, args.depth
+            );
+            check_synthetic_weights(
+                context,
+                &what,
+                shape.largest_layer_weights(),
+                shape.parameter_count(),
+            )?;
+            mlp(shape, 1.0, args.seed)
+        }
     }
+}
+
+/// Refuses a synthetic model whose largest layer (`largest_layer` weights) would not fit one
+/// device buffer, or whose `parameters` (f32 on the host while they are drawn and uploaded)
+/// would not fit the host's available memory. `None` stands for a count that overflowed.
+fn check_synthetic_weights(
+    context: &GpuContext,
+    what: &str,
+    largest_layer: Option<u64>,
+    parameters: Option<u64>,
+) -> resgraph::Result<()> {
+    let bytes = |count: Option<u64>| {
+        count
+            .and_then(|count| count.checked_mul(4))
+            .unwrap_or(u64::MAX)
+    };
+    resgraph::gpu::buffers::check_storage_size(
+        context,
+        &format!("the largest layer's weights of {what}"),
+        bytes(largest_layer),
+    )?;
+    let needed = bytes(parameters);
+    if let Some(available) = resgraph::host::available_memory()
+        && needed > available
+    {
+        return Err(resgraph::Error::HostMemory {
+            what: format!("the weights of {what}"),
+            requested: needed,
+            available,
+        });
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    remove_partial_outputs_on_termination();
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("resgraph: error: {error}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// On SIGINT, SIGTERM or SIGHUP, removes the temporary file of an output being written (the
+/// output itself is left as it was) and exits with status 130, as an interrupted tool does.
+fn remove_partial_outputs_on_termination() {
+    let installed = ctrlc::set_handler(|| {
+        resgraph::model::remove_unfinished_output_files();
+        std::process::exit(130);
+    });
+    if let Err(error) = installed {
+        eprintln!("resgraph: warning: no handler for interruptions ({error})");
     }
 }
 
@@ -281,8 +358,8 @@ fn info(options: &AdapterOptions) -> resgraph::Result<()> {
 }
 
 fn bench(options: &AdapterOptions, args: &BenchArgs) -> resgraph::Result<()> {
-    let graph = bench_graph(args)?;
     let context = Arc::new(GpuContext::new(options)?);
+    let graph = bench_graph(args, &context)?;
     let precision = args.precision.resolve(&context);
     let compile = CompileOptions {
         gpu_timestamps: true,
@@ -298,7 +375,16 @@ fn bench(options: &AdapterOptions, args: &BenchArgs) -> resgraph::Result<()> {
     if !args.json && !args.no_tune {
         println!("{}", tuning_summary(model.tuning_report()));
     }
-    let input = random_input(args.batch * graph.input_width(), args.seed.wrapping_add(1));
+    // The compile checked the batch's activations against the device, so this cannot overflow;
+    // a user's number is multiplied checked all the same.
+    let input_len = args.batch.checked_mul(graph.input_width()).ok_or_else(|| {
+        resgraph::Error::InvalidSetting {
+            name: "--batch",
+            value: args.batch.to_string(),
+            expected: "a batch whose input (batch × input width values) fits in memory",
+        }
+    })?;
+    let input = random_input(input_len, args.seed.wrapping_add(1));
 
     let checked_rows = check_rows(args.batch);
     let max_rel_err = if args.check {
@@ -471,8 +557,8 @@ fn tuning_summary(report: &resgraph::tune::TuningReport) -> String {
 }
 
 fn tune(options: &AdapterOptions, args: &BenchArgs) -> resgraph::Result<()> {
-    let graph = bench_graph(args)?;
     let context = Arc::new(GpuContext::new(options)?);
+    let graph = bench_graph(args, &context)?;
     let compile = CompileOptions {
         precision: args.precision.resolve(&context),
         tuning: Tuning::Measure,

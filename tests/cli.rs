@@ -267,3 +267,88 @@ fn bench_arch_runs_a_synthetic_resnet_and_passes_its_check() {
     let stderr = String::from_utf8_lossy(&unknown.stderr);
     assert!(stderr.contains("resnet50"), "{stderr}");
 }
+
+/// The one `resgraph: error:` line of a failed command, after checking that it did not panic or
+/// abort (exit status 1, the CLI's status for a reported error).
+fn one_error_line(output: &std::process::Output) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains("memory allocation"), "{stderr}");
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.starts_with("resgraph: error:"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    lines[0].to_string()
+}
+
+#[test]
+fn bench_refuses_sizes_past_the_device_or_the_host_before_allocating_them() {
+    let huge = "18446744073709551615";
+    for (args, expected) in [
+        // 40 GB of weights in one layer: past every device's binding limit.
+        (
+            vec!["bench", "--width", "100000", "--depth", "1", "--no-tune"],
+            "max_storage_buffer_binding_size",
+        ),
+        (
+            vec!["bench", "--width", huge, "--depth", "1", "--no-tune"],
+            "max_storage_buffer_binding_size",
+        ),
+        // Each layer fits a device buffer; ten thousand of them do not fit the host.
+        (
+            vec!["bench", "--width", "5000", "--depth", "100000", "--no-tune"],
+            "host memory",
+        ),
+        (
+            vec![
+                "bench",
+                "--width",
+                "8",
+                "--depth",
+                "1",
+                "--batch",
+                huge,
+                "--no-tune",
+            ],
+            "bytes",
+        ),
+        (
+            vec![
+                "bench",
+                "--arch",
+                "resnet18",
+                "--classes",
+                "100000000",
+                "--no-tune",
+            ],
+            "classifier",
+        ),
+    ] {
+        let started = std::time::Instant::now();
+        let output = resgraph(&args);
+        let line = one_error_line(&output);
+        assert!(line.contains(expected), "{args:?}: {line}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "{args:?} took {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[test]
+fn bench_options_that_would_be_ignored_are_refused() {
+    for args in [
+        vec!["bench", "--iters", "0"],
+        vec!["bench", "--width", "64", "--model", "model.onnx"],
+        vec!["bench", "--depth", "3", "--arch", "resnet18"],
+    ] {
+        let output = resgraph(&args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        // clap's usage error: status 2 and a line naming the argument.
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(args[1]), "{args:?}: {stderr}");
+    }
+}

@@ -275,7 +275,11 @@ fn nan_in_the_input_is_nan_in_every_output_it_reaches() {
     .expect("weights");
     let x = DeviceMatrix::from_host(context, "x", 25, 4, &input).expect("x");
     let y = DeviceMatrix::new(context, "y", 25, 4).expect("y");
-    for variant in variants(context) {
+    // With a ReLU too: relu(NaN) is NaN, as in PyTorch (`max(x, 0)` alone may give 0).
+    for (variant, activation) in variants(context)
+        .into_iter()
+        .flat_map(|variant| [(variant, Activation::Identity), (variant, Activation::Relu)])
+    {
         y.fill(context, 7.0).expect("reset the output");
         let conv = prepare_conv2d(
             context,
@@ -286,7 +290,7 @@ fn nan_in_the_input_is_nan_in_every_output_it_reaches() {
                 batch: 1,
                 residual: None,
                 output: &y,
-                activation: Activation::Identity,
+                activation,
             },
             variant,
         )
@@ -302,7 +306,7 @@ fn nan_in_the_input_is_nan_in_every_output_it_reaches() {
                     assert_eq!(
                         value.is_nan(),
                         covers,
-                        "{variant:?}: output ({oh}, {ow}) channel {oc} = {value}"
+                        "{variant:?}, {activation:?}: output ({oh}, {ow}) channel {oc} = {value}"
                     );
                 }
             }

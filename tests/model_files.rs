@@ -220,6 +220,19 @@ fn wrong_dtypes_missing_tensors_and_unchained_shapes_name_the_tensor_or_node() {
 }
 
 fn onnx_model(nodes: Vec<proto::NodeProto>, initializers: Vec<proto::TensorProto>) -> Vec<u8> {
+    onnx_model_with_batch(
+        nodes,
+        initializers,
+        proto::tensor_shape_proto::dimension::Value::DimParam("batch".into()),
+    )
+}
+
+/// A `[batch, 4] -> [batch, 4]` model whose input declares `batch` (a symbol or a number).
+fn onnx_model_with_batch(
+    nodes: Vec<proto::NodeProto>,
+    initializers: Vec<proto::TensorProto>,
+    batch: proto::tensor_shape_proto::dimension::Value,
+) -> Vec<u8> {
     use proto::tensor_shape_proto::{Dimension, dimension::Value as Dim};
     let tensor_info = |name: &str, dims: Vec<Dim>| proto::ValueInfoProto {
         name: Some(name.to_string()),
@@ -247,10 +260,7 @@ fn onnx_model(nodes: Vec<proto::NodeProto>, initializers: Vec<proto::TensorProto
         graph: Some(proto::GraphProto {
             node: nodes,
             initializer: initializers,
-            input: vec![tensor_info(
-                "x",
-                vec![Dim::DimParam("batch".into()), Dim::DimValue(4)],
-            )],
+            input: vec![tensor_info("x", vec![batch, Dim::DimValue(4)])],
             output: vec![tensor_info(
                 "y",
                 vec![Dim::DimParam("batch".into()), Dim::DimValue(4)],
@@ -279,6 +289,59 @@ fn weight(name: &str, dims: Vec<i64>, values: Vec<f32>) -> proto::TensorProto {
         data_type: Some(proto::tensor_proto::DataType::Float as i32),
         float_data: values,
         ..Default::default()
+    }
+}
+
+#[test]
+fn a_reshape_that_mixes_batch_entries_is_refused_and_one_that_keeps_the_batch_loads() {
+    use proto::tensor_shape_proto::dimension::Value as Dim;
+    // The hostile probe's case: [8, -1] of a [5, 8] value is [8, 5] in onnxruntime, and was
+    // taken for "keep the batch". A positive row count keeps the batch only where the model's
+    // input fixes the batch to that number.
+    let model = |target: &[i64], batch: Dim| {
+        onnx_model_with_batch(
+            vec![node("Reshape", "view", &["x", "shape"], "y")],
+            vec![proto::TensorProto {
+                name: Some("shape".to_string()),
+                dims: vec![target.len() as i64],
+                data_type: Some(proto::tensor_proto::DataType::Int64 as i32),
+                int64_data: target.to_vec(),
+                ..Default::default()
+            }],
+            batch,
+        )
+    };
+    let symbolic = || Dim::DimParam("batch".into());
+    for (target, batch, loads) in [
+        (vec![0, -1], symbolic(), true),
+        (vec![-1, 4], symbolic(), true),
+        (vec![0, 4], symbolic(), true),
+        (vec![8, -1], symbolic(), false),
+        (vec![1, -1], symbolic(), false),
+        (vec![1, 4], symbolic(), false),
+        (vec![2, 2], symbolic(), false),
+        (vec![-1, 2], symbolic(), false),
+        (vec![-1], symbolic(), false),
+        (vec![1, -1], Dim::DimValue(1), true),
+        (vec![1, 4], Dim::DimValue(1), true),
+        (vec![5, -1], Dim::DimValue(5), true),
+        (vec![8, -1], Dim::DimValue(5), false),
+        (vec![1, -1], Dim::DimValue(5), false),
+    ] {
+        let what = format!("Reshape to {target:?} with input batch {batch:?}");
+        let result = parse_model(Path::new("reshape.onnx"), &model(&target, batch));
+        match (loads, result) {
+            (true, Ok(graph)) => assert_eq!(graph.output_width(), 4, "{what}"),
+            (false, Err(error)) => {
+                let message = error.to_string();
+                assert!(
+                    message.contains("\"view\"") && message.contains("keep the batch"),
+                    "{what}: {message}"
+                );
+            }
+            (true, Err(error)) => panic!("{what} was refused: {error}"),
+            (false, Ok(_)) => panic!("{what} was accepted"),
+        }
     }
 }
 
@@ -529,4 +592,120 @@ fn inspect_and_convert_describe_and_rewrite_a_model() {
     let graph = resgraph::model::load_model(&converted).expect("converted model loads");
     let original = resgraph::model::load_model(&model).expect("original");
     assert_eq!(graph.parameter_count(), original.parameter_count());
+}
+
+#[cfg(unix)]
+#[test]
+fn run_writes_its_output_the_way_coreutils_would() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let model = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/onnx/pytorch_gemm_w17_stem_head.onnx")
+        .display()
+        .to_string();
+    std::fs::write(path("x.npy"), encode_npy(&[13], &[0.5; 13])).expect("write");
+    let run_to = |output: &str| {
+        let (ok, stderr) = cli(&["run", &model, "--input", &path("x.npy"), "--output", output]);
+        (ok, stderr)
+    };
+    let mode = |name: &str| {
+        std::fs::metadata(path(name))
+            .expect("metadata")
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+
+    // A new file gets the umask's mode (as a file this process creates), not 0600.
+    std::fs::write(path("probe"), b"").expect("probe");
+    let (ok, stderr) = run_to(&path("new.npy"));
+    assert!(ok, "{stderr}");
+    assert_eq!(mode("new.npy"), mode("probe"));
+
+    // A replaced file keeps its mode.
+    std::fs::write(path("kept.npy"), b"old").expect("write");
+    std::fs::set_permissions(path("kept.npy"), std::fs::Permissions::from_mode(0o604))
+        .expect("chmod");
+    let (ok, stderr) = run_to(&path("kept.npy"));
+    assert!(ok, "{stderr}");
+    assert_eq!(mode("kept.npy"), 0o604);
+    assert!(parse_npy(&std::fs::read(path("kept.npy")).expect("read")).is_ok());
+
+    // A symbolic link is written through; the link stays a link.
+    std::fs::write(path("target.npy"), b"old").expect("write");
+    std::os::unix::fs::symlink(path("target.npy"), path("link.npy")).expect("symlink");
+    let (ok, stderr) = run_to(&path("link.npy"));
+    assert!(ok, "{stderr}");
+    let link = std::fs::symlink_metadata(path("link.npy")).expect("link");
+    assert!(link.file_type().is_symlink());
+    assert!(parse_npy(&std::fs::read(path("target.npy")).expect("read")).is_ok());
+
+    // A dangling link is refused, and nothing is created at its target.
+    std::os::unix::fs::symlink(path("nowhere.npy"), path("dangling.npy")).expect("symlink");
+    let (ok, stderr) = run_to(&path("dangling.npy"));
+    assert!(!ok);
+    assert!(error_line(&stderr).contains("dangling"), "{stderr}");
+    assert!(!Path::new(&path("nowhere.npy")).exists());
+
+    // A character device is written, not replaced by a regular file.
+    let (ok, stderr) = run_to("/dev/null");
+    assert!(ok, "{stderr}");
+    let null = std::fs::metadata("/dev/null").expect("/dev/null");
+    assert!(null.file_type().is_char_device());
+
+    // A directory is refused with one line.
+    let (ok, stderr) = run_to(&path(""));
+    assert!(!ok);
+    assert!(error_line(&stderr).contains("directory"), "{stderr}");
+
+    // No temporary file is left behind by any of these.
+    let leftovers: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("list")
+        .map(|entry| {
+            entry
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .to_string()
+        })
+        .filter(|name| name.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[cfg(unix)]
+#[test]
+fn a_model_or_input_that_is_a_device_is_refused_without_reading_it_to_the_end() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let model = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/onnx/pytorch_gemm_w17_stem_head.onnx")
+        .display()
+        .to_string();
+    let out = dir.path().join("out.npy").display().to_string();
+    std::fs::write(dir.path().join("x.npy"), encode_npy(&[13], &[0.5; 13])).expect("write");
+    let input = dir.path().join("x.npy").display().to_string();
+    // /dev/zero never ends: reading it whole would grow without bound (the probe saw 330 MB/s).
+    for (args, expected) in [
+        (
+            vec!["run", "/dev/zero", "--input", &input, "--output", &out],
+            "regular file",
+        ),
+        (
+            vec!["run", &model, "--input", "/dev/zero", "--output", &out],
+            "magic",
+        ),
+        (vec!["inspect", "/dev/zero"], "regular file"),
+    ] {
+        let started = std::time::Instant::now();
+        let (ok, stderr) = cli(&args);
+        assert!(!ok, "{args:?} succeeded");
+        assert!(error_line(&stderr).contains(expected), "{args:?}: {stderr}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "{args:?} took {:?}",
+            started.elapsed()
+        );
+    }
+    assert!(!Path::new(&out).exists());
 }

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use naga::back::PipelineConstants;
 use naga::valid::{Capabilities, ModuleInfo, ValidationFlags, Validator};
 use resgraph::kernels::ALL_KERNELS;
-use resgraph::kernels::source::{FUSED_EPILOGUE, KernelSource, generate};
+use resgraph::kernels::source::{ACTIVATION, FUSED_EPILOGUE, KernelSource, generate};
 use resgraph::precision::Precision;
 
 const PRECISIONS: [Precision; 2] = [Precision::F32, Precision::F16];
@@ -50,6 +50,34 @@ fn every_shader_file_is_part_of_a_kernel_the_host_compiles() {
             .iter()
             .any(|kernel| kernel.pieces.contains(&FUSED_EPILOGUE))
     );
+}
+
+#[test]
+fn every_kernel_with_a_relu_takes_the_relu_that_keeps_nan() {
+    // `max(x, 0.0)` may drop a NaN, so ReLU lives in activation.wgsl and nowhere else: a kernel
+    // that applies one lists that piece (the fused epilogue calls it).
+    for kernel in ALL_KERNELS {
+        let mut text = kernel.body.to_string();
+        for piece in kernel.pieces {
+            text.push_str(piece);
+        }
+        if text.contains("APPLY_RELU") || kernel.pieces.contains(&FUSED_EPILOGUE) {
+            assert!(
+                kernel.pieces.contains(&ACTIVATION),
+                "{} applies a ReLU without activation.wgsl",
+                kernel.name
+            );
+        }
+        for (line_number, line) in kernel.body.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            assert!(
+                !(code.contains("max(") && code.contains("0.0")),
+                "{} line {}: a ReLU written as max(x, 0.0) turns NaN into 0: {line}",
+                kernel.name,
+                line_number + 1
+            );
+        }
+    }
 }
 
 fn uses_cooperative_matrices(kernel: &KernelSource) -> bool {

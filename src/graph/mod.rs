@@ -618,7 +618,7 @@ impl GraphBuilder {
         ))
     }
 
-    /// Adds `max(input, 0)`.
+    /// Adds `max(input, 0)`; a NaN stays NaN, as in PyTorch.
     pub fn relu(&mut self, name: &str, input: NodeId) -> Result<NodeId> {
         let shape = self.shape_of(name, input)?;
         Ok(self.push(Op::Relu { input }, shape, name))

@@ -40,6 +40,45 @@ impl MlpShape {
     }
 }
 
+impl MlpShape {
+    /// The weights and biases of every layer, or `None` when the count does not fit in a `u64`;
+    /// what a caller checks against the memory it has before [`mlp`] allocates them.
+    pub fn parameter_count(&self) -> Option<u64> {
+        let linear = |out: usize, inputs: usize| {
+            (out as u64)
+                .checked_mul(inputs as u64)?
+                .checked_add(out as u64)
+        };
+        let block = linear(self.hidden_width, self.width)?
+            .checked_add(linear(self.width, self.hidden_width)?)?;
+        let mut total = block.checked_mul(self.depth as u64)?;
+        if self.input_width != self.width {
+            total = total.checked_add(linear(self.width, self.input_width)?)?;
+        }
+        if self.output_width != self.width {
+            total = total.checked_add(linear(self.output_width, self.width)?)?;
+        }
+        Some(total)
+    }
+
+    /// The weights of the largest linear layer (out × in), or `None` when that overflows a
+    /// `u64`: each layer's weights are one device buffer.
+    pub fn largest_layer_weights(&self) -> Option<u64> {
+        let weights = |out: usize, inputs: usize| (out as u64).checked_mul(inputs as u64);
+        let mut largest = 0u64;
+        if self.depth > 0 {
+            largest = weights(self.hidden_width, self.width)?;
+        }
+        if self.input_width != self.width {
+            largest = largest.max(weights(self.width, self.input_width)?);
+        }
+        if self.output_width != self.width {
+            largest = largest.max(weights(self.output_width, self.width)?);
+        }
+        Some(largest)
+    }
+}
+
 /// A linear layer drawn as PyTorch's `nn.Linear` initialises one: weight and bias uniform in
 /// `[-1/√in, 1/√in)`, scaled by `scale` (1 for the default initialisation).
 pub fn random_linear(

@@ -8,13 +8,13 @@ use crate::gpu::pipelines::BindingKind;
 use crate::kernels::launch::{
     LaunchDescriptor, LaunchShape, PreparedKernel, check_operands, param_bytes, to_u32,
 };
-use crate::kernels::source::{KernelSource, no_declarations};
+use crate::kernels::source::{ACTIVATION, KernelSource, no_declarations};
 
 /// The elementwise shader and its binding table.
 pub const ELEMENTWISE_KERNEL: KernelSource = KernelSource {
     name: "elementwise",
     body: include_str!("../../shaders/elementwise.wgsl"),
-    pieces: &[],
+    pieces: &[ACTIVATION],
     extensions: &[],
     declarations: no_declarations,
     entry_point: "elementwise",

@@ -18,7 +18,7 @@ use crate::gpu::pipelines::BindingKind;
 use crate::kernels::launch::{
     LaunchDescriptor, LaunchShape, PreparedKernel, check_operands, param_bytes, to_u32,
 };
-use crate::kernels::source::{FUSED_EPILOGUE, KernelSource, no_declarations};
+use crate::kernels::source::{ACTIVATION, FUSED_EPILOGUE, KernelSource, no_declarations};
 use crate::precision::Precision;
 use crate::shape::check_linear_shape;
 
@@ -42,7 +42,7 @@ const GEMM_BINDINGS: &[BindingKind] = &[
 pub const GEMM_PORTABLE_KERNEL: KernelSource = KernelSource {
     name: "gemm",
     body: include_str!("../../shaders/gemm.wgsl"),
-    pieces: &[FUSED_EPILOGUE],
+    pieces: &[ACTIVATION, FUSED_EPILOGUE],
     extensions: &[],
     declarations: no_declarations,
     entry_point: "gemm",
@@ -53,7 +53,7 @@ pub const GEMM_PORTABLE_KERNEL: KernelSource = KernelSource {
 pub const GEMM_SUBGROUP_KERNEL: KernelSource = KernelSource {
     name: "gemm_subgroup",
     body: include_str!("../../shaders/gemm_subgroup.wgsl"),
-    pieces: &[FUSED_EPILOGUE],
+    pieces: &[ACTIVATION, FUSED_EPILOGUE],
     extensions: &[],
     declarations: no_declarations,
     entry_point: "gemm",
@@ -66,7 +66,7 @@ pub const GEMM_SUBGROUP_KERNEL: KernelSource = KernelSource {
 pub const GEMM_COOPERATIVE_KERNEL: KernelSource = KernelSource {
     name: "gemm_cooperative",
     body: include_str!("../../shaders/gemm_cooperative.wgsl"),
-    pieces: &[FUSED_EPILOGUE],
+    pieces: &[ACTIVATION, FUSED_EPILOGUE],
     extensions: &["wgpu_cooperative_matrix"],
     declarations: cooperative_declarations,
     entry_point: "gemm",

@@ -14,7 +14,7 @@ use crate::kernels::gemm::INNER_CHUNK;
 use crate::kernels::launch::{
     LaunchDescriptor, LaunchShape, PreparedKernel, check_operands, param_bytes, to_u32,
 };
-use crate::kernels::source::{FUSED_EPILOGUE, KernelSource, no_declarations};
+use crate::kernels::source::{ACTIVATION, FUSED_EPILOGUE, KernelSource, no_declarations};
 use crate::precision::Precision;
 use crate::shape::check_linear_shape;
 
@@ -22,7 +22,7 @@ use crate::shape::check_linear_shape;
 pub const GEMV_TEXTURE_KERNEL: KernelSource = KernelSource {
     name: "gemv_texture",
     body: include_str!("../../shaders/gemv_texture.wgsl"),
-    pieces: &[FUSED_EPILOGUE],
+    pieces: &[ACTIVATION, FUSED_EPILOGUE],
     extensions: &[],
     declarations: no_declarations,
     entry_point: "gemv",

@@ -16,7 +16,7 @@ use crate::kernels::gemm::{INNER_CHUNK, LinearWeights};
 use crate::kernels::launch::{
     LaunchDescriptor, LaunchShape, PreparedKernel, check_operands, param_bytes, to_u32,
 };
-use crate::kernels::source::{FUSED_EPILOGUE, KernelSource, no_declarations};
+use crate::kernels::source::{ACTIVATION, FUSED_EPILOGUE, KernelSource, no_declarations};
 use crate::kernels::workgroup_count;
 use crate::precision::Precision;
 
@@ -35,7 +35,7 @@ const BLOCK_BINDINGS: &[BindingKind] = &[
 pub const RESIDUAL_BLOCK_KERNEL: KernelSource = KernelSource {
     name: "residual_block",
     body: include_str!("../../shaders/residual_block.wgsl"),
-    pieces: &[FUSED_EPILOGUE],
+    pieces: &[ACTIVATION, FUSED_EPILOGUE],
     extensions: &[],
     declarations: no_declarations,
     entry_point: "residual_block",

@@ -14,8 +14,13 @@ use crate::gpu::pipelines::{BindingKind, SourceKey};
 use crate::precision::Precision;
 
 /// `shaders/fused_epilogue.wgsl`: the residual, activation and bounds-checked store shared by
-/// the GEMM, GEMV and whole-block kernels.
+/// the GEMM, GEMV, convolution and whole-block kernels. It calls [`ACTIVATION`]'s ReLU, so a
+/// kernel that lists it lists `ACTIVATION` too.
 pub const FUSED_EPILOGUE: &str = include_str!("../../shaders/fused_epilogue.wgsl");
+
+/// `shaders/activation.wgsl`: the ReLU that keeps NaN (`max(x, 0)` alone may turn NaN into 0),
+/// for every kernel that applies one.
+pub const ACTIVATION: &str = include_str!("../../shaders/activation.wgsl");
 
 /// A kernel's WGSL and the shape of its one bind group.
 #[derive(Clone, Copy, Debug)]

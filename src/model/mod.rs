@@ -5,7 +5,10 @@
 mod external_data;
 pub mod npy;
 pub mod onnx;
+mod output_file;
 pub mod safetensors;
+
+pub use output_file::{remove_unfinished_output_files, write_file_atomically};
 
 use std::path::Path;
 
@@ -34,12 +37,42 @@ impl ModelFormat {
     }
 }
 
-/// Reads a model file (`.onnx` or `.safetensors`) into a graph.
+/// Reads a model file (`.onnx` or `.safetensors`) into a graph. Only a regular file is read,
+/// and no more of it than its length when opened: a device such as `/dev/zero` or a pipe is
+/// refused rather than read without end.
 pub fn load_model(path: &Path) -> Result<Graph> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+    use std::io::Read;
+    let io_error = |source| Error::Io {
         path: path.display().to_string(),
         source,
-    })?;
+    };
+    let file = std::fs::File::open(path).map_err(io_error)?;
+    let metadata = file.metadata().map_err(io_error)?;
+    if !metadata.is_file() {
+        let what = if metadata.is_dir() {
+            "a directory"
+        } else {
+            "not a regular file (a device, pipe or socket)"
+        };
+        return Err(Error::Model {
+            path: path.display().to_string(),
+            reason: format!("is {what}; resgraph reads models from regular files"),
+        });
+    }
+    let length = metadata.len();
+    if let Some(available) = crate::host::available_memory()
+        && length > available
+    {
+        return Err(Error::HostMemory {
+            what: format!("the model file {} ({length} bytes)", path.display()),
+            requested: length,
+            available,
+        });
+    }
+    let mut bytes = Vec::new();
+    file.take(length)
+        .read_to_end(&mut bytes)
+        .map_err(io_error)?;
     parse_model(path, &bytes)
 }
 
@@ -55,23 +88,4 @@ pub fn parse_model(path: &Path, bytes: &[u8]) -> Result<Graph> {
         ModelFormat::Onnx => onnx::import_onnx(bytes, &name, Some(folder)),
         ModelFormat::Safetensors => safetensors::import_safetensors(bytes, &name),
     }
-}
-
-/// Writes `bytes` to `path` atomically: to a temporary file in the same folder, synced, then
-/// renamed over `path`, so that a failure never leaves a partial or clobbered file.
-pub fn write_file_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let io_error = |source| Error::Io {
-        path: path.display().to_string(),
-        source,
-    };
-    let folder = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    let mut file = tempfile::NamedTempFile::new_in(folder).map_err(io_error)?;
-    file.write_all(bytes).map_err(io_error)?;
-    file.as_file().sync_all().map_err(io_error)?;
-    file.persist(path).map_err(|error| io_error(error.error))?;
-    Ok(())
 }

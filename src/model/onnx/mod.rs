@@ -70,6 +70,7 @@ pub fn import_onnx(bytes: &[u8], path: &str, external_data_folder: Option<&Path>
         external_data_folder,
         values: HashMap::new(),
         builder: GraphBuilder::new(),
+        fixed_batch: None,
     }
     .import(&graph)
 }
@@ -79,6 +80,10 @@ struct Importer<'p> {
     external_data_folder: Option<&'p Path>,
     values: HashMap<String, Value>,
     builder: GraphBuilder,
+    /// The batch the graph's input declares, when it declares a number rather than a symbol
+    /// (`torch.onnx.export` with dynamo=True and no `dynamic_shapes` fixes it): a `Reshape` to
+    /// `[that batch, -1]` keeps the batch.
+    fixed_batch: Option<i64>,
 }
 
 impl Importer<'_> {
@@ -111,6 +116,7 @@ impl Importer<'_> {
             )));
         };
         let input_name = input.name.clone().unwrap_or_default();
+        self.fixed_batch = declared_batch(input);
         let id = match self.input_dims(input)?.as_slice() {
             // [batch, channels, height, width]: images, which resgraph stores NHWC.
             &[channels, height, width] if self.is_image_input(input) => self
@@ -482,26 +488,30 @@ impl Importer<'_> {
         Ok(())
     }
 
-    /// A `Reshape` that keeps one row per batch entry (`[-1 or 0, width]` or `[rows, -1]`),
-    /// which resgraph's row-major matrices already are; any other target shape is an error.
+    /// A `Reshape` that keeps one row per batch entry, which resgraph's row-major matrices
+    /// already are: `[0 or -1, width]`, `[0, -1]`, or the model's declared fixed batch in place
+    /// of the 0. Any other target moves values between batch entries (`[8, -1]` of a `[5, 8]`
+    /// value is `[8, 5]`) and is refused, naming the node and the shape.
     fn reshape(&mut self, source: &str, shape: &str, name: &str) -> Result<Value> {
         let x = self.activation(source, &format!("Reshape node {name:?}"))?;
         let shape = self.constant_input(shape, name)?;
         let width = self.builder.width(x).unwrap_or(0) as i64;
         let target: Vec<i64> = shape.values.iter().map(|&v| v as i64).collect();
-        // [-1 or 0, width] and [0 or rows, -1] both keep one row per batch entry.
+        let keeps_batch = |rows: i64| rows == 0 || Some(rows) == self.fixed_batch;
         let supported = match target.as_slice() {
-            [rows, cols] => {
-                // A positive row count is the batch an exporter fixed (dynamo=True without
-                // dynamic_shapes writes [1, width]); resgraph keeps the batch open.
-                (*cols == width && *rows >= -1) || (*cols == -1 && *rows >= 0)
-            }
+            [rows, cols] if *cols == width => *rows == -1 || keeps_batch(*rows),
+            [rows, -1] => keeps_batch(*rows),
             _ => false,
         };
         if !supported {
+            let batch = match self.fixed_batch {
+                Some(batch) => format!("the model's fixed batch {batch}"),
+                None => "a symbolic batch".to_string(),
+            };
             return Err(self.error(format!(
-                "Reshape node {name:?} reshapes to {target:?}; resgraph supports reshapes to \
-                 [batch, {width}] only"
+                "Reshape node {name:?} reshapes a [batch, {width}] value ({batch}) to \
+                 {target:?}, which moves values between batch entries or changes the width; \
+                 resgraph supports reshapes that keep the batch: [0 or -1, {width}] or [0, -1]"
             )));
         }
         // An image pooled to one pixel and reshaped to [batch, channels] (an older export of
@@ -669,4 +679,18 @@ fn attribute_float(node: &proto::NodeProto, name: &str) -> Option<f32> {
 
 fn data_type_name(data_type: i32) -> &'static str {
     DataType::try_from(data_type).map_or("unknown", |t| t.as_str_name())
+}
+
+/// The batch (first) dimension `input` declares, when it is a positive number rather than a
+/// symbol.
+fn declared_batch(input: &proto::ValueInfoProto) -> Option<i64> {
+    use proto::tensor_shape_proto::dimension::Value as Dim;
+    use proto::type_proto::Value as Type;
+    let Some(Type::TensorType(tensor)) = input.r#type.as_ref()?.value.as_ref() else {
+        return None;
+    };
+    match tensor.shape.as_ref()?.dim.first()?.value {
+        Some(Dim::DimValue(batch)) if batch > 0 => Some(batch),
+        _ => None,
+    }
 }
