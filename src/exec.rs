@@ -577,8 +577,12 @@ fn select_kernels(context: &GpuContext, plan: &Plan, options: &CompileOptions) -
                     .clone()
                     .or_else(TuningCache::default_path),
             );
-            let schedule = select::select(context, plan, &selection, Some(&mut cache))?;
-            cache.save()?;
+            let mut schedule = select::select(context, plan, &selection, Some(&mut cache))?;
+            // Choices that cannot be saved are measured again next time; the compile itself
+            // has all it needs.
+            if let Err(error) = cache.save() {
+                schedule.tuning.save_error = Some(error.to_string());
+            }
             Ok(schedule)
         }
     }

@@ -150,6 +150,21 @@ struct BenchArgs {
     no_tune: bool,
 }
 
+/// Loads a model file; an error about the graph it describes (which names the node) also names
+/// the file, for a user who passes several.
+fn load_model(path: &std::path::Path) -> resgraph::Result<resgraph::Graph> {
+    resgraph::model::load_model(path).map_err(|error| match error {
+        resgraph::Error::GraphShape { .. }
+        | resgraph::Error::InvalidGraph { .. }
+        | resgraph::Error::ZeroSized { .. }
+        | resgraph::Error::ShapeMismatch { .. } => resgraph::Error::Model {
+            path: path.display().to_string(),
+            reason: error.to_string(),
+        },
+        other => other,
+    })
+}
+
 /// Parses a count that must be at least 1 (`--iters 0` would time nothing).
 fn at_least_one(text: &str) -> std::result::Result<usize, String> {
     match text.parse::<usize>() {
@@ -176,7 +191,7 @@ fn parse_arch(name: &str) -> std::result::Result<ResNetArch, String> {
 /// rather than an allocation failure.
 fn bench_graph(args: &BenchArgs, context: &GpuContext) -> resgraph::Result<resgraph::Graph> {
     match (&args.model, args.arch) {
-        (Some(path), _) => resgraph::model::load_model(path),
+        (Some(path), _) => load_model(path),
         (None, Some(arch)) => {
             // The convolutions' weights do not grow with any argument; the classifier does.
             let features: u64 = if arch.bottleneck() { 2048 } else { 512 };
@@ -372,6 +387,7 @@ fn bench(options: &AdapterOptions, args: &BenchArgs) -> resgraph::Result<()> {
         ..CompileOptions::new(args.batch)
     };
     let model = CompiledModel::compile(Arc::clone(&context), &graph, &compile)?;
+    warn_if_unsaved(model.tuning_report());
     if !args.json && !args.no_tune {
         println!("{}", tuning_summary(model.tuning_report()));
     }
@@ -429,6 +445,7 @@ fn bench(options: &AdapterOptions, args: &BenchArgs) -> resgraph::Result<()> {
                 "measured": model.tuning_report().measured,
                 "cached": model.tuning_report().cached,
                 "cache": model.tuning_report().cache_path.as_ref().map(|path| path.display().to_string()),
+                "save_error": model.tuning_report().save_error,
             },
             "activation_bytes": model.activation_bytes(),
             "weight_bytes": model.weight_bytes(),
@@ -548,11 +565,26 @@ fn tuning_summary(report: &resgraph::tune::TuningReport) -> String {
             "tuning: all {} shape(s) (layers and residual blocks) from the cache ({cache}); nothing re-tuned",
             report.cached
         )
+    } else if report.save_error.is_some() {
+        format!(
+            "tuning: measured {} shape(s) (layers and residual blocks), {} from the cache; choices not saved",
+            report.measured, report.cached
+        )
     } else {
         format!(
             "tuning: measured {} shape(s) (layers and residual blocks), {} from the cache; choices saved to {cache}",
             report.measured, report.cached
         )
+    }
+}
+
+/// Warns, on stderr, that the tuning choices could not be saved; the command goes on.
+fn warn_if_unsaved(report: &resgraph::tune::TuningReport) {
+    if let Some(error) = &report.save_error {
+        eprintln!(
+            "resgraph: warning: the tuning choices could not be saved ({error}); they will be \
+             measured again next time"
+        );
     }
 }
 
@@ -566,6 +598,7 @@ fn tune(options: &AdapterOptions, args: &BenchArgs) -> resgraph::Result<()> {
     };
     let model = CompiledModel::compile(Arc::clone(&context), &graph, &compile)?;
     let report = model.tuning_report();
+    warn_if_unsaved(report);
     println!(
         "adapter: {} ({:?})",
         context.adapter_info().name,
@@ -612,7 +645,7 @@ fn measured_times<'a>(measured: impl Iterator<Item = (&'a str, std::time::Durati
 }
 
 fn run_model(options: &AdapterOptions, args: &RunArgs) -> resgraph::Result<()> {
-    let graph = resgraph::model::load_model(&args.model)?;
+    let graph = load_model(&args.model)?;
     let array = resgraph::model::npy::read_npy(&args.input)?;
     let input = model_input(&graph, array).map_err(|reason| resgraph::Error::Npy {
         path: args.input.display().to_string(),
@@ -674,7 +707,12 @@ fn model_input(
     let shape = array.shape.as_slice();
     let (batch, squeeze) = if shape == per_entry.as_slice() {
         (1, true)
-    } else if shape.len() == per_entry.len() + 1 && shape[1..] == per_entry[..] && shape[0] > 0 {
+    } else if shape.len() == per_entry.len() + 1 && shape[1..] == per_entry[..] {
+        if shape[0] == 0 {
+            return Err(format!(
+                "the input holds an empty batch (shape {shape:?}); give at least one entry"
+            ));
+        }
         (shape[0], false)
     } else {
         let expected = per_entry
@@ -743,7 +781,7 @@ fn nhwc_to_nchw(
 
 fn inspect(path: &Path) -> resgraph::Result<()> {
     use resgraph::graph::Op;
-    let graph = resgraph::model::load_model(path)?;
+    let graph = load_model(path)?;
     println!("model {}", path.display());
     println!(
         "  input width {}, output width {}",
@@ -794,7 +832,7 @@ fn inspect(path: &Path) -> resgraph::Result<()> {
 }
 
 fn convert(input: &Path, output: &Path) -> resgraph::Result<()> {
-    let graph = resgraph::model::load_model(input)?;
+    let graph = load_model(input)?;
     let bytes = resgraph::model::safetensors::export_safetensors(&graph)?;
     resgraph::model::write_file_atomically(output, &bytes)?;
     println!(

@@ -382,6 +382,10 @@ pub struct TuningReport {
     pub cached: usize,
     /// The cache file, when there is one.
     pub cache_path: Option<PathBuf>,
+    /// Why what was measured could not be saved to the cache file (a read-only folder, a path
+    /// that is not a file): the compile goes on with its choices, which are measured again
+    /// next time.
+    pub save_error: Option<String>,
     /// Every shape's choice.
     pub shapes: Vec<ShapeChoice>,
     /// Every residual block's form (whole-block kernel or two dispatches), when measured.
@@ -479,10 +483,12 @@ pub struct TuningCache {
 impl TuningCache {
     /// The default cache file: `$RESGRAPH_CACHE_DIR/tuning.json`, else
     /// `<platform cache dir>/resgraph/tuning.json`; `None` where neither exists.
+    /// An empty `RESGRAPH_CACHE_DIR` counts as unset, as an empty `XDG_CACHE_HOME` does (it would
+    /// otherwise put the cache in the current folder).
     pub fn default_path() -> Option<PathBuf> {
         match std::env::var_os("RESGRAPH_CACHE_DIR") {
-            Some(dir) => Some(PathBuf::from(dir).join("tuning.json")),
-            None => dirs::cache_dir().map(|dir| dir.join("resgraph").join("tuning.json")),
+            Some(dir) if !dir.is_empty() => Some(PathBuf::from(dir).join("tuning.json")),
+            _ => dirs::cache_dir().map(|dir| dir.join("resgraph").join("tuning.json")),
         }
     }
 
@@ -525,26 +531,47 @@ impl TuningCache {
         self.added.insert(key.clone(), entry);
     }
 
-    /// Writes what this process measured into the cache file (atomically). The file is read
-    /// again first and the new entries merged into it, so that resgraph processes tuning at the
-    /// same time keep each other's entries (short of a write in the same instant; the cache has
-    /// no cross-process lock, and a lost entry is only measured again).
+    /// Writes what this process measured into the cache file (atomically). Under an advisory
+    /// lock on `tuning.json.lock` beside it, the file is read again and the new entries merged
+    /// into it, so that resgraph processes tuning at the same time keep each other's entries.
     pub fn save(&mut self) -> Result<()> {
-        let Some(path) = &self.path else {
+        let Some(path) = self.path.clone() else {
             return Ok(());
         };
         if self.added.is_empty() {
             return Ok(());
         }
-        let mut latest = read_entries(path);
+        let io_error = |path: &Path, source| crate::Error::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        if let Some(folder) = path
+            .parent()
+            .filter(|folder| !folder.as_os_str().is_empty())
+        {
+            if folder.exists() && !folder.is_dir() {
+                return Err(io_error(
+                    folder,
+                    std::io::Error::new(
+                        std::io::ErrorKind::NotADirectory,
+                        "the tuning cache's folder is a file, not a folder",
+                    ),
+                ));
+            }
+            std::fs::create_dir_all(folder).map_err(|source| io_error(folder, source))?;
+        }
+        let lock_path = path.with_extension("json.lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|source| io_error(&lock_path, source))?;
+        // Released when `lock` is dropped, after the write.
+        lock.lock().map_err(|source| io_error(&lock_path, source))?;
+        let mut latest = read_entries(&path);
         latest.extend(std::mem::take(&mut self.added));
         self.entries = latest;
-        if let Some(folder) = path.parent() {
-            std::fs::create_dir_all(folder).map_err(|source| crate::Error::Io {
-                path: folder.display().to_string(),
-                source,
-            })?;
-        }
         let document = CacheFile {
             version: CACHE_FORMAT_VERSION,
             entries: self
@@ -556,11 +583,10 @@ impl TuningCache {
                 })
                 .collect(),
         };
-        let text = serde_json::to_string_pretty(&document).map_err(|error| crate::Error::Io {
-            path: path.display().to_string(),
-            source: error.into(),
-        })?;
-        crate::model::write_file_atomically(path, text.as_bytes())?;
+        let text = serde_json::to_string_pretty(&document)
+            .map_err(|error| io_error(&path, error.into()))?;
+        crate::model::write_file_atomically(&path, text.as_bytes())?;
+        drop(lock);
         Ok(())
     }
 
@@ -1402,6 +1428,53 @@ mod tests {
             .as_f64()
             .expect("a time");
         assert!((milliseconds - 0.1).abs() < 1e-12, "{milliseconds}");
+    }
+
+    #[test]
+    fn caches_saving_at_the_same_moment_keep_every_entry() {
+        // Sixteen caches (as sixteen processes would) save at once; the lock file makes each
+        // read-merge-write see the others' entries. Without it, entries were lost at random.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("tuning.json");
+        let start = std::sync::Barrier::new(16);
+        std::thread::scope(|scope| {
+            for shape in 0..16 {
+                let (path, start) = (path.clone(), &start);
+                scope.spawn(move || {
+                    let mut cache = TuningCache::open(Some(path));
+                    let clock = TuningClock::WallClock;
+                    cache.insert(&layer_key(100 + shape), "gemm", clock, std::iter::empty());
+                    start.wait();
+                    cache.save().expect("save");
+                });
+            }
+        });
+        let saved = TuningCache::open(Some(path));
+        for shape in 0..16 {
+            assert!(
+                saved.get(&layer_key(100 + shape)).is_some(),
+                "the entry of shape {shape} was lost"
+            );
+        }
+    }
+
+    #[test]
+    fn a_cache_that_cannot_be_saved_is_an_error_naming_why() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("not-a-folder");
+        std::fs::write(&file, b"").expect("file");
+        let mut cache = TuningCache::open(Some(file.join("tuning.json")));
+        cache.insert(
+            &layer_key(1),
+            "gemm",
+            TuningClock::WallClock,
+            std::iter::empty(),
+        );
+        let error = cache.save().expect_err("a file as the folder");
+        assert!(
+            error.to_string().contains("is a file, not a folder"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -352,3 +352,62 @@ fn bench_options_that_would_be_ignored_are_refused() {
         assert!(stderr.contains(args[1]), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn bench_finishes_with_a_warning_when_the_tuning_cache_cannot_be_saved() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let not_a_folder = dir.path().join("file");
+    std::fs::write(&not_a_folder, b"").expect("file");
+    let output = Command::new(env!("CARGO_BIN_EXE_resgraph"))
+        .args([
+            "bench", "--width", "24", "--depth", "1", "--batch", "3", "--iters", "1",
+        ])
+        .env_remove("RESGRAPH_ADAPTER")
+        .env_remove("WGPU_BACKEND")
+        .env("RESGRAPH_CACHE_DIR", &not_a_folder)
+        .output()
+        .expect("run resgraph");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: the tuning choices could not be saved")
+            && stderr.contains("not a folder"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("choices not saved"), "{stdout}");
+    assert!(stdout.contains("throughput"), "{stdout}");
+}
+
+// Linux's platform cache folder is $HOME/.cache (another system's is elsewhere).
+#[cfg(target_os = "linux")]
+#[test]
+fn an_empty_cache_dir_setting_is_unset_not_the_current_folder() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let home = dir.path().join("home");
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&home).expect("home");
+    std::fs::create_dir_all(&work).expect("work");
+    let output = Command::new(env!("CARGO_BIN_EXE_resgraph"))
+        .args([
+            "bench", "--width", "24", "--depth", "1", "--batch", "3", "--iters", "1",
+        ])
+        .current_dir(&work)
+        .env_remove("RESGRAPH_ADAPTER")
+        .env_remove("WGPU_BACKEND")
+        .env_remove("XDG_CACHE_HOME")
+        .env("HOME", &home)
+        .env("RESGRAPH_CACHE_DIR", "")
+        .output()
+        .expect("run resgraph");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        !work.join("tuning.json").exists(),
+        "written in the current folder"
+    );
+    assert!(
+        home.join(".cache/resgraph/tuning.json").exists(),
+        "not in the platform's cache folder"
+    );
+}

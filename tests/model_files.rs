@@ -43,6 +43,15 @@ fn pytorch_style_safetensors(
     layers: &str,
     dtype: safetensors::Dtype,
 ) -> Vec<u8> {
+    safetensors_with_graph(tensors, &format!("{{\"layers\": {layers}}}"), dtype)
+}
+
+/// A safetensors file whose `resgraph.graph` metadata is `graph` (JSON text).
+fn safetensors_with_graph(
+    tensors: &[(&str, Vec<usize>, Vec<f32>)],
+    graph: &str,
+    dtype: safetensors::Dtype,
+) -> Vec<u8> {
     let data: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .iter()
         .map(|(name, shape, values)| {
@@ -64,10 +73,7 @@ fn pytorch_style_safetensors(
             (name.clone(), view)
         })
         .collect();
-    let metadata = HashMap::from([(
-        "resgraph.graph".to_string(),
-        format!("{{\"layers\": {layers}}}"),
-    )]);
+    let metadata = HashMap::from([("resgraph.graph".to_string(), graph.to_string())]);
     safetensors::serialize(views, Some(metadata)).expect("serialize")
 }
 
@@ -94,6 +100,59 @@ const LAYERS: &str = r#"[{"op": "linear", "name": "stem"}, {"op": "residual_bloc
 
 fn model_error(bytes: &[u8], name: &str) -> Error {
     parse_model(Path::new(name), bytes).expect_err("a bad model must be refused")
+}
+
+#[test]
+fn safetensors_metadata_mistakes_get_messages_that_name_the_mistake() {
+    let f32 = safetensors::Dtype::F32;
+    let stem = [("stem.weight", vec![4, 4], vec![0.5; 16])];
+    let nodes = |output: &str| {
+        format!(
+            r#"{{"nodes": [{{"op": "input", "name": "x", "width": 4}}, {{"op": "linear", "name": "stem", "inputs": [0]}}, {{"op": "relu", "name": "act", "inputs": [1]}}]{output}}}"#
+        )
+    };
+    let cases = [
+        // An "output" that names no node used to fall back to the last node.
+        (nodes(r#", "output": 99"#), "\"output\" is 99"),
+        (nodes(r#", "output": -1"#), "\"output\" is -1"),
+        (nodes(r#", "output": "head""#), "\"output\" is \"head\""),
+        (
+            r#"{"nodes": [{"op": "input", "name": "x", "width": -5}]}"#.to_string(),
+            "\"width\" is -5; expected a positive integer",
+        ),
+        (
+            r#"{"layers": [{"op": "convolution", "name": "stem"}]}"#.to_string(),
+            "op \"convolution\"",
+        ),
+        (
+            r#"{"layers": [{"op": "relu"}, {"op": "linear", "name": "stem"}]}"#.to_string(),
+            "input_width",
+        ),
+        (
+            r#"{"input_width": -4, "layers": [{"op": "linear", "name": "stem"}]}"#.to_string(),
+            "\"input_width\" is -4",
+        ),
+    ];
+    for (graph, expected) in cases {
+        let error = model_error(&safetensors_with_graph(&stem, &graph, f32), "m.safetensors");
+        assert!(error.to_string().contains(expected), "{graph}: {error}");
+    }
+    // A valid "output" picks that node, and no "output" picks the last.
+    for (output, width) in [(r#", "output": 1"#, 4), ("", 4)] {
+        let graph = parse_model(
+            Path::new("m.safetensors"),
+            &safetensors_with_graph(&stem, &nodes(output), f32),
+        )
+        .expect("valid nodes");
+        assert_eq!(graph.output_width(), width);
+    }
+    let relu_first =
+        r#"{"input_width": 4, "layers": [{"op": "relu"}, {"op": "linear", "name": "stem"}]}"#;
+    parse_model(
+        Path::new("m.safetensors"),
+        &safetensors_with_graph(&stem, relu_first, f32),
+    )
+    .expect("a relu first, with input_width");
 }
 
 #[test]
@@ -233,6 +292,16 @@ fn onnx_model_with_batch(
     initializers: Vec<proto::TensorProto>,
     batch: proto::tensor_shape_proto::dimension::Value,
 ) -> Vec<u8> {
+    use proto::tensor_shape_proto::dimension::Value as Dim;
+    onnx_model_with_input(nodes, initializers, vec![batch, Dim::DimValue(4)])
+}
+
+/// A model whose input `x` has dimensions `input` and whose output `y` is `[batch, 4]`.
+fn onnx_model_with_input(
+    nodes: Vec<proto::NodeProto>,
+    initializers: Vec<proto::TensorProto>,
+    input: Vec<proto::tensor_shape_proto::dimension::Value>,
+) -> Vec<u8> {
     use proto::tensor_shape_proto::{Dimension, dimension::Value as Dim};
     let tensor_info = |name: &str, dims: Vec<Dim>| proto::ValueInfoProto {
         name: Some(name.to_string()),
@@ -260,7 +329,7 @@ fn onnx_model_with_batch(
         graph: Some(proto::GraphProto {
             node: nodes,
             initializer: initializers,
-            input: vec![tensor_info("x", vec![batch, Dim::DimValue(4)])],
+            input: vec![tensor_info("x", input)],
             output: vec![tensor_info(
                 "y",
                 vec![Dim::DimParam("batch".into()), Dim::DimValue(4)],
@@ -343,6 +412,147 @@ fn a_reshape_that_mixes_batch_entries_is_refused_and_one_that_keeps_the_batch_lo
             (false, Ok(_)) => panic!("{what} was accepted"),
         }
     }
+}
+
+#[test]
+fn onnx_that_onnxruntime_rejects_is_refused_with_one_line_naming_the_node() {
+    let relu = |name: &str, inputs: &[&str], output: &str| node("Relu", name, inputs, output);
+    let int64_weight = proto::TensorProto {
+        name: Some("w".to_string()),
+        dims: vec![4, 4],
+        data_type: Some(proto::tensor_proto::DataType::Int64 as i32),
+        int64_data: vec![1; 16],
+        ..Default::default()
+    };
+    let mut foreign = relu("evil", &["x"], "y");
+    foreign.domain = Some("com.evil".to_string());
+    let cases: Vec<(Vec<proto::NodeProto>, Vec<proto::TensorProto>, &str)> = vec![
+        // Two nodes writing one name: the last used to win.
+        (
+            vec![
+                relu("first", &["x"], "h"),
+                relu("second", &["x"], "h"),
+                relu("last", &["h"], "y"),
+            ],
+            vec![],
+            "assigns each name once",
+        ),
+        (
+            vec![relu("shadow", &["x"], "w"), relu("last", &["w"], "y")],
+            vec![weight("w", vec![4], vec![0.0; 4])],
+            "assigns each name once",
+        ),
+        (
+            vec![node("Gemm", "fc", &["x", "w"], "y")],
+            vec![int64_weight],
+            "int64",
+        ),
+        (vec![foreign], vec![], "com.evil"),
+        (vec![relu("two", &["x", "x"], "y")], vec![], "Relu takes 1"),
+        (
+            vec![node("Gemm", "four", &["x", "w", "b", "x"], "y")],
+            vec![
+                weight("w", vec![4, 4], vec![0.0; 16]),
+                weight("b", vec![4], vec![0.0; 4]),
+            ],
+            "Gemm takes 2 to 3",
+        ),
+    ];
+    for (nodes, initializers, expected) in cases {
+        let names: Vec<String> = nodes.iter().filter_map(|node| node.name.clone()).collect();
+        let error = model_error(&onnx_model(nodes, initializers), "invalid.onnx");
+        let message = error.to_string();
+        assert!(
+            message.contains(expected) && !message.contains('\n'),
+            "{names:?}: {message}"
+        );
+    }
+}
+
+#[test]
+fn a_gemm_of_a_rank_3_input_is_refused_and_a_flatten_of_it_loads() {
+    use proto::tensor_shape_proto::dimension::Value as Dim;
+    let rank3 = || {
+        vec![
+            Dim::DimParam("batch".into()),
+            Dim::DimValue(2),
+            Dim::DimValue(2),
+        ]
+    };
+    let w = || weight("w", vec![4, 4], vec![0.5; 16]);
+    // ONNX multiplies [batch, 2, 2] by w along the last axis; resgraph would multiply rows of 4.
+    let direct = onnx_model_with_input(
+        vec![
+            node("Relu", "act", &["x"], "r"),
+            node("MatMul", "fc", &["r", "w"], "y"),
+        ],
+        vec![weight("w", vec![2, 4], vec![0.5; 8])],
+        rank3(),
+    );
+    let error = model_error(&direct, "rank3.onnx").to_string();
+    assert!(
+        error.contains("rank3.onnx") && error.contains("\"fc\"") && error.contains("flatten it"),
+        "{error}"
+    );
+    let flattened = onnx_model_with_input(
+        vec![
+            node("Flatten", "flat", &["x"], "f"),
+            proto::NodeProto {
+                attribute: vec![proto::AttributeProto {
+                    name: Some("transB".to_string()),
+                    i: Some(1),
+                    ..Default::default()
+                }],
+                ..node("Gemm", "fc", &["f", "w"], "y")
+            },
+        ],
+        vec![w()],
+        rank3(),
+    );
+    let graph = parse_model(Path::new("rank3.onnx"), &flattened).expect("flatten, then Gemm");
+    assert_eq!((graph.input_width(), graph.output_width()), (4, 4));
+}
+
+#[test]
+fn a_constant_node_is_read_from_any_of_its_value_attributes() {
+    let constant = |attribute: proto::AttributeProto| proto::NodeProto {
+        attribute: vec![attribute],
+        ..node("Constant", "c", &[], "c")
+    };
+    let attribute = |name: &str| proto::AttributeProto {
+        name: Some(name.to_string()),
+        ..Default::default()
+    };
+    let model = |attribute: proto::AttributeProto| {
+        onnx_model(
+            vec![constant(attribute), node("Relu", "relu", &["x"], "y")],
+            vec![],
+        )
+    };
+    for value in [
+        proto::AttributeProto {
+            f: Some(1.5),
+            ..attribute("value_float")
+        },
+        proto::AttributeProto {
+            floats: vec![1.0, 2.0],
+            ..attribute("value_floats")
+        },
+        proto::AttributeProto {
+            i: Some(3),
+            ..attribute("value_int")
+        },
+        proto::AttributeProto {
+            ints: vec![1, -1],
+            ..attribute("value_ints")
+        },
+    ] {
+        let what = value.name.clone();
+        parse_model(Path::new("constant.onnx"), &model(value))
+            .unwrap_or_else(|error| panic!("{what:?}: {error}"));
+    }
+    let error = model_error(&model(attribute("value_string")), "constant.onnx");
+    assert!(error.to_string().contains("value_string"), "{error}");
 }
 
 #[test]

@@ -249,6 +249,15 @@ impl Reader<'_, '_> {
         )
     }
 
+    /// A width given in the metadata: a positive integer, `what` naming where it was given.
+    fn positive_width(&self, value: &Json, what: &str) -> Result<usize> {
+        value
+            .as_u64()
+            .filter(|&width| width > 0)
+            .and_then(|width| usize::try_from(width).ok())
+            .ok_or_else(|| self.error(format!("{what} is {value}; expected a positive integer")))
+    }
+
     fn name_of<'j>(&self, entry: &'j Json, index: usize) -> Result<&'j str> {
         entry
             .get("name")
@@ -261,19 +270,34 @@ impl Reader<'_, '_> {
             .as_array()
             .ok_or_else(|| self.error("\"layers\" is not a list"))?;
         let mut builder = GraphBuilder::new();
-        let declared_width = architecture.get("input_width").and_then(Json::as_u64);
+        let declared_width = architecture
+            .get("input_width")
+            .map(|width| self.positive_width(width, "\"input_width\""))
+            .transpose()?;
         let mut x: Option<NodeId> = None;
         for (index, layer) in layers.iter().enumerate() {
             let op = layer
                 .get("op")
                 .and_then(Json::as_str)
                 .ok_or_else(|| self.error(format!("layer {index} has no \"op\"")))?;
+            if !matches!(op, "linear" | "relu" | "residual_block" | "plain_block") {
+                return Err(self.error(format!(
+                    "layer {index} has op {op:?}; expected linear, relu, residual_block or \
+                     plain_block"
+                )));
+            }
             // The input's width is declared, or read off the first layer's weight.
             let input = match x {
                 Some(node) => node,
                 None => {
                     let width = match declared_width {
-                        Some(width) => width as usize,
+                        Some(width) => width,
+                        None if op == "relu" => {
+                            return Err(self.error(format!(
+                                "layer {index} is a relu, which has no weight to read the \
+                                 input's width from; give \"input_width\" in the metadata"
+                            )));
+                        }
                         None => self.first_in_features(op, layer, index)?,
                     };
                     builder.input("input", width)?
@@ -328,11 +352,13 @@ impl Reader<'_, '_> {
             let [channels, height, width] = self.sizes::<3>(shape, name, "shape")?;
             return builder.input_image(name, (height, width, channels));
         }
-        let width = node
-            .get("width")
-            .and_then(Json::as_u64)
-            .ok_or_else(|| self.error(format!("input node {name:?} has no width")))?;
-        builder.input(name, width as usize)
+        let width = node.get("width").ok_or_else(|| {
+            self.error(format!(
+                "input node {name:?} has neither \"width\" nor \"shape\""
+            ))
+        })?;
+        let width = self.positive_width(width, &format!("input node {name:?}'s \"width\""))?;
+        builder.input(name, width)
     }
 
     /// `N` non-negative sizes under `key` of node `name`.
@@ -482,12 +508,22 @@ impl Reader<'_, '_> {
             };
             ids.push(id);
         }
-        let output = architecture
-            .get("output")
-            .and_then(Json::as_u64)
-            .and_then(|index| ids.get(index as usize).copied())
-            .or_else(|| ids.last().copied())
-            .ok_or_else(|| self.error("the graph has no nodes"))?;
+        // Without "output" the last node is the output; a given "output" must name a node.
+        let output = match architecture.get("output") {
+            None => ids
+                .last()
+                .copied()
+                .ok_or_else(|| self.error("the graph has no nodes"))?,
+            Some(output) => output
+                .as_u64()
+                .and_then(|index| ids.get(usize::try_from(index).ok()?).copied())
+                .ok_or_else(|| {
+                    self.error(format!(
+                        "\"output\" is {output}; expected the index of a node, 0 to {}",
+                        ids.len().saturating_sub(1)
+                    ))
+                })?,
+        };
         builder.build(output)
     }
 }

@@ -273,7 +273,7 @@ impl Importer<'_> {
             let axes: Vec<i64> = match (attribute_ints(node, "axes"), axes_input) {
                 (Some(axes), _) => axes.to_vec(),
                 (None, Some(axes)) => self
-                    .constant_input(axes, name)?
+                    .integer_input(axes, name)?
                     .values
                     .iter()
                     .map(|&axis| axis as i64)

@@ -33,6 +33,8 @@ use proto::tensor_proto::DataType;
 struct Constant {
     dims: Vec<i64>,
     values: Vec<f32>,
+    /// Stored as int64 (a shape or axes), which no weight may be.
+    integer: bool,
 }
 
 /// A linear layer from `MatMul` whose bias add may still follow.
@@ -59,7 +61,10 @@ enum Value {
 pub fn import_onnx(bytes: &[u8], path: &str, external_data_folder: Option<&Path>) -> Result<Graph> {
     let model = proto::ModelProto::decode(bytes).map_err(|error| Error::Model {
         path: path.to_string(),
-        reason: format!("not a valid ONNX protobuf: {error}"),
+        reason: format!(
+            "not a valid ONNX protobuf: {}",
+            clip_message(&error.to_string())
+        ),
     })?;
     let graph = model.graph.ok_or_else(|| Error::Model {
         path: path.to_string(),
@@ -71,6 +76,7 @@ pub fn import_onnx(bytes: &[u8], path: &str, external_data_folder: Option<&Path>
         values: HashMap::new(),
         builder: GraphBuilder::new(),
         fixed_batch: None,
+        multi_axis: HashMap::new(),
     }
     .import(&graph)
 }
@@ -84,6 +90,10 @@ struct Importer<'p> {
     /// (`torch.onnx.export` with dynamo=True and no `dynamic_shapes` fixes it): a `Reshape` to
     /// `[that batch, -1]` keeps the batch.
     fixed_batch: Option<i64>,
+    /// Values of more than two axes (the input's `[batch, a, b, ...]` after the batch, and what
+    /// elementwise ops make of it), which resgraph holds flattened: a Gemm or MatMul of one would
+    /// act on its last axis, so it is refused until a Flatten or Reshape.
+    multi_axis: HashMap<String, Vec<usize>>,
 }
 
 impl Importer<'_> {
@@ -122,7 +132,15 @@ impl Importer<'_> {
             &[channels, height, width] if self.is_image_input(input) => self
                 .builder
                 .input_image(&input_name, (height, width, channels))?,
-            dims => self.builder.input(&input_name, dims.iter().product())?,
+            dims => {
+                if dims.len() > 1 {
+                    // [batch, a, b, ...] is read as rows of a·b·… values, which is right for
+                    // a Flatten or an elementwise op, and wrong for a Gemm or MatMul (they act
+                    // on the last axis): `multi_axis` remembers it until a Flatten.
+                    self.multi_axis.insert(input_name.clone(), dims.to_vec());
+                }
+                self.builder.input(&input_name, dims.iter().product())?
+            }
         };
         self.values.insert(input_name, Value::Node(id));
 
@@ -350,6 +368,7 @@ impl Importer<'_> {
         Ok(Constant {
             dims: tensor.dims.clone(),
             values,
+            integer: data_type == DataType::Int64 as i32,
         })
     }
 
@@ -402,6 +421,8 @@ impl Importer<'_> {
             .first()
             .cloned()
             .ok_or_else(|| self.error(format!("{op} node {name:?} has no output")))?;
+        self.check_node_form(node, &op, &name, &output)?;
+        self.track_multi_axis(node, &op, &name, &output)?;
         let value = match op.as_str() {
             "Gemm" => {
                 let x = self.activation(&input(0)?, &format!("Gemm node {name:?}"))?;
@@ -465,17 +486,7 @@ impl Importer<'_> {
             }
             "Reshape" => self.reshape(&input(0)?, &input(1)?, &name)?,
             "Cast" => self.cast(node, &input(0)?, &name)?,
-            "Constant" => {
-                let tensor = node
-                    .attribute
-                    .iter()
-                    .find(|attribute| attribute.name.as_deref() == Some("value"))
-                    .and_then(|attribute| attribute.t.as_ref())
-                    .ok_or_else(|| {
-                        self.error(format!("Constant node {name:?} has no tensor value"))
-                    })?;
-                Value::Constant(self.constant(tensor, &format!("Constant node {name:?}"))?)
-            }
+            "Constant" => Value::Constant(self.constant_node(node, &name)?),
             _ => {
                 return Err(Error::UnsupportedOp {
                     path: self.path.to_string(),
@@ -488,13 +499,146 @@ impl Importer<'_> {
         Ok(())
     }
 
+    /// The value of a `Constant` node, from whichever of its attributes holds it: `value` (a
+    /// tensor), `value_float`/`value_floats` or `value_int`/`value_ints`. A sparse tensor or a
+    /// string is an error that names the attribute.
+    fn constant_node(&self, node: &proto::NodeProto, name: &str) -> Result<Constant> {
+        let [attribute] = node.attribute.as_slice() else {
+            return Err(self.error(format!(
+                "Constant node {name:?} has {} attributes; ONNX gives a Constant exactly one \
+                 (value, value_float, value_floats, value_int or value_ints)",
+                node.attribute.len()
+            )));
+        };
+        let attribute_name = attribute.name.as_deref().unwrap_or_default();
+        let scalar = |values: Vec<f32>, integer: bool| Constant {
+            dims: Vec::new(),
+            values,
+            integer,
+        };
+        let vector = |values: Vec<f32>, integer: bool| Constant {
+            dims: vec![values.len() as i64],
+            values,
+            integer,
+        };
+        match attribute_name {
+            "value" => match attribute.t.as_ref() {
+                Some(tensor) => self.constant(tensor, &format!("Constant node {name:?}")),
+                None => Err(self.error(format!(
+                    "Constant node {name:?}: its value attribute holds no tensor"
+                ))),
+            },
+            "value_float" => Ok(scalar(vec![attribute.f.unwrap_or_default()], false)),
+            "value_floats" => Ok(vector(attribute.floats.clone(), false)),
+            "value_int" => Ok(scalar(vec![attribute.i.unwrap_or_default() as f32], true)),
+            "value_ints" => Ok(vector(
+                attribute.ints.iter().map(|&value| value as f32).collect(),
+                true,
+            )),
+            other => Err(self.error(format!(
+                "Constant node {name:?} holds its value in attribute {other:?}; resgraph reads \
+                 value, value_float, value_floats, value_int and value_ints"
+            ))),
+        }
+    }
+
+    /// Carries "more than two axes" from a node's inputs to its output through the elementwise
+    /// operators, and refuses a `Gemm` or `MatMul` of such a value, which ONNX computes along
+    /// its last axis (resgraph would multiply the flattened rows).
+    fn track_multi_axis(
+        &mut self,
+        node: &proto::NodeProto,
+        op: &str,
+        name: &str,
+        output: &str,
+    ) -> Result<()> {
+        let Some(dims) = node
+            .input
+            .iter()
+            .find_map(|input| self.multi_axis.get(input))
+            .cloned()
+        else {
+            return Ok(());
+        };
+        match op {
+            "Relu" | "Identity" | "Cast" | "Add" => {
+                self.multi_axis.insert(output.to_string(), dims);
+                Ok(())
+            }
+            "Gemm" | "MatMul" => Err(self.error(format!(
+                "{op} node {name:?} multiplies a value of shape [batch, {}] along its last axis; \
+                 resgraph multiplies rows, so flatten it first (Flatten with axis 1)",
+                dims.iter()
+                    .map(usize::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Refuses what onnxruntime refuses before resgraph reads a node's meaning: an operator of a
+    /// domain other than the standard one, an input count its operator does not take, a second
+    /// output, and an output name already given to a value (ONNX assigns each name once).
+    /// Unknown operators are left to the caller's `UnsupportedOp`.
+    fn check_node_form(
+        &self,
+        node: &proto::NodeProto,
+        op: &str,
+        name: &str,
+        output: &str,
+    ) -> Result<()> {
+        let domain = node.domain.as_deref().unwrap_or_default();
+        if !domain.is_empty() && domain != "ai.onnx" {
+            return Err(self.error(format!(
+                "{op} node {name:?} is of domain {domain:?}; resgraph runs the standard ONNX \
+                 operators (domain \"\" or \"ai.onnx\") only"
+            )));
+        }
+        let Some((fewest, most)) = input_counts(op) else {
+            return Ok(());
+        };
+        // Trailing empty names are omitted optional inputs.
+        let given = node
+            .input
+            .iter()
+            .rposition(|input| !input.is_empty())
+            .map_or(0, |last| last + 1);
+        if given < fewest || given > most {
+            let takes = if fewest == most {
+                format!("{fewest}")
+            } else {
+                format!("{fewest} to {most}")
+            };
+            return Err(self.error(format!(
+                "{op} node {name:?} has {given} inputs; {op} takes {takes}"
+            )));
+        }
+        if let Some(extra) = node.output.iter().skip(1).find(|name| !name.is_empty()) {
+            return Err(self.error(format!(
+                "{op} node {name:?} has a second output {extra:?}; resgraph computes one output \
+                 per node (MaxPool's indices and training-mode batch norm are not supported)"
+            )));
+        }
+        if output.is_empty() {
+            return Err(self.error(format!("{op} node {name:?} has an empty output name")));
+        }
+        if self.values.contains_key(output) {
+            return Err(self.error(format!(
+                "{op} node {name:?} writes {output:?}, a name already given to the input, an \
+                 initializer or an earlier node's output; ONNX assigns each name once"
+            )));
+        }
+        Ok(())
+    }
+
     /// A `Reshape` that keeps one row per batch entry, which resgraph's row-major matrices
     /// already are: `[0 or -1, width]`, `[0, -1]`, or the model's declared fixed batch in place
     /// of the 0. Any other target moves values between batch entries (`[8, -1]` of a `[5, 8]`
     /// value is `[8, 5]`) and is refused, naming the node and the shape.
     fn reshape(&mut self, source: &str, shape: &str, name: &str) -> Result<Value> {
         let x = self.activation(source, &format!("Reshape node {name:?}"))?;
-        let shape = self.constant_input(shape, name)?;
+        let shape = self.integer_input(shape, name)?;
         let width = self.builder.width(x).unwrap_or(0) as i64;
         let target: Vec<i64> = shape.values.iter().map(|&v| v as i64).collect();
         let keeps_batch = |rows: i64| rows == 0 || Some(rows) == self.fixed_batch;
@@ -532,7 +676,10 @@ impl Importer<'_> {
             // Weights stored in float16 and cast to float32: keep them as constants (they are
             // already converted to f32).
             Some(Value::Constant(constant)) if to == DataType::Float as i64 => {
-                Ok(Value::Constant(constant))
+                Ok(Value::Constant(Constant {
+                    integer: false,
+                    ..constant
+                }))
             }
             Some(Value::Constant(_)) => Err(self.error(format!(
                 "Cast node {name:?} casts a constant to {} ({}); resgraph computes in float32",
@@ -562,6 +709,12 @@ impl Importer<'_> {
             _ => None,
         };
         if let Some((pending, bias)) = bias_add {
+            if bias.integer {
+                return Err(self.error(format!(
+                    "Add node {name:?} adds an int64 tensor as a bias; biases are float32 or \
+                     float16"
+                )));
+            }
             let n = pending.params.out_features();
             let is_vector = bias.values.len() == n
                 && (bias.dims.len() == 1 || (bias.dims.len() == 2 && bias.dims[0] == 1));
@@ -586,12 +739,32 @@ impl Importer<'_> {
         Ok(Value::Node(self.builder.add(name, left, right)?))
     }
 
+    /// The float constant (a weight, bias or batch-norm statistic) behind input `name` of
+    /// `node`; an activation or an int64 tensor there is an error.
     fn constant_input(&self, name: &str, node: &str) -> Result<Constant> {
         match self.values.get(name) {
+            Some(Value::Constant(constant)) if constant.integer => Err(self.error(format!(
+                "node {node:?} uses the int64 tensor {name:?} as a weight; weights are float32 \
+                 or float16"
+            ))),
             Some(Value::Constant(constant)) => Ok(constant.clone()),
             _ => Err(self.error(format!(
                 "node {node:?} needs {name:?} to be an initializer or constant; resgraph does \
                  not multiply two activations"
+            ))),
+        }
+    }
+
+    /// The int64 constant (a shape or axes) behind input `name` of `node`, as ONNX requires.
+    fn integer_input(&self, name: &str, node: &str) -> Result<Constant> {
+        match self.values.get(name) {
+            Some(Value::Constant(constant)) if constant.integer => Ok(constant.clone()),
+            Some(Value::Constant(_)) => Err(self.error(format!(
+                "node {node:?} takes {name:?} as a shape or axes, which ONNX stores as int64; \
+                 this tensor is float"
+            ))),
+            _ => Err(self.error(format!(
+                "node {node:?} needs {name:?} to be an initializer or constant (a shape or axes)"
             ))),
         }
     }
@@ -693,4 +866,36 @@ fn declared_batch(input: &proto::ValueInfoProto) -> Option<i64> {
         Some(Dim::DimValue(batch)) if batch > 0 => Some(batch),
         _ => None,
     }
+}
+
+/// The fewest and most inputs each operator resgraph imports takes (optional trailing inputs
+/// included), as the ONNX operator set defines them; `None` for an operator it does not import.
+fn input_counts(op: &str) -> Option<(usize, usize)> {
+    Some(match op {
+        "Constant" => (0, 0),
+        "Relu" | "Identity" | "Flatten" | "Cast" | "MaxPool" | "AveragePool"
+        | "GlobalAveragePool" => (1, 1),
+        "ReduceMean" => (1, 2),
+        "MatMul" | "Add" | "Reshape" => (2, 2),
+        "Gemm" | "Conv" => (2, 3),
+        "BatchNormalization" => (5, 5),
+        _ => return None,
+    })
+}
+
+/// `message` cut to one readable line: prost's decode errors list every enclosing field, which
+/// for a deeply nested (hostile) message runs to kilobytes.
+fn clip_message(message: &str) -> String {
+    const HEAD: usize = 160;
+    const TAIL: usize = 80;
+    let characters: Vec<char> = message.chars().collect();
+    if characters.len() <= HEAD + TAIL {
+        return message.to_string();
+    }
+    let head: String = characters[..HEAD].iter().collect();
+    let tail: String = characters[characters.len() - TAIL..].iter().collect();
+    format!(
+        "{head} … ({} characters left out) … {tail}",
+        characters.len() - HEAD - TAIL
+    )
 }
