@@ -251,6 +251,8 @@ fn check_synthetic_weights(
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Kept until the process ends: the folder the display probe is pointed at.
+    let _runtime_dir = quiet_display_probe();
     remove_partial_outputs_on_termination();
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -259,6 +261,25 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Mesa's drivers probe for a Wayland display while wgpu enumerates adapters, and libwayland
+/// prints "error: XDG_RUNTIME_DIR is invalid or not set in the environment." when that variable
+/// is unset: noise on every command on a headless machine. Where it is unset, it is pointed at a
+/// private empty folder (mode 0700, removed when the returned guard drops), where the probe
+/// finds no display and says nothing.
+fn quiet_display_probe() -> Option<tempfile::TempDir> {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_some_and(|dir| !dir.is_empty()) {
+        return None;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("resgraph-runtime-")
+        .tempdir()
+        .ok()?;
+    // SAFETY: this runs first in `main`, before any thread exists, so nothing can read the
+    // environment while it changes (the reason `set_var` is unsafe).
+    unsafe { std::env::set_var("XDG_RUNTIME_DIR", dir.path()) };
+    Some(dir)
 }
 
 /// On SIGINT, SIGTERM or SIGHUP, removes the temporary file of an output being written (the
@@ -832,6 +853,24 @@ fn inspect(path: &Path) -> resgraph::Result<()> {
 }
 
 fn convert(input: &Path, output: &Path) -> resgraph::Result<()> {
+    // convert writes resgraph's safetensors format; safetensors bytes under another format's
+    // name (out.onnx) would mislead every tool that reads the name. A name without an extension
+    // (a device, a pipe) is the user's choice.
+    if let Some(extension) = output.extension()
+        && extension != "safetensors"
+    {
+        return Err(resgraph::Error::Io {
+            path: output.display().to_string(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "convert writes resgraph's safetensors format, not .{}; name the output \
+                     *.safetensors",
+                    extension.to_string_lossy()
+                ),
+            ),
+        });
+    }
     let graph = load_model(input)?;
     let bytes = resgraph::model::safetensors::export_safetensors(&graph)?;
     resgraph::model::write_file_atomically(output, &bytes)?;

@@ -411,3 +411,44 @@ fn an_empty_cache_dir_setting_is_unset_not_the_current_folder() {
         "not in the platform's cache folder"
     );
 }
+
+#[test]
+fn no_driver_noise_about_xdg_runtime_dir_when_it_is_unset() {
+    let output = Command::new(env!("CARGO_BIN_EXE_resgraph"))
+        .arg("info")
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("RESGRAPH_ADAPTER")
+        .env_remove("WGPU_BACKEND")
+        .output()
+        .expect("run resgraph");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(!stderr.contains("XDG_RUNTIME_DIR"), "{stderr}");
+}
+
+#[test]
+fn a_setting_resgraph_does_not_understand_is_refused_not_ignored() {
+    for (name, value, expected) in [
+        ("WGPU_POWER_PREF", "fastest", "WGPU_POWER_PREF"),
+        (
+            "RESGRAPH_COOPERATIVE_MATRIX",
+            "maybe",
+            "RESGRAPH_COOPERATIVE_MATRIX",
+        ),
+        ("WGPU_BACKEND", "vulkan,directx", "\"directx\""),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_resgraph"))
+            .arg("info")
+            .env(name, value)
+            .output()
+            .expect("run resgraph");
+        let line = one_error_line(&output);
+        assert!(line.contains(expected), "{name}={value}: {line}");
+    }
+    let output = Command::new(env!("CARGO_BIN_EXE_resgraph"))
+        .arg("info")
+        .env("WGPU_POWER_PREF", "High")
+        .output()
+        .expect("run resgraph");
+    assert!(output.status.success());
+}

@@ -802,6 +802,17 @@ fn inspect_and_convert_describe_and_rewrite_a_model() {
     let graph = resgraph::model::load_model(&converted).expect("converted model loads");
     let original = resgraph::model::load_model(&model).expect("original");
     assert_eq!(graph.parameter_count(), original.parameter_count());
+
+    // safetensors bytes under an .onnx name are refused, and nothing is written.
+    let misnamed = dir.path().join("model.onnx");
+    let (ok, stderr) = cli(&[
+        "convert",
+        &model.display().to_string(),
+        &misnamed.display().to_string(),
+    ]);
+    assert!(!ok);
+    assert!(error_line(&stderr).contains("*.safetensors"), "{stderr}");
+    assert!(!misnamed.exists());
 }
 
 #[cfg(unix)]

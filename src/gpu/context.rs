@@ -64,8 +64,23 @@ impl AdapterOptions {
         {
             options.name_contains = Some(name);
         }
-        if let Some(preference) = wgpu::PowerPreference::from_env() {
-            options.power_preference = preference;
+        // wgpu's own reading ignores a value it does not know; a typo here would silently pick
+        // another adapter, so it is an error like the others.
+        if let Ok(value) = std::env::var("WGPU_POWER_PREF")
+            && !value.trim().is_empty()
+        {
+            options.power_preference = match value.trim().to_ascii_lowercase().as_str() {
+                "high" => wgpu::PowerPreference::HighPerformance,
+                "low" => wgpu::PowerPreference::LowPower,
+                "none" => wgpu::PowerPreference::None,
+                _ => {
+                    return Err(Error::InvalidSetting {
+                        name: "WGPU_POWER_PREF",
+                        value,
+                        expected: "high, low or none",
+                    });
+                }
+            };
         }
         if let Ok(value) = std::env::var("RESGRAPH_COOPERATIVE_MATRIX") {
             options.cooperative_matrix = match value.trim().to_ascii_lowercase().as_str() {
