@@ -198,10 +198,19 @@ impl Plan {
     /// Every residual block among the steps: a GEMM step `h = relu(a·W1ᵀ + b1)` directly
     /// followed by `relu(h·W2ᵀ + b2 + a)`, where nothing else reads `h` and `h` is not the output.
     pub(crate) fn residual_blocks(&self) -> Vec<ResidualBlockSteps> {
+        // How many times each value is read, counted once for the whole plan, so that finding
+        // the blocks is linear in depth (a scan of every step per candidate made deep models
+        // quadratic).
+        let mut reads = vec![0usize; self.value_widths.len()];
+        for step in &self.steps {
+            for value in step.reads() {
+                reads[value.0] += 1;
+            }
+        }
         let mut blocks = Vec::new();
         let mut index = 0;
         while index + 1 < self.steps.len() {
-            match self.residual_block_at(index) {
+            match self.residual_block_at(index, &reads) {
                 Some(block) => {
                     blocks.push(block);
                     index += 2;
@@ -212,7 +221,9 @@ impl Plan {
         blocks
     }
 
-    fn residual_block_at(&self, index: usize) -> Option<ResidualBlockSteps> {
+    /// The residual block whose first step is `index`, if it is one; `reads` counts each
+    /// value's readers over the whole plan.
+    fn residual_block_at(&self, index: usize, reads: &[usize]) -> Option<ResidualBlockSteps> {
         let (first, second) = (&self.steps[index], &self.steps[index + 1]);
         let StepKind::Gemm {
             layer: first_layer,
@@ -233,11 +244,12 @@ impl Plan {
             return None;
         };
         let hidden_value = first.output;
-        let hidden_read_elsewhere = self
-            .steps
+        let read_by_second = second
+            .reads()
             .iter()
-            .enumerate()
-            .any(|(other, step)| other != index + 1 && step.reads().contains(&hidden_value));
+            .filter(|&&value| value == hidden_value)
+            .count();
+        let hidden_read_elsewhere = reads[hidden_value.0] > read_by_second;
         if second_input != hidden_value
             || shortcut != input
             || hidden_value == self.output
@@ -281,6 +293,23 @@ impl Plan {
 mod tests {
     use super::*;
     use crate::graph::synthetic::{MlpShape, mlp};
+
+    #[test]
+    fn planning_a_deep_stack_takes_time_linear_in_its_depth() {
+        // The hostile probe's depth 30000 took 47 s when finding the residual blocks scanned
+        // every step per candidate (quadratic); linear, it takes milliseconds. The bound is
+        // loose enough for a debug build on a loaded machine.
+        let graph = mlp(MlpShape::square(1, 30_000), 1.0, 1).expect("graph");
+        let started = std::time::Instant::now();
+        let plan = Plan::new(&graph).expect("plan");
+        let blocks = plan.residual_blocks();
+        assert_eq!(blocks.len(), 30_000);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "planning 30000 blocks took {:?}",
+            started.elapsed()
+        );
+    }
 
     /// A residual stack with an awkward input width, `depth` blocks and a 7-wide head.
     fn shape(input_width: usize, width: usize, hidden_width: usize, depth: usize) -> MlpShape {
