@@ -188,6 +188,16 @@ pub enum Error {
         available: u64,
     },
 
+    /// The GPU device was lost (destroyed, reset, or its driver gone): nothing more can run on
+    /// it. A new `GpuContext` (and a new compile) is needed.
+    #[error("the GPU device was lost ({reason}); {operation} cannot run; create a new context")]
+    DeviceLost {
+        /// What was being done.
+        operation: String,
+        /// The reason the device's lost callback gave.
+        reason: String,
+    },
+
     /// A dispatch would need more workgroups than the device allows in one dimension.
     #[error(
         "{what} needs {requested} workgroups in one dimension, past the device limit \

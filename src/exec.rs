@@ -515,6 +515,8 @@ impl CompiledModel {
             Some(Ok(())) => {}
             Some(Err(error)) => {
                 unmap_all();
+                // A lost device fails every map; say that rather than "the map failed".
+                self.context.check_not_lost("reading the output back")?;
                 return Err(Error::Readback {
                     reason: error.to_string(),
                 });

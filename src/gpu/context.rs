@@ -243,6 +243,9 @@ pub struct GpuContext {
     placeholder_storage: wgpu::Buffer,
     /// The adapter's cooperative-matrix configurations, when the device has the feature.
     cooperative_matrix_configs: Vec<wgpu::CooperativeMatrixProperties>,
+    /// Why the device was lost, once it is, as its lost callback reported it (on devices that
+    /// resgraph created itself; a host's device keeps the host's own callback).
+    lost: Arc<Mutex<Option<String>>>,
 }
 
 impl GpuContext {
@@ -317,8 +320,16 @@ impl GpuContext {
                 errors.push(error.to_string());
             }
         }));
+        let lost = Arc::new(Mutex::new(None));
+        let lost_sink = Arc::clone(&lost);
+        device.set_device_lost_callback(move |reason, message| {
+            if let Ok(mut lost) = lost_sink.lock() {
+                *lost = Some(format!("{reason:?}: {message}"));
+            }
+        });
         let mut context = Self::assemble(device, queue, info, uncaptured_errors);
         context.cooperative_matrix_configs = cooperative_matrix_configs;
+        context.lost = lost;
         Ok(context)
     }
 
@@ -370,6 +381,7 @@ impl GpuContext {
             uncaptured_errors,
             placeholder_storage,
             cooperative_matrix_configs: Vec::new(),
+            lost: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -441,28 +453,56 @@ impl GpuContext {
     /// error wgpu reports into [`Error::Gpu`], so that wgpu's default handler never panics on
     /// resgraph's behalf.
     pub fn scoped<T>(&self, operation: &str, work: impl FnOnce() -> T) -> Result<T> {
-        let value = scope::capture(&self.device, operation, work)?;
+        self.check_not_lost(operation)?;
+        let value = scope::capture(&self.device, operation, work)
+            .map_err(|error| self.lost_error(operation).unwrap_or(error))?;
         let escaped: Vec<String> = match self.uncaptured_errors.lock() {
             Ok(mut errors) => errors.drain(..).collect(),
             Err(_) => Vec::new(),
         };
         if !escaped.is_empty() {
-            return Err(Error::Gpu {
+            return Err(self.lost_error(operation).unwrap_or_else(|| Error::Gpu {
                 operation: operation.to_string(),
                 message: escaped.join("; "),
-            });
+            }));
         }
         Ok(value)
     }
 
+    /// [`Error::DeviceLost`], naming `operation`, once the device is lost; `Ok` before. Every
+    /// operation of resgraph's checks it first, so that a lost device gives this one error
+    /// rather than whichever validation error its first use after the loss happens to raise.
+    pub fn check_not_lost(&self, operation: &str) -> Result<()> {
+        match self.lost_error(operation) {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    fn lost_error(&self, operation: &str) -> Option<Error> {
+        let lost = match self.lost.lock() {
+            Ok(lost) => lost.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        lost.map(|reason| Error::DeviceLost {
+            operation: operation.to_string(),
+            reason,
+        })
+    }
+
     /// Blocks until the queue has finished all submitted work.
     pub fn wait_idle(&self) -> Result<()> {
+        self.check_not_lost("waiting for the GPU")?;
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map(|_| ())
-            .map_err(|error| Error::DeviceWait {
-                reason: error.to_string(),
-            })
+            .map_err(|error| {
+                self.lost_error("waiting for the GPU")
+                    .unwrap_or_else(|| Error::DeviceWait {
+                        reason: error.to_string(),
+                    })
+            })?;
+        self.check_not_lost("waiting for the GPU")
     }
 }
 
