@@ -105,3 +105,96 @@ pub fn max_row_relative_error(output: &[f32], reference: &[f64], width: usize) -
         .map(|(out, reference)| crate::reference::relative_error(out, reference))
         .fold(0.0, f64::max)
 }
+
+/// One reading of a soak: after `runs` runs, the process's resident memory and the device
+/// memory wgpu's allocator holds, where the platform reports them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SoakSample {
+    /// Runs completed when the sample was taken.
+    pub runs: usize,
+    /// Host resident set size in bytes (`None` off Linux).
+    pub host_resident_bytes: Option<u64>,
+    /// Bytes allocated by the device's memory allocator (`None` on backends without an
+    /// allocator report, such as GL).
+    pub device_allocated_bytes: Option<u64>,
+}
+
+/// What [`soak`] saw.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SoakReport {
+    /// A sample after the warm-up runs, then one every `sample_every` runs, and one at the end.
+    pub samples: Vec<SoakSample>,
+    /// Runs whose output differed, in any bit, from the first run's.
+    pub mismatched_runs: usize,
+}
+
+impl SoakReport {
+    /// The largest growth of host resident memory over the first sample (after warm-up), in
+    /// bytes; `None` where it was not reported.
+    pub fn host_growth(&self) -> Option<u64> {
+        let first = self.samples.first()?.host_resident_bytes?;
+        self.samples
+            .iter()
+            .filter_map(|sample| sample.host_resident_bytes)
+            .map(|bytes| bytes.saturating_sub(first))
+            .max()
+    }
+
+    /// The largest growth of device memory over the first sample, in bytes; `None` where it
+    /// was not reported.
+    pub fn device_growth(&self) -> Option<u64> {
+        let first = self.samples.first()?.device_allocated_bytes?;
+        self.samples
+            .iter()
+            .filter_map(|sample| sample.device_allocated_bytes)
+            .map(|bytes| bytes.saturating_sub(first))
+            .max()
+    }
+}
+
+/// Runs `model` on `input` `warmup + runs` times, checks every output against the first bit
+/// for bit (a compiled model is deterministic), and samples host and device memory after the
+/// warm-up and every `sample_every` runs: what a long-running service would see.
+pub fn soak(
+    model: &CompiledModel,
+    input: &[f32],
+    warmup: usize,
+    runs: usize,
+    sample_every: usize,
+) -> Result<SoakReport> {
+    let sample = |runs: usize| SoakSample {
+        runs,
+        host_resident_bytes: crate::host::resident_memory(),
+        device_allocated_bytes: model
+            .context()
+            .device()
+            .generate_allocator_report()
+            .map(|report| report.total_allocated_bytes),
+    };
+    let first = model.run(input)?;
+    let mut mismatched_runs = 0;
+    let mut check = |output: Vec<f32>| {
+        let same = output.len() == first.len()
+            && output
+                .iter()
+                .zip(&first)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+        if !same {
+            mismatched_runs += 1;
+        }
+    };
+    for _ in 1..warmup.max(1) {
+        check(model.run(input)?);
+    }
+    let mut samples = vec![sample(0)];
+    for run in 1..=runs {
+        check(model.run(input)?);
+        if run % sample_every.max(1) == 0 || run == runs {
+            samples.push(sample(run));
+        }
+    }
+    Ok(SoakReport {
+        samples,
+        mismatched_runs,
+    })
+}

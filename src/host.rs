@@ -7,6 +7,16 @@ pub fn available_memory() -> Option<u64> {
     parse_mem_available(&meminfo)
 }
 
+/// This process's resident set size in bytes (Linux's `/proc/self/statm`), where the system
+/// says; for soak tests, which check that it stays flat.
+pub fn resident_memory() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // The page size is 4 KiB on every Linux resgraph's CI and users run (x86-64, aarch64's
+    // default); statm counts pages.
+    pages.checked_mul(4096)
+}
+
 fn parse_mem_available(meminfo: &str) -> Option<u64> {
     let line = meminfo
         .lines()
