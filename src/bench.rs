@@ -165,11 +165,7 @@ pub fn soak(
     let sample = |runs: usize| SoakSample {
         runs,
         host_resident_bytes: crate::host::resident_memory(),
-        device_allocated_bytes: model
-            .context()
-            .device()
-            .generate_allocator_report()
-            .map(|report| report.total_allocated_bytes),
+        device_allocated_bytes: model.context().device_allocated_bytes(),
     };
     let first = model.run(input)?;
     let mut mismatched_runs = 0;

@@ -439,6 +439,14 @@ impl GpuContext {
         self.device.features()
     }
 
+    /// The bytes the device's memory allocator holds for buffers and textures, where the
+    /// backend reports it (Vulkan, Metal, DX12; not GL): what a soak test watches for leaks.
+    pub fn device_allocated_bytes(&self) -> Option<u64> {
+        self.device
+            .generate_allocator_report()
+            .map(|report| report.total_allocated_bytes)
+    }
+
     /// The cache of shader modules and pipelines built on this device.
     pub fn pipelines(&self) -> &PipelineCache {
         &self.pipelines
