@@ -514,6 +514,41 @@ fn a_gemm_of_a_rank_3_input_is_refused_and_a_flatten_of_it_loads() {
 }
 
 #[test]
+fn a_deeply_nested_protobuf_is_refused_in_one_short_line() {
+    // 3000 graphs nested through node attributes: the decoder's message used to list every
+    // enclosing field, 2 KB on one line.
+    let mut graph = proto::GraphProto::default();
+    for depth in 0..3000 {
+        graph = proto::GraphProto {
+            node: vec![proto::NodeProto {
+                op_type: Some("If".to_string()),
+                name: Some(format!("n{depth}")),
+                attribute: vec![proto::AttributeProto {
+                    name: Some("then_branch".to_string()),
+                    g: Some(graph),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+    }
+    let bytes = proto::ModelProto {
+        graph: Some(graph),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let message = model_error(&bytes, "deep.onnx").to_string();
+    assert!(!message.contains('\n'), "{message}");
+    assert!(
+        message.chars().count() <= 400,
+        "{} characters: {message}",
+        message.len()
+    );
+    assert!(message.contains("deep.onnx"), "{message}");
+}
+
+#[test]
 fn a_constant_node_is_read_from_any_of_its_value_attributes() {
     let constant = |attribute: proto::AttributeProto| proto::NodeProto {
         attribute: vec![attribute],
@@ -687,9 +722,21 @@ fn the_cli_refuses_bad_files_with_one_line_and_keeps_the_old_output() {
     let f64_npy = replace_bytes(&encode_npy(&[13], &[0.0; 13]), b"<f4", b"<f8");
     std::fs::write(path("f64.npy"), f64_npy).expect("write");
     std::fs::write(path("ok.npy"), encode_npy(&[13], &[0.5; 13])).expect("write");
+    std::fs::write(path("empty.npy"), encode_npy(&[0, 13], &[])).expect("write");
     std::fs::write(path("out.npy"), b"keep me").expect("write");
 
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &[
+                "run",
+                &model,
+                "--input",
+                &path("empty.npy"),
+                "--output",
+                &path("out.npy"),
+            ],
+            "empty batch",
+        ),
         (
             &[
                 "run",
