@@ -199,18 +199,72 @@ fn a_convolutional_residual_network_runs_one_dispatch_per_convolution_and_matche
 }
 
 #[test]
-fn a_spatial_flatten_is_a_typed_error_until_a_kernel_runs_it() {
+fn a_spatial_flatten_read_by_linear_layers_matches_pytorchs_channel_first_order() {
+    // A VGG-style head: a convolution, a flatten of its 3x5 map with 6 channels (PyTorch orders
+    // the row channel, row, column), then two linear layers reading it. The reference flattens
+    // in PyTorch's order; resgraph permutes the layers' weight columns instead of the image.
     let mut builder = GraphBuilder::new();
-    let x = builder.input_image("x", (4, 4, 2)).expect("input");
-    let flat = builder.flatten("flatten", x).expect("flatten");
-    let graph = builder.build(flat).expect("graph");
-    let error = CompiledModel::compile(
-        common::shared_primary_context(),
-        &graph,
-        &CompileOptions::new(1),
-    )
-    .expect_err("a 4x4 flatten needs a transpose");
-    assert!(matches!(error, Error::UnsupportedShape { .. }), "{error}");
+    let x = builder.input_image("x", (3, 5, 2)).expect("input");
+    let features = builder
+        .conv2d("features", x, conv(3, (6, 2), 3, 1, 1))
+        .expect("conv");
+    let features = builder.relu("features.relu", features).expect("relu");
+    let flat = builder.flatten("flatten", features).expect("flatten");
+    let linear = |out: usize, seed: u64| {
+        let weight = common::uniform(&mut common::rng(seed), out * 90, -0.2, 0.2);
+        let bias = common::uniform(&mut common::rng(seed + 1), out, -0.1, 0.1);
+        resgraph::LinearParams::new(out, 90, weight, Some(bias)).expect("linear")
+    };
+    let head = builder
+        .linear("classifier", flat, linear(7, 11))
+        .expect("linear");
+    let side = builder.linear("side", flat, linear(7, 13)).expect("linear");
+    let sum = builder.add("sum", head, side).expect("add");
+    let graph = builder.build(sum).expect("graph");
+    for (backend, context) in common::contexts() {
+        let model =
+            CompiledModel::compile(common::shared(context), &graph, &CompileOptions::new(3))
+                .expect("compile");
+        for batch in [1, 3] {
+            let input = common::uniform(
+                &mut common::rng(40 + batch as u64),
+                batch * graph.input_width(),
+                -1.0,
+                1.0,
+            );
+            let output = model.run(&input).expect("run");
+            common::assert_close(
+                &output,
+                &forward_f64(&graph, &input, batch),
+                Precision::F32.tolerance(),
+                &format!("{backend} batch {batch}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn a_spatial_flatten_read_by_anything_but_linear_layers_is_a_typed_error() {
+    // As the graph's output, and read by a ReLU: the values would be in resgraph's order.
+    let mut as_output = GraphBuilder::new();
+    let x = as_output.input_image("x", (4, 4, 2)).expect("input");
+    let flat = as_output.flatten("flatten", x).expect("flatten");
+    let as_output = as_output.build(flat).expect("graph");
+    let mut into_relu = GraphBuilder::new();
+    let x = into_relu.input_image("x", (4, 4, 2)).expect("input");
+    let flat = into_relu.flatten("flatten", x).expect("flatten");
+    let relu = into_relu.relu("relu", flat).expect("relu");
+    let into_relu = into_relu.build(relu).expect("graph");
+    for graph in [as_output, into_relu] {
+        let error = CompiledModel::compile(
+            common::shared_primary_context(),
+            &graph,
+            &CompileOptions::new(1),
+        )
+        .expect_err("a spatial flatten that is not read by linear layers");
+        assert!(matches!(error, Error::UnsupportedShape { .. }), "{error}");
+        assert!(error.to_string().contains("linear layer"), "{error}");
+    }
 }
 
 /// A ResNet-18-shaped network at toy size: a 7×7 stride-2 stem, ResNet's 3×3 stride-2 max-pool,

@@ -95,6 +95,37 @@ impl LinearParams {
     pub fn parameter_count(&self) -> usize {
         self.weight.len() + self.bias.as_ref().map_or(0, |bias| bias.len())
     }
+
+    /// This layer for an input stored (row, column, channel), as resgraph stores images, when
+    /// its weights were made for PyTorch's flatten order (channel, row, column): each weight row
+    /// is permuted, so that the layer reads the image as it is stored. `height × width ×
+    /// channels` must be `in_features` (the planner calls it only then).
+    pub(crate) fn with_channel_last_columns(
+        &self,
+        height: usize,
+        width: usize,
+        channels: usize,
+    ) -> LinearParams {
+        debug_assert_eq!(height * width * channels, self.in_features);
+        let pixels = height * width;
+        let mut weight = vec![0f32; self.weight.len()];
+        for (row_out, row_in) in weight
+            .chunks_exact_mut(self.in_features)
+            .zip(self.weight.chunks_exact(self.in_features))
+        {
+            for channel in 0..channels {
+                for pixel in 0..pixels {
+                    row_out[pixel * channels + channel] = row_in[channel * pixels + pixel];
+                }
+            }
+        }
+        LinearParams {
+            weight: weight.into(),
+            bias: self.bias.clone(),
+            in_features: self.in_features,
+            out_features: self.out_features,
+        }
+    }
 }
 
 /// The shape of one batch entry of a node's output.

@@ -46,6 +46,10 @@ struct Fuser<'g> {
     consumers: Vec<usize>,
     values: HashMap<NodeId, ValueId>,
     pending: HashMap<NodeId, Pending>,
+    /// Flatten nodes of spatial images that alias their input (stored row, column, channel),
+    /// with the image's dimensions: a linear layer reading one gets its weight columns permuted
+    /// from PyTorch's (channel, row, column) order.
+    channel_last_flattens: HashMap<NodeId, (usize, usize, usize)>,
     fused: Fused,
 }
 
@@ -57,6 +61,7 @@ pub fn fuse(graph: &Graph) -> Result<Fused> {
         consumers: graph.consumer_counts(),
         values: HashMap::new(),
         pending: HashMap::new(),
+        channel_last_flattens: HashMap::new(),
         fused: Fused {
             layers: Vec::new(),
             convs: Vec::new(),
@@ -189,32 +194,52 @@ impl Fuser<'_> {
     }
 
     /// A flatten of a dense row or of a 1×1 image (after a global pool) is the same values in
-    /// the same order, so the node reads its input's value and costs no dispatch. Flattening a
-    /// larger image would need a transpose from NHWC to PyTorch's channel-first order, which no
-    /// kernel runs yet.
+    /// the same order, so the node reads its input's value and costs no dispatch.
+    ///
+    /// A flatten of a larger image differs: PyTorch orders the row (channel, row, column) and
+    /// resgraph's images are stored (row, column, channel). Where every reader of the flatten
+    /// is a linear layer (a classifier head, VGG's `features → flatten → classifier`), that
+    /// order costs nothing either: the layers' weight columns are permuted to resgraph's order
+    /// once, at plan time (`emit_gemm`), and they read the image as it is stored. A flatten of
+    /// a spatial map read by anything else, or that is the graph's output, is refused.
     fn flatten(&mut self, id: NodeId, input: NodeId, name: &str) -> Result<()> {
-        match self.graph.node(input).shape {
-            ValueShape::Dense { .. }
-            | ValueShape::Image {
-                height: 1,
-                width: 1,
-                ..
-            } => {
-                let value = self.materialize(input);
-                self.values.insert(id, value);
-                Ok(())
-            }
-            image => Err(Error::UnsupportedShape {
+        let shape = self.graph.node(input).shape;
+        let (height, width, channels) = shape.image_dims();
+        if matches!(shape, ValueShape::Dense { .. }) || height * width == 1 {
+            let value = self.materialize(input);
+            self.values.insert(id, value);
+            return Ok(());
+        }
+        let readers: Vec<&Op> = self
+            .graph
+            .nodes()
+            .iter()
+            .skip(id.0 + 1)
+            .map(|node| &node.op)
+            .filter(|op| op.inputs().contains(&id))
+            .collect();
+        let only_linear_readers = !readers.is_empty()
+            && readers
+                .iter()
+                .all(|op| matches!(op, Op::Linear { input, .. } if *input == id));
+        if !only_linear_readers || id == self.graph.output() {
+            return Err(Error::UnsupportedShape {
                 kernel: "flatten",
                 what: format!(
                     "node {name:?}, which flattens an image {}",
-                    image.describe()
+                    shape.describe()
                 ),
-                reason: "flattening a spatial map needs a transpose to PyTorch's channel-first \
-                         order, which resgraph does not run yet; pool the image to 1x1 first"
+                reason: "a flattened spatial map must be read by linear layers only (their \
+                         weights take PyTorch's channel-first order into account); pool the \
+                         image to 1x1 first, or follow the flatten with a linear layer"
                     .to_string(),
-            }),
+            });
         }
+        let value = self.materialize(input);
+        self.values.insert(id, value);
+        self.channel_last_flattens
+            .insert(id, (height, width, channels));
+        Ok(())
     }
 
     /// The value of `node`, emitting it first if it is still pending.
@@ -251,7 +276,10 @@ impl Fuser<'_> {
     ) -> ValueId {
         let kind = match &self.graph.node(linear).op {
             Op::Linear { input, params } => {
-                let (input, params) = (*input, params.clone());
+                let (input, mut params) = (*input, params.clone());
+                if let Some(&(height, width, channels)) = self.channel_last_flattens.get(&input) {
+                    params = params.with_channel_last_columns(height, width, channels);
+                }
                 let input = self.materialize(input);
                 let layer = self.fused.layers.len();
                 self.fused.layers.push(params);
