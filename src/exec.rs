@@ -8,7 +8,7 @@
 //! `CompiledModel` can be used from many threads at once.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -152,6 +152,8 @@ pub struct CompiledModel {
     input: DeviceMatrix,
     output_buffer: wgpu::Buffer,
     steps: Vec<PreparedKernel>,
+    /// The mapped staging buffer each run's input is written into and copied from.
+    upload: UploadStaging,
     readback: wgpu::Buffer,
     timestamps: Option<TimestampQueries>,
     run_lock: futures_intrusive::sync::Mutex<RunState>,
@@ -192,6 +194,7 @@ impl CompiledModel {
         let readback_bytes = (max_batch as u64 * output_width as u64 * precision.element_bytes())
             .next_multiple_of(4);
         let readback = create_map_read_buffer(&context, "model readback", readback_bytes)?;
+        let upload = UploadStaging::create(&context, activations.input.buffer().size())?;
         let timestamps = if options.gpu_timestamps
             && context.features().contains(wgpu::Features::TIMESTAMP_QUERY)
         {
@@ -206,6 +209,7 @@ impl CompiledModel {
             input: activations.input,
             output_buffer,
             steps,
+            upload,
             readback,
             timestamps,
             run_lock: futures_intrusive::sync::Mutex::new(
@@ -444,12 +448,14 @@ impl CompiledModel {
     fn submit_run(&self, state: &mut RunState, input: &[f32], batch: usize) -> Result<Duration> {
         self.prepare_rows(state, batch)?;
         let output_bytes = self.bytes_of(batch * self.output_width);
-        let mut input_bytes = self.precision.encode(input);
-        input_bytes.resize(input_bytes.len().next_multiple_of(4), 0);
+        let input_bytes = self.bytes_of(batch * self.input_width);
+        self.upload.wait_until_mapped(&self.context)?;
+        // The input goes straight into the reused, already mapped staging buffer: no host copy
+        // of its own, and no staging allocation per run (which `write_buffer` makes).
+        self.context.scoped("writing the model input", || {
+            self.upload.write(self.precision, input, input_bytes)
+        })??;
         self.context.scoped("running the model", || {
-            self.context
-                .queue()
-                .write_buffer(self.input.buffer(), 0, &input_bytes);
             let started = Instant::now();
             let mut encoder =
                 self.context
@@ -457,6 +463,13 @@ impl CompiledModel {
                     .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                         label: Some("resgraph run"),
                     });
+            encoder.copy_buffer_to_buffer(
+                &self.upload.buffer,
+                0,
+                self.input.buffer(),
+                0,
+                input_bytes,
+            );
             self.record_pass(&mut encoder, batch, self.timestamps.as_ref());
             encoder.copy_buffer_to_buffer(&self.output_buffer, 0, &self.readback, 0, output_bytes);
             if let Some(queries) = &self.timestamps {
@@ -466,6 +479,8 @@ impl CompiledModel {
             let commands = encoder.finish();
             let encode = started.elapsed();
             self.context.queue().submit([commands]);
+            // Mapped again once the GPU has copied from it: ready for the next run.
+            self.upload.request_map();
             encode
         })
     }
@@ -928,6 +943,109 @@ fn prepare_layer(
             weights.push(LayerWeights::Texture(layer_weights));
             Ok(prepared)
         }
+    }
+}
+
+/// The staging buffer a run's input is written into: created mapped, unmapped for the copy,
+/// and mapped again (asynchronously) as soon as the run is submitted, so that the next run finds
+/// it mapped. Reusing one buffer keeps large uploads at memcpy speed, where `write_buffer` would
+/// allocate a staging buffer per call. Guarded by the model's run lock.
+struct UploadStaging {
+    buffer: wgpu::Buffer,
+    /// Whether the buffer is mapped now (when no map is pending).
+    mapped: std::sync::atomic::AtomicBool,
+    /// The outcome of the pending map, written by its callback.
+    map_result: Arc<Mutex<Option<std::result::Result<(), wgpu::BufferAsyncError>>>>,
+}
+
+impl UploadStaging {
+    fn create(context: &GpuContext, size: u64) -> Result<Self> {
+        let size = size.max(4).next_multiple_of(4);
+        let buffer = context.scoped("creating the model upload buffer", || {
+            context.device().create_buffer(&wgpu::BufferDescriptor {
+                label: Some("model upload"),
+                size,
+                usage: wgpu::BufferUsages::MAP_WRITE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: true,
+            })
+        })?;
+        Ok(UploadStaging {
+            buffer,
+            mapped: std::sync::atomic::AtomicBool::new(true),
+            map_result: Arc::new(Mutex::new(None)),
+        })
+    }
+
+    /// Waits for the map requested after the previous run (normally already done: that run
+    /// waited for the GPU, and wgpu ran the callback then).
+    fn wait_until_mapped(&self, context: &GpuContext) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        if self.mapped.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        loop {
+            let outcome = match self.map_result.lock() {
+                Ok(mut result) => result.take(),
+                Err(poisoned) => poisoned.into_inner().take(),
+            };
+            match outcome {
+                Some(Ok(())) => {
+                    self.mapped.store(true, Ordering::Release);
+                    return Ok(());
+                }
+                Some(Err(error)) => {
+                    context.check_not_lost("mapping the input staging buffer")?;
+                    return Err(Error::Readback {
+                        reason: format!("mapping the input staging buffer failed: {error}"),
+                    });
+                }
+                None => context.wait_idle()?,
+            }
+        }
+    }
+
+    /// Writes `input` into the mapped buffer's first `bytes` bytes (zero padding after it) and
+    /// unmaps it for the copy.
+    fn write(&self, precision: Precision, input: &[f32], bytes: u64) -> Result<()> {
+        {
+            let mut view = self
+                .buffer
+                .slice(0..bytes)
+                .get_mapped_range_mut()
+                .map_err(|error| Error::Gpu {
+                    operation: "writing the input into its staging buffer".to_string(),
+                    message: error.to_string(),
+                })?;
+            // Mapped memory is write-only (reading it back may be slow or undefined), so the
+            // values are converted a cache-sized chunk at a time and copied in.
+            let element = precision.element_bytes() as usize;
+            let mut chunk = [0u8; 16 << 10];
+            let mut offset = 0;
+            for values in input.chunks(chunk.len() / element) {
+                let bytes = &mut chunk[..values.len() * element];
+                precision.encode_into(values, bytes);
+                view.slice(offset..offset + bytes.len())
+                    .copy_from_slice(bytes);
+                offset += bytes.len();
+            }
+            view.slice(offset..).fill(0);
+        }
+        self.buffer.unmap();
+        self.mapped
+            .store(false, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    /// Asks for the buffer to be mapped again once the submitted copy from it is done.
+    fn request_map(&self) {
+        let result = Arc::clone(&self.map_result);
+        self.buffer
+            .slice(..)
+            .map_async(wgpu::MapMode::Write, move |outcome| {
+                if let Ok(mut slot) = result.lock() {
+                    *slot = Some(outcome);
+                }
+            });
     }
 }
 

@@ -62,6 +62,25 @@ impl Precision {
         }
     }
 
+    /// Writes `values` as little-endian bytes of this precision into the start of `out`, which
+    /// must hold at least `values.len() × element_bytes` bytes (a mapped staging buffer, so the
+    /// input is converted straight into the memory the GPU copies from). The rest of `out` is
+    /// left as it is.
+    pub fn encode_into(self, values: &[f32], out: &mut [u8]) {
+        match self {
+            Precision::F32 => {
+                for (chunk, value) in out.chunks_exact_mut(4).zip(values) {
+                    chunk.copy_from_slice(&value.to_le_bytes());
+                }
+            }
+            Precision::F16 => {
+                for (chunk, value) in out.chunks_exact_mut(2).zip(values) {
+                    chunk.copy_from_slice(&half::f16::from_f32(*value).to_le_bytes());
+                }
+            }
+        }
+    }
+
     /// Little-endian bytes of this precision back to f32 values.
     pub fn decode(self, bytes: &[u8]) -> Vec<f32> {
         match self {
