@@ -2,8 +2,10 @@
 # The GPU check: run on the lent GPU machine (one H100 or H200, Vulkan driver, PyTorch, no Rust,
 # no network) with a release binary built here. It prints `info`, then `bench --check --json` for
 # the throughput shape (1024x8x256), a large one (4096x8x1024) and the latency shape (512x8x1) in
-# f32 and f16, the same three networks in PyTorch (scripts/torch_resmlp.py), and one table.
-# Budget: under 8 minutes.
+# f32 and f16, every kernel candidate's time per layer shape (`tune`), the same three networks
+# in PyTorch (scripts/torch_resmlp.py), and one table.
+# Budget: meant to finish within 6 minutes on an H100/H200 (the tune step has not been timed
+# there yet); every step has its own timeout.
 #
 # Usage: scripts/gpu-check.sh [path/to/resgraph] [output folder]
 # On the device tool, from the repository root (see ../.library/device/README.md for .gl):
@@ -48,6 +50,19 @@ for shape in 1024x8x256 4096x8x1024 512x8x1; do
       [ -n "$reason" ] || reason="no output (timed out?)"
       echo "{\"engine\": \"resgraph\", \"precision\": \"$precision\", \"width\": $width, \"depth\": $depth, \"batch\": $batch, \"error\": \"exit $status: $reason\"}" | tee -a "$results"
     fi
+  done
+done
+
+# Every kernel candidate's time per layer shape, as the tuner measured them (its cache is fresh
+# on a new machine, so each shape is measured): the tensor-core and small-batch GEMMs against
+# the others, for the one-layer benchmark shape and the latency shape.
+echo "=== resgraph tune (every candidate's time per shape)"
+for shape in 4096x1x1024 512x8x1 1024x8x256; do
+  IFS=x read -r width depth batch <<< "$shape"
+  for precision in f32 f16; do
+    echo "--- tune $shape $precision" | tee -a "$out/tune.txt"
+    timeout 90 "$bin" tune "${adapter_args[@]}" --width "$width" --depth "$depth" --batch "$batch" \
+      --precision "$precision" 2>&1 | grep -v XDG_RUNTIME | tee -a "$out/tune.txt"
   done
 done
 

@@ -27,7 +27,9 @@ use crate::error::Result;
 use crate::gpu::buffers::{DeviceMatrix, map_and_read_bytes};
 use crate::gpu::context::GpuContext;
 use crate::kernels::PreparedKernel;
-use crate::kernels::gemm::{GemmOperands, GemmVariant, LinearWeights, prepare_gemm};
+use crate::kernels::gemm::{
+    GemmOperands, GemmVariant, LinearWeights, SMALL_BATCH_MAX_ROWS, prepare_gemm,
+};
 use crate::kernels::gemv::{self, GemvOperands, TextureWeights, prepare_gemv};
 use crate::kernels::residual_block::{self, ResidualBlockOperands, prepare_residual_block};
 use crate::kernels::source::{KernelSource, checksum, generate};
@@ -318,6 +320,7 @@ pub fn candidates(
 ) -> Vec<KernelChoice> {
     let mut candidates: Vec<KernelChoice> = GemmVariant::ALL
         .into_iter()
+        .filter(|&variant| variant != GemmVariant::SmallBatch || rows <= SMALL_BATCH_MAX_ROWS)
         .map(KernelChoice::Gemm)
         .collect();
     if allowed.texture_gemv && rows <= GEMV_CANDIDATE_MAX_ROWS {

@@ -60,6 +60,18 @@ pub const GEMM_SUBGROUP_KERNEL: KernelSource = KernelSource {
     bindings: GEMM_BINDINGS,
 };
 
+/// The small-batch GEMM: each workgroup's invocations split the inner dimension of 4 rows × 16
+/// columns and reduce through workgroup memory (a GPU's matrix-vector product).
+pub const GEMM_SMALL_BATCH_KERNEL: KernelSource = KernelSource {
+    name: "gemm_small_batch",
+    body: include_str!("../../shaders/gemm_small_batch.wgsl"),
+    pieces: &[ACTIVATION, FUSED_EPILOGUE],
+    extensions: &[],
+    declarations: no_declarations,
+    entry_point: "gemm",
+    bindings: GEMM_BINDINGS,
+};
+
 /// The cooperative-matrix GEMM: tiles multiplied with `coopMultiplyAdd`, staged through
 /// workgroup memory, with the same fused epilogue. Its tile types follow the precision
 /// ([`cooperative_declarations`]).
@@ -95,6 +107,13 @@ pub const INNER_CHUNK: usize = 8;
 pub const WORKGROUP_SIZE: u32 = 64;
 /// Rows one workgroup covers.
 pub const ROWS_PER_WORKGROUP: u32 = WORKGROUP_SIZE * ROWS_PER_INVOCATION;
+/// Rows one workgroup of the small-batch GEMM covers (`ROWS` in its shader).
+pub const SMALL_BATCH_ROWS: usize = 4;
+/// Invocations per workgroup of the small-batch GEMM (`THREADS` in its shader).
+pub const SMALL_BATCH_WORKGROUP_SIZE: u32 = 64;
+/// The largest batch the tuner times the small-batch GEMM for: past it, its workgroups (4 rows
+/// each) read every weight once per 4 rows, which the tiled kernels beat.
+pub const SMALL_BATCH_MAX_ROWS: usize = 64;
 
 /// Which GEMM shader runs a dispatch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -108,14 +127,19 @@ pub enum GemmVariant {
     /// 16×16 f16 tiles with f32 accumulators. Needs `EXPERIMENTAL_COOPERATIVE_MATRIX`, the tile
     /// configuration in the adapter's list, and a fixed subgroup size; chosen only by measuring.
     Cooperative,
+    /// `shaders/gemm_small_batch.wgsl`: 64 invocations split the inner dimension of 4 rows × 16
+    /// columns and reduce through workgroup memory; for batches of a few rows on GPUs. Needs no
+    /// optional feature; chosen only by measuring.
+    SmallBatch,
 }
 
 impl GemmVariant {
     /// Every variant, for tests and benchmarks.
-    pub const ALL: [GemmVariant; 3] = [
+    pub const ALL: [GemmVariant; 4] = [
         GemmVariant::Portable,
         GemmVariant::Subgroup,
         GemmVariant::Cooperative,
+        GemmVariant::SmallBatch,
     ];
 
     /// Whether the device can run this variant with `precision` storage: the subgroup variant
@@ -124,7 +148,7 @@ impl GemmVariant {
     pub fn supported_by(self, context: &GpuContext, precision: Precision) -> bool {
         let info = context.adapter_info();
         match self {
-            GemmVariant::Portable => true,
+            GemmVariant::Portable | GemmVariant::SmallBatch => true,
             GemmVariant::Subgroup => {
                 context.features().contains(wgpu::Features::SUBGROUP)
                     && info.subgroup_min_size >= INNER_CHUNK as u32
@@ -157,7 +181,7 @@ impl GemmVariant {
     /// What the device lacks when [`Self::supported_by`] is false, for the error message.
     fn requirement(self) -> &'static str {
         match self {
-            GemmVariant::Portable => "nothing",
+            GemmVariant::Portable | GemmVariant::SmallBatch => "nothing",
             GemmVariant::Subgroup => "SUBGROUP (with subgroups of at least 8 invocations)",
             GemmVariant::Cooperative => {
                 "EXPERIMENTAL_COOPERATIVE_MATRIX with 8x8x8 f32 tiles (f32) or 16x16x16 f16 tiles \
@@ -172,6 +196,7 @@ impl GemmVariant {
             GemmVariant::Portable => &GEMM_PORTABLE_KERNEL,
             GemmVariant::Subgroup => &GEMM_SUBGROUP_KERNEL,
             GemmVariant::Cooperative => &GEMM_COOPERATIVE_KERNEL,
+            GemmVariant::SmallBatch => &GEMM_SMALL_BATCH_KERNEL,
         }
     }
 
@@ -181,6 +206,8 @@ impl GemmVariant {
         match self {
             GemmVariant::Portable | GemmVariant::Subgroup => WORKGROUP_SIZE,
             GemmVariant::Cooperative => fixed_subgroup_size(context).unwrap_or(WORKGROUP_SIZE),
+            // Fixed in the shader, which sizes its reduction arrays by it.
+            GemmVariant::SmallBatch => SMALL_BATCH_WORKGROUP_SIZE,
         }
     }
 
@@ -191,7 +218,7 @@ impl GemmVariant {
     pub fn reads_vec4_activations(self, inner: usize) -> bool {
         match self {
             GemmVariant::Portable | GemmVariant::Subgroup => inner.is_multiple_of(4),
-            GemmVariant::Cooperative => false,
+            GemmVariant::Cooperative | GemmVariant::SmallBatch => false,
         }
     }
 
@@ -205,6 +232,7 @@ impl GemmVariant {
                 let tile = cooperative_config(precision).m_size as usize;
                 (4 * tile, 2 * tile)
             }
+            GemmVariant::SmallBatch => (SMALL_BATCH_ROWS, COLUMN_BLOCK),
         }
     }
 }
@@ -294,8 +322,12 @@ pub fn gemm_constants(
             "APPLY_RELU",
             u32::from(epilogue.activation == Activation::Relu),
         ),
-        ("WORKGROUP_SIZE", variant.workgroup_size(context)),
     ];
+    // The small-batch kernel's workgroup size is fixed in its source (its reduction arrays are
+    // sized by it).
+    if variant != GemmVariant::SmallBatch {
+        constants.push(("WORKGROUP_SIZE", variant.workgroup_size(context)));
+    }
     if variant.reads_vec4_activations(inner) {
         constants.push(("VEC4_ACTIVATIONS", 1));
     }

@@ -21,6 +21,7 @@ pub const ALL_KERNELS: &[&source::KernelSource] = &[
     &gemm::GEMM_PORTABLE_KERNEL,
     &gemm::GEMM_SUBGROUP_KERNEL,
     &gemm::GEMM_COOPERATIVE_KERNEL,
+    &gemm::GEMM_SMALL_BATCH_KERNEL,
     &gemv::GEMV_TEXTURE_KERNEL,
     &elementwise::ELEMENTWISE_KERNEL,
     &residual_block::RESIDUAL_BLOCK_KERNEL,
