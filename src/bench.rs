@@ -132,21 +132,20 @@ impl SoakReport {
     /// The largest growth of host resident memory over the first sample (after warm-up), in
     /// bytes; `None` where it was not reported.
     pub fn host_growth(&self) -> Option<u64> {
-        let first = self.samples.first()?.host_resident_bytes?;
-        self.samples
-            .iter()
-            .filter_map(|sample| sample.host_resident_bytes)
-            .map(|bytes| bytes.saturating_sub(first))
-            .max()
+        self.growth(|sample| sample.host_resident_bytes)
     }
 
     /// The largest growth of device memory over the first sample, in bytes; `None` where it
     /// was not reported.
     pub fn device_growth(&self) -> Option<u64> {
-        let first = self.samples.first()?.device_allocated_bytes?;
+        self.growth(|sample| sample.device_allocated_bytes)
+    }
+
+    fn growth(&self, reading: impl Fn(&SoakSample) -> Option<u64>) -> Option<u64> {
+        let first = reading(self.samples.first()?)?;
         self.samples
             .iter()
-            .filter_map(|sample| sample.device_allocated_bytes)
+            .filter_map(reading)
             .map(|bytes| bytes.saturating_sub(first))
             .max()
     }
