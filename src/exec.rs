@@ -952,11 +952,16 @@ fn prepare_layer(
 /// allocate a staging buffer per call. Guarded by the model's run lock.
 struct UploadStaging {
     buffer: wgpu::Buffer,
-    /// Whether the buffer is mapped now (when no map is pending).
-    mapped: std::sync::atomic::AtomicBool,
+    /// Where the buffer stands: [`UPLOAD_MAPPED`], [`UPLOAD_UNMAPPED`] (no map asked for, as
+    /// after a run whose submission failed) or [`UPLOAD_MAP_PENDING`].
+    state: std::sync::atomic::AtomicU8,
     /// The outcome of the pending map, written by its callback.
     map_result: Arc<Mutex<Option<std::result::Result<(), wgpu::BufferAsyncError>>>>,
 }
+
+const UPLOAD_MAPPED: u8 = 0;
+const UPLOAD_UNMAPPED: u8 = 1;
+const UPLOAD_MAP_PENDING: u8 = 2;
 
 impl UploadStaging {
     fn create(context: &GpuContext, size: u64) -> Result<Self> {
@@ -971,29 +976,35 @@ impl UploadStaging {
         })?;
         Ok(UploadStaging {
             buffer,
-            mapped: std::sync::atomic::AtomicBool::new(true),
+            state: std::sync::atomic::AtomicU8::new(UPLOAD_MAPPED),
             map_result: Arc::new(Mutex::new(None)),
         })
     }
 
-    /// Waits for the map requested after the previous run (normally already done: that run
-    /// waited for the GPU, and wgpu ran the callback then).
+    /// Makes sure the buffer is mapped: normally it already is (the previous run waited for the
+    /// GPU, and wgpu ran the map's callback then); a map is requested if none is pending, and
+    /// the device is waited on at most twice before that is an error rather than a hang.
     fn wait_until_mapped(&self, context: &GpuContext) -> Result<()> {
         use std::sync::atomic::Ordering;
-        if self.mapped.load(Ordering::Acquire) {
-            return Ok(());
+        match self.state.load(Ordering::Acquire) {
+            UPLOAD_MAPPED => return Ok(()),
+            UPLOAD_UNMAPPED => {
+                context.scoped("mapping the input staging buffer", || self.request_map())?;
+            }
+            _ => {}
         }
-        loop {
+        for _ in 0..3 {
             let outcome = match self.map_result.lock() {
                 Ok(mut result) => result.take(),
                 Err(poisoned) => poisoned.into_inner().take(),
             };
             match outcome {
                 Some(Ok(())) => {
-                    self.mapped.store(true, Ordering::Release);
+                    self.state.store(UPLOAD_MAPPED, Ordering::Release);
                     return Ok(());
                 }
                 Some(Err(error)) => {
+                    self.state.store(UPLOAD_UNMAPPED, Ordering::Release);
                     context.check_not_lost("mapping the input staging buffer")?;
                     return Err(Error::Readback {
                         reason: format!("mapping the input staging buffer failed: {error}"),
@@ -1002,6 +1013,11 @@ impl UploadStaging {
                 None => context.wait_idle()?,
             }
         }
+        context.check_not_lost("mapping the input staging buffer")?;
+        Err(Error::Readback {
+            reason: "the input staging buffer's map did not complete after the GPU went idle"
+                .to_string(),
+        })
     }
 
     /// Writes `input` into the mapped buffer's first `bytes` bytes (zero padding after it) and
@@ -1031,13 +1047,16 @@ impl UploadStaging {
             view.slice(offset..).fill(0);
         }
         self.buffer.unmap();
-        self.mapped
-            .store(false, std::sync::atomic::Ordering::Release);
+        self.state
+            .store(UPLOAD_UNMAPPED, std::sync::atomic::Ordering::Release);
         Ok(())
     }
 
     /// Asks for the buffer to be mapped again once the submitted copy from it is done.
     fn request_map(&self) {
+        if let Ok(mut slot) = self.map_result.lock() {
+            *slot = None;
+        }
         let result = Arc::clone(&self.map_result);
         self.buffer
             .slice(..)
@@ -1046,6 +1065,8 @@ impl UploadStaging {
                     *slot = Some(outcome);
                 }
             });
+        self.state
+            .store(UPLOAD_MAP_PENDING, std::sync::atomic::Ordering::Release);
     }
 }
 
