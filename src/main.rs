@@ -252,8 +252,8 @@ fn check_synthetic_weights(
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Kept until the process ends: the folder the display probe is pointed at.
-    let _runtime_dir = quiet_display_probe();
-    remove_partial_outputs_on_termination();
+    let runtime_dir = quiet_display_probe();
+    remove_partial_outputs_on_termination(runtime_dir.as_ref().map(|dir| dir.path().to_path_buf()));
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -283,10 +283,14 @@ fn quiet_display_probe() -> Option<tempfile::TempDir> {
 }
 
 /// On SIGINT, SIGTERM or SIGHUP, removes the temporary file of an output being written (the
-/// output itself is left as it was) and exits with status 130, as an interrupted tool does.
-fn remove_partial_outputs_on_termination() {
-    let installed = ctrlc::set_handler(|| {
+/// output itself is left as it was) and the private runtime folder, if one was made, and exits
+/// with status 130, as an interrupted tool does (exiting skips the folder guard's drop).
+fn remove_partial_outputs_on_termination(runtime_dir: Option<std::path::PathBuf>) {
+    let installed = ctrlc::set_handler(move || {
         resgraph::model::remove_unfinished_output_files();
+        if let Some(dir) = &runtime_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
         std::process::exit(130);
     });
     if let Err(error) = installed {

@@ -452,3 +452,58 @@ fn a_setting_resgraph_does_not_understand_is_refused_not_ignored() {
         .expect("run resgraph");
     assert!(output.status.success());
 }
+
+#[cfg(unix)]
+#[test]
+fn an_interrupted_command_exits_130_and_leaves_no_folder_behind() {
+    // A long bench, interrupted once it runs: the handler removes what the CLI made (here the
+    // private XDG_RUNTIME_DIR folder, in a TMPDIR of the test's own) and exits with 130.
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let child = Command::new(env!("CARGO_BIN_EXE_resgraph"))
+        .args([
+            "bench",
+            "--width",
+            "16",
+            "--depth",
+            "1",
+            "--batch",
+            "2",
+            "--iters",
+            "10000000",
+            "--no-tune",
+        ])
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("RESGRAPH_ADAPTER")
+        .env_remove("WGPU_BACKEND")
+        .env("TMPDIR", tmp.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn resgraph");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let made: Vec<String> = std::fs::read_dir(tmp.path())
+        .expect("list")
+        .map(|entry| {
+            entry
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .to_string()
+        })
+        .collect();
+    assert!(
+        made.iter()
+            .any(|name| name.starts_with("resgraph-runtime-")),
+        "the runtime folder was not made: {made:?}"
+    );
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let output = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).expect("list").collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
