@@ -15,6 +15,7 @@ use resgraph::gpu::context::{
     enumerate_adapters, parse_backends,
 };
 use resgraph::graph::ValueShape;
+use resgraph::graph::layout::{nchw_to_nhwc, nhwc_to_nchw};
 use resgraph::graph::synthetic::{MlpShape, ResNetArch, mlp, random_input, resnet};
 use resgraph::reference::forward_f64;
 
@@ -764,44 +765,6 @@ fn model_input(
         squeeze,
         values,
     })
-}
-
-/// `batch` images from PyTorch's NCHW order to resgraph's NHWC.
-fn nchw_to_nhwc(
-    data: &[f32],
-    batch: usize,
-    (channels, height, width): (usize, usize, usize),
-) -> Vec<f32> {
-    let per_image = channels * height * width;
-    let mut out = vec![0.0; data.len()];
-    for image in 0..batch {
-        for channel in 0..channels {
-            for pixel in 0..height * width {
-                out[image * per_image + pixel * channels + channel] =
-                    data[image * per_image + channel * height * width + pixel];
-            }
-        }
-    }
-    out
-}
-
-/// `batch` images from resgraph's NHWC order to PyTorch's NCHW.
-fn nhwc_to_nchw(
-    data: &[f32],
-    batch: usize,
-    (channels, height, width): (usize, usize, usize),
-) -> Vec<f32> {
-    let per_image = channels * height * width;
-    let mut out = vec![0.0; data.len()];
-    for image in 0..batch {
-        for channel in 0..channels {
-            for pixel in 0..height * width {
-                out[image * per_image + channel * height * width + pixel] =
-                    data[image * per_image + pixel * channels + channel];
-            }
-        }
-    }
-    out
 }
 
 fn inspect(path: &Path) -> resgraph::Result<()> {

@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use resgraph::exec::{CompileOptions, CompiledModel};
 use resgraph::gpu::context::GpuContext;
+use resgraph::graph::layout::nchw_to_nhwc;
 use resgraph::graph::{Graph, ValueShape};
 use resgraph::model::load_model;
 use resgraph::model::npy::{NpyArray, read_npy};
@@ -104,27 +105,6 @@ fn cases() -> Vec<Case> {
         assert!(covered, "{} has no {what} case", manifest_path.display());
     }
     cases
-}
-
-/// `batch` images from PyTorch's NCHW order (what onnxruntime took) to the NHWC rows resgraph's
-/// executor takes.
-fn nchw_to_nhwc(
-    nchw: &[f32],
-    batch: usize,
-    (channels, height, width): (usize, usize, usize),
-) -> Vec<f32> {
-    let per_image = channels * height * width;
-    assert_eq!(nchw.len(), batch * per_image, "NCHW input size");
-    let mut nhwc = vec![0.0; nchw.len()];
-    for image in 0..batch {
-        for channel in 0..channels {
-            for pixel in 0..height * width {
-                nhwc[image * per_image + pixel * channels + channel] =
-                    nchw[image * per_image + channel * height * width + pixel];
-            }
-        }
-    }
-    nhwc
 }
 
 /// The case's input as the compiled model takes it, after checking that the file holds

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 pub mod batch_norm;
+pub mod layout;
 pub mod resnet;
 pub mod synthetic;
 
@@ -107,18 +108,9 @@ impl LinearParams {
         channels: usize,
     ) -> LinearParams {
         debug_assert_eq!(height * width * channels, self.in_features);
-        let pixels = height * width;
-        let mut weight = vec![0f32; self.weight.len()];
-        for (row_out, row_in) in weight
-            .chunks_exact_mut(self.in_features)
-            .zip(self.weight.chunks_exact(self.in_features))
-        {
-            for channel in 0..channels {
-                for pixel in 0..pixels {
-                    row_out[pixel * channels + channel] = row_in[channel * pixels + pixel];
-                }
-            }
-        }
+        // Each weight row is one image in PyTorch's order, read as resgraph stores images.
+        let weight =
+            layout::nchw_to_nhwc(&self.weight, self.out_features, (channels, height, width));
         LinearParams {
             weight: weight.into(),
             bias: self.bias.clone(),
