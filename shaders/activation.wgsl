@@ -1,5 +1,5 @@
 // The ReLU every kernel applies, as PyTorch and onnxruntime define it: negative values become
-// zero, and NaN stays NaN. It is not a shader on its own: the host's source generator
+// zero, and NaN stays NaN; and the NaN test it uses, which the pooling kernels use too. It is not a shader on its own: the host's source generator
 // (src/kernels/source.rs) appends it to every kernel that lists it among its pieces.
 //
 // WGSL's `max(x, 0.0)` may return either operand when x is NaN (and the drivers we run on return
@@ -13,7 +13,11 @@ fn relu_keep_nan(value: f32) -> f32 {
     return select(max(value, 0.0), value, is_nan_bits(value));
 }
 
+// Whether each lane is a NaN, from its bits: exponent all ones and a non-zero mantissa.
+fn is_nan4(value: vec4<f32>) -> vec4<bool> {
+    return (bitcast<vec4<u32>>(value) & vec4<u32>(0x7fffffffu)) > vec4<u32>(0x7f800000u);
+}
+
 fn relu_keep_nan4(value: vec4<f32>) -> vec4<f32> {
-    let nan = (bitcast<vec4<u32>>(value) & vec4<u32>(0x7fffffffu)) > vec4<u32>(0x7f800000u);
-    return select(max(value, vec4<f32>(0.0)), value, nan);
+    return select(max(value, vec4<f32>(0.0)), value, is_nan4(value));
 }

@@ -43,26 +43,6 @@ override VEC4_CHANNELS: bool = false;
 
 const WORKGROUP_SIZE: u32 = 64u;
 
-// Whether each lane is a NaN, from its bits: exponent all ones and a non-zero mantissa.
-fn is_nan4(value: vec4<f32>) -> vec4<bool> {
-    return (bitcast<vec4<u32>>(value) & vec4<u32>(0x7fffffffu)) > vec4<u32>(0x7f800000u);
-}
-
-// Channels channel0..channel0+3 of the input value at `offset` (a pixel's first channel); lanes
-// past `channels` read nothing and hold zero.
-fn load4(offset: u32, channel0: u32) -> vec4<f32> {
-    if (VEC4_CHANNELS) {
-        return vec4<f32>(input4[(offset + channel0) / 4u]);
-    }
-    var values = vec4<f32>(0.0);
-    for (var lane = 0u; lane < 4u; lane = lane + 1u) {
-        if (channel0 + lane < params.channels) {
-            values[lane] = f32(input[offset + channel0 + lane]);
-        }
-    }
-    return values;
-}
-
 @compute @workgroup_size(WORKGROUP_SIZE, 1, 1)
 fn global_avg_pool(
     @builtin(workgroup_id) workgroup: vec3<u32>,
@@ -95,3 +75,5 @@ fn global_avg_pool(
         }
     }
 }
+
+// is_nan4 is in activation.wgsl and load4 in pool_load.wgsl, which the host appends to this file.

@@ -62,26 +62,6 @@ override VEC4_CHANNELS: bool = false;
 
 const WORKGROUP_SIZE: u32 = 64u;
 
-// Whether each lane is a NaN, from its bits: exponent all ones and a non-zero mantissa.
-fn is_nan4(value: vec4<f32>) -> vec4<bool> {
-    return (bitcast<vec4<u32>>(value) & vec4<u32>(0x7fffffffu)) > vec4<u32>(0x7f800000u);
-}
-
-// Channels channel0..channel0+3 of the input value at `offset` (a pixel's first channel); lanes
-// past `channels` read nothing and hold zero.
-fn load4(offset: u32, channel0: u32) -> vec4<f32> {
-    if (VEC4_CHANNELS) {
-        return vec4<f32>(input4[(offset + channel0) / 4u]);
-    }
-    var values = vec4<f32>(0.0);
-    for (var lane = 0u; lane < 4u; lane = lane + 1u) {
-        if (channel0 + lane < params.channels) {
-            values[lane] = f32(input[offset + channel0 + lane]);
-        }
-    }
-    return values;
-}
-
 // The input rows (or columns) [begin, end) a window starting at `start` in padded coordinates
 // covers inside an image of `size` with `pad_before` rows of padding before it.
 fn clip_window(start: u32, kernel: u32, pad_before: u32, size: u32) -> vec2<u32> {
@@ -145,3 +125,5 @@ fn pool2d(
         }
     }
 }
+
+// is_nan4 is in activation.wgsl and load4 in pool_load.wgsl, which the host appends to this file.

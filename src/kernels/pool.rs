@@ -14,14 +14,17 @@ use crate::gpu::pipelines::BindingKind;
 use crate::kernels::launch::{
     LaunchDescriptor, LaunchShape, PreparedKernel, check_operands, param_bytes, to_u32,
 };
-use crate::kernels::source::{KernelSource, no_declarations};
+use crate::kernels::source::{ACTIVATION, KernelSource, no_declarations};
 use crate::shape::window_output_size;
+
+/// `shaders/pool_load.wgsl`: the NHWC load of 4 channels both pooling kernels use.
+const POOL_LOAD: &str = include_str!("../../shaders/pool_load.wgsl");
 
 /// The max and average pooling shader and its binding table.
 pub const POOL2D_KERNEL: KernelSource = KernelSource {
     name: "pool2d",
     body: include_str!("../../shaders/pool2d.wgsl"),
-    pieces: &[],
+    pieces: &[ACTIVATION, POOL_LOAD],
     extensions: &[],
     declarations: no_declarations,
     entry_point: "pool2d",
@@ -37,7 +40,7 @@ pub const POOL2D_KERNEL: KernelSource = KernelSource {
 pub const GLOBAL_AVG_POOL_KERNEL: KernelSource = KernelSource {
     name: "global_avg_pool",
     body: include_str!("../../shaders/global_avg_pool.wgsl"),
-    pieces: &[],
+    pieces: &[ACTIVATION, POOL_LOAD],
     extensions: &[],
     declarations: no_declarations,
     entry_point: "global_avg_pool",
