@@ -55,14 +55,18 @@ done
 
 # Every kernel candidate's time per layer shape, as the tuner measured them (its cache is fresh
 # on a new machine, so each shape is measured): the tensor-core and small-batch GEMMs against
-# the others, for the one-layer benchmark shape and the latency shape.
+# the others and every point of the tiled GEMM family the search reached, for the one-layer
+# benchmark shape and the latency shape.
 echo "=== resgraph tune (every candidate's time per shape)"
+# The one-layer shape searches the whole tiled GEMM family (72 points; about 0.1-0.2 s each on
+# an H200 is the guess, so 20 s should reach them all); the others keep the default budget.
 for shape in 4096x1x1024 512x8x1 1024x8x256; do
   IFS=x read -r width depth batch <<< "$shape"
+  search_ms=3000; [ "$shape" = 4096x1x1024 ] && search_ms=20000
   for precision in f32 f16; do
     echo "--- tune $shape $precision" | tee -a "$out/tune.txt"
     timeout 90 "$bin" tune "${adapter_args[@]}" --width "$width" --depth "$depth" --batch "$batch" \
-      --precision "$precision" 2>&1 | grep -v XDG_RUNTIME | tee -a "$out/tune.txt"
+      --precision "$precision" --tiled-search-ms "$search_ms" 2>&1 | grep -v XDG_RUNTIME | tee -a "$out/tune.txt"
   done
 done
 

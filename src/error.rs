@@ -212,6 +212,24 @@ pub enum Error {
         limit: u32,
     },
 
+    /// A kernel needs more of a device resource (workgroup memory, invocations per workgroup)
+    /// than the device allows.
+    #[error(
+        "{what} needs {limit} of at least {requested}, but adapter {adapter:?} allows {available}"
+    )]
+    DeviceLimit {
+        /// What needed it, e.g. `the tiled gemm 16x16x8x8/k32`.
+        what: String,
+        /// The wgpu limit's name, e.g. `max_compute_workgroup_storage_size`.
+        limit: &'static str,
+        /// What the kernel needs.
+        requested: u64,
+        /// What the device allows.
+        available: u64,
+        /// The adapter's name.
+        adapter: String,
+    },
+
     /// The engine needs a device feature that this device was not created with.
     #[error("{what} needs the device feature {feature}, which adapter {adapter:?} does not have")]
     MissingFeature {

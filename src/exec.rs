@@ -59,6 +59,10 @@ pub struct CompileOptions {
     pub tuning_cache: Option<std::path::PathBuf>,
     /// When a residual block runs as one dispatch of the whole-block kernel.
     pub block_fusion: BlockFusion,
+    /// With [`Tuning::Measure`], how long the tuner may search the points of the tiled GEMM
+    /// family per layer shape ([`crate::tune::DEFAULT_TILED_SEARCH`] by default; zero leaves
+    /// the family out).
+    pub tiled_search: Duration,
 }
 
 /// How a compile chooses each layer's kernel.
@@ -83,6 +87,7 @@ impl CompileOptions {
             forced_gemm_variant: self.gemm_variant,
             small_batch_kernel: self.small_batch_kernel,
             block_fusion: self.block_fusion,
+            tiled_search: self.tiled_search,
         }
     }
 
@@ -97,6 +102,7 @@ impl CompileOptions {
             tuning: Tuning::Heuristic,
             tuning_cache: None,
             block_fusion: BlockFusion::WhereFaster,
+            tiled_search: crate::tune::DEFAULT_TILED_SEARCH,
         }
     }
 }

@@ -17,7 +17,9 @@ use resgraph::gpu::context::{
 use resgraph::graph::ValueShape;
 use resgraph::graph::layout::{nchw_to_nhwc, nhwc_to_nchw};
 use resgraph::graph::synthetic::{MlpShape, ResNetArch, mlp, random_input, resnet};
+use resgraph::kernels::gemm::{GEMM_TILED_KERNEL, GemmVariant};
 use resgraph::reference::forward_f64;
+use resgraph::tune::KernelChoice;
 
 /// Residual networks on any GPU.
 #[derive(Parser, Debug)]
@@ -149,6 +151,10 @@ struct BenchArgs {
     /// Choose kernels by fixed rules instead of by measurement (and the tuning cache).
     #[arg(long)]
     no_tune: bool,
+    /// Milliseconds the tuner may spend per layer shape searching the tiled GEMM family's
+    /// points (0 leaves the family out).
+    #[arg(long, default_value_t = resgraph::tune::DEFAULT_TILED_SEARCH.as_millis() as u64)]
+    tiled_search_ms: u64,
 }
 
 /// Loads a model file; an error about the graph it describes (which names the node) also names
@@ -410,6 +416,7 @@ fn bench(options: &AdapterOptions, args: &BenchArgs) -> resgraph::Result<()> {
         } else {
             Tuning::Measure
         },
+        tiled_search: std::time::Duration::from_millis(args.tiled_search_ms),
         ..CompileOptions::new(args.batch)
     };
     let model = CompiledModel::compile(Arc::clone(&context), &graph, &compile)?;
@@ -568,11 +575,26 @@ fn check_rows(batch: usize) -> Vec<usize> {
 }
 
 /// The distinct kernels a model runs, in first-use order.
-fn kernel_summary(model: &CompiledModel) -> Vec<&'static str> {
-    let mut kernels: Vec<&'static str> = Vec::new();
+fn kernel_summary(model: &CompiledModel) -> Vec<String> {
+    // The tiled GEMM is one shader with many points: name the points the tuner chose.
+    let tiled_points: Vec<String> = model
+        .tuning_report()
+        .shapes
+        .iter()
+        .filter(|shape| matches!(shape.choice, KernelChoice::Gemm(GemmVariant::Tiled(_))))
+        .map(|shape| shape.choice.label())
+        .collect();
+    let mut kernels: Vec<String> = Vec::new();
     for kernel in model.step_kernels() {
-        if !kernels.contains(&kernel) {
-            kernels.push(kernel);
+        let names = if kernel == GEMM_TILED_KERNEL.name && !tiled_points.is_empty() {
+            tiled_points.clone()
+        } else {
+            vec![kernel.to_string()]
+        };
+        for name in names {
+            if !kernels.contains(&name) {
+                kernels.push(name);
+            }
         }
     }
     kernels
@@ -620,6 +642,7 @@ fn tune(options: &AdapterOptions, args: &BenchArgs) -> resgraph::Result<()> {
     let compile = CompileOptions {
         precision: args.precision.resolve(&context),
         tuning: Tuning::Measure,
+        tiled_search: std::time::Duration::from_millis(args.tiled_search_ms),
         ..CompileOptions::new(args.batch)
     };
     let model = CompiledModel::compile(Arc::clone(&context), &graph, &compile)?;
@@ -632,15 +655,23 @@ fn tune(options: &AdapterOptions, args: &BenchArgs) -> resgraph::Result<()> {
     );
     println!("{}", tuning_summary(report));
     for shape in &report.shapes {
-        let times = measured_times(shape.measured.iter().map(|(c, t)| (c.name(), *t)));
+        let labels: Vec<(String, std::time::Duration)> = shape
+            .measured
+            .iter()
+            .map(|(candidate, time)| (candidate.label(), *time))
+            .collect();
+        let times = measured_times(labels.iter().map(|(label, time)| (label.as_str(), *time)));
         println!(
             "  {} -> {}  {times} [{}]",
             shape.key,
-            shape.choice.name(),
+            shape.choice.label(),
             shape.clock
         );
+        if let Some(search) = &shape.tiled_search {
+            println!("    {search}");
+        }
         for (candidate, why) in &shape.rejected {
-            println!("    {} left out: {why}", candidate.name());
+            println!("    {} left out: {why}", candidate.label());
         }
     }
     for block in &report.blocks {

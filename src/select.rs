@@ -59,6 +59,8 @@ pub struct SelectionOptions {
     pub small_batch_kernel: bool,
     /// When a residual block runs as one dispatch of the whole-block kernel.
     pub block_fusion: BlockFusion,
+    /// How long tuning may search the tiled GEMM family per layer shape (zero: not at all).
+    pub tiled_search: std::time::Duration,
 }
 
 /// One dispatch of a run.
@@ -233,6 +235,7 @@ fn measured_layer_kernel(
 ) -> Result<KernelChoice> {
     let allowed = LayerCandidates {
         texture_gemv: options.small_batch_kernel,
+        tiled_search: options.tiled_search,
     };
     let key = tune::shape_key(context, options.precision, (rows, out, inp), allowed);
     if let Some(known) = tuning.shapes.iter().find(|entry| entry.key == key) {

@@ -28,7 +28,7 @@ use crate::gpu::buffers::{DeviceMatrix, map_and_read_bytes};
 use crate::gpu::context::GpuContext;
 use crate::kernels::PreparedKernel;
 use crate::kernels::gemm::{
-    GemmOperands, GemmVariant, LinearWeights, SMALL_BATCH_MAX_ROWS, prepare_gemm,
+    GemmOperands, GemmVariant, LinearWeights, SMALL_BATCH_MAX_ROWS, TiledGemmConfig, prepare_gemm,
 };
 use crate::kernels::gemv::{self, GemvOperands, TextureWeights, prepare_gemv};
 use crate::kernels::residual_block::{self, ResidualBlockOperands, prepare_residual_block};
@@ -40,6 +40,16 @@ use crate::precision::Precision;
 const GEMV_CANDIDATE_MAX_ROWS: usize = 64;
 /// Timed runs per candidate, after one untimed run.
 const TIMED_RUNS: usize = 3;
+/// How long the tuner may search the tiled GEMM family for one layer shape unless told
+/// otherwise ([`LayerCandidates::tiled_search`]). The search stops at the first point timed
+/// after the budget is spent, so a shape takes at most this plus one point.
+pub const DEFAULT_TILED_SEARCH: Duration = Duration::from_secs(3);
+/// The family is given up for a shape once this many of its points were timed and the fastest
+/// of them is still more than [`TILED_OUTCLASSED_FACTOR`] times slower than the fastest other
+/// kernel: on CPU adapters, where barriers are expensive, every point is.
+const TILED_PROBE_POINTS: usize = 4;
+/// See [`TILED_PROBE_POINTS`].
+const TILED_OUTCLASSED_FACTOR: u32 = 2;
 /// The version of the cache file's format that this resgraph reads and writes. A file of any
 /// other version (1 was a map from `|`-joined key strings) is treated as empty and rewritten.
 const CACHE_FORMAT_VERSION: u64 = 2;
@@ -67,12 +77,21 @@ impl KernelChoice {
         }
     }
 
-    fn from_name(name: &str) -> Option<Self> {
-        GemmVariant::ALL
-            .into_iter()
-            .map(KernelChoice::Gemm)
-            .chain([KernelChoice::GemvTexture])
-            .find(|choice| choice.name() == name)
+    /// The choice as the cache stores it and `tune` reports it: the shader's name, with the
+    /// point for the tiled GEMM family (see [`GemmVariant::label`]).
+    pub fn label(self) -> String {
+        match self {
+            KernelChoice::Gemm(variant) => variant.label(),
+            KernelChoice::GemvTexture => self.name().to_string(),
+        }
+    }
+
+    /// The choice a [`Self::label`] names.
+    pub fn from_label(label: &str) -> Option<Self> {
+        if label == gemv::GEMV_TEXTURE_KERNEL.name {
+            return Some(KernelChoice::GemvTexture);
+        }
+        GemmVariant::from_label(label).map(KernelChoice::Gemm)
     }
 
     /// Whether `context` can run this kernel for `rows` of an `out` × `inp` layer stored in
@@ -131,7 +150,7 @@ impl TuningKey {
         context: &GpuContext,
         precision: Precision,
         shape: TunedShape,
-        candidates: &[(&str, Vec<&KernelSource>)],
+        candidates: &[(String, Vec<&KernelSource>)],
     ) -> Self {
         let info = context.adapter_info();
         TuningKey {
@@ -141,10 +160,7 @@ impl TuningKey {
             backend: info.backend.to_string(),
             precision: precision.name().to_string(),
             shape,
-            candidates: candidates
-                .iter()
-                .map(|(name, _)| (*name).to_string())
-                .collect(),
+            candidates: candidates.iter().map(|(name, _)| name.clone()).collect(),
             candidate_checksum: candidate_checksum(candidates, precision),
         }
     }
@@ -243,7 +259,7 @@ impl fmt::Display for TunedShape {
 /// kernel's name and the checksum of its WGSL as generated for `precision`. The generated
 /// source, not the kernel's file alone, is what the device compiles, so an edit to a shared
 /// piece or to the generator changes it too.
-fn candidate_checksum(candidates: &[(&str, Vec<&KernelSource>)], precision: Precision) -> u64 {
+fn candidate_checksum(candidates: &[(String, Vec<&KernelSource>)], precision: Precision) -> u64 {
     let mut description = String::new();
     for (name, kernels) in candidates {
         description.push_str(name);
@@ -293,6 +309,51 @@ pub struct ShapeChoice {
     /// Candidates left out when measured now, and why: one that failed to build or run, or
     /// whose result disagreed with the portable GEMM's.
     pub rejected: Vec<(KernelChoice, String)>,
+    /// How the search of the tiled GEMM family went, when it was searched now.
+    pub tiled_search: Option<TiledSearch>,
+}
+
+/// What the search of the tiled GEMM family did for one shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TiledSearch {
+    /// Points timed (those rejected included).
+    pub timed: usize,
+    /// Points the device could run, in the order they were offered.
+    pub points: usize,
+    /// Time the search took, building pipelines included.
+    pub elapsed: Duration,
+    /// Why it stopped.
+    pub stopped: SearchStop,
+}
+
+/// Why a search of the tiled GEMM family stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SearchStop {
+    /// Every point was timed.
+    Exhausted,
+    /// The time budget was spent.
+    Budget,
+    /// Its first 4 points were all more than twice as slow as the fastest other kernel.
+    Outclassed,
+}
+
+impl fmt::Display for TiledSearch {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let why = match self.stopped {
+            SearchStop::Exhausted => "all of them",
+            SearchStop::Budget => "the time budget was spent",
+            SearchStop::Outclassed => {
+                "stopped: its first points were all more than twice as slow as another kernel"
+            }
+        };
+        write!(
+            formatter,
+            "tiled family: {} of {} points timed in {:.2} s ({why})",
+            self.timed,
+            self.points,
+            self.elapsed.as_secs_f64()
+        )
+    }
 }
 
 /// Which kernels a caller lets the tuner consider for a layer, besides the tiled GEMM variants
@@ -302,11 +363,18 @@ pub struct LayerCandidates {
     /// Whether the texture GEMV may be timed (for batches of at most 64 rows); `false` where
     /// the caller asked to keep every layer on the tiled GEMM's buffer layout.
     pub texture_gemv: bool,
+    /// How long the points of the tiled GEMM family may be searched per shape; zero leaves the
+    /// family out.
+    pub tiled_search: Duration,
 }
 
 impl LayerCandidates {
-    /// Every kernel the device supports.
-    pub const ALL: LayerCandidates = LayerCandidates { texture_gemv: true };
+    /// Every kernel the device supports, the tiled family searched for
+    /// [`DEFAULT_TILED_SEARCH`].
+    pub const ALL: LayerCandidates = LayerCandidates {
+        texture_gemv: true,
+        tiled_search: DEFAULT_TILED_SEARCH,
+    };
 }
 
 /// The kernels the tuner times for `rows` of an `out` × `inp` layer on `context` among
@@ -321,6 +389,8 @@ pub fn candidates(
     let mut candidates: Vec<KernelChoice> = GemmVariant::ALL
         .into_iter()
         .filter(|&variant| variant != GemmVariant::SmallBatch || rows <= SMALL_BATCH_MAX_ROWS)
+        // The tiled family is searched point by point (`tiled_candidates`).
+        .filter(|variant| !matches!(variant, GemmVariant::Tiled(_)))
         .map(KernelChoice::Gemm)
         .collect();
     if allowed.texture_gemv && rows <= GEMV_CANDIDATE_MAX_ROWS {
@@ -328,6 +398,61 @@ pub fn candidates(
     }
     candidates.retain(|candidate| candidate.supported(context, precision, (rows, out, inp)));
     candidates
+}
+
+/// The points of the tiled GEMM family the tuner may time for `rows` of an `out` × `inp` layer,
+/// in the order it times them (none when `allowed` gives the family no time): those the device
+/// can run, most promising first ([`TiledGemmConfig::search_order`]).
+pub fn tiled_candidates(
+    context: &GpuContext,
+    precision: Precision,
+    (rows, out, inp): (usize, usize, usize),
+    allowed: LayerCandidates,
+) -> Vec<TiledGemmConfig> {
+    if allowed.tiled_search.is_zero() {
+        return Vec::new();
+    }
+    TiledGemmConfig::search_order(rows, out)
+        .into_iter()
+        .filter(|&config| {
+            KernelChoice::Gemm(GemmVariant::Tiled(config)).supported(
+                context,
+                precision,
+                (rows, out, inp),
+            )
+        })
+        .collect()
+}
+
+/// The candidates a layer's key names, each with the kernels it runs: the fixed candidates by
+/// label, and the tiled family as one entry naming its size, its search budget and a checksum
+/// of its points in search order (the order decides which points a budget reaches).
+fn offered_candidates(
+    context: &GpuContext,
+    precision: Precision,
+    shape: (usize, usize, usize),
+    allowed: LayerCandidates,
+) -> Vec<(String, Vec<&'static KernelSource>)> {
+    let mut offered: Vec<(String, Vec<&'static KernelSource>)> =
+        candidates(context, precision, shape, allowed)
+            .into_iter()
+            .map(|candidate| (candidate.label(), vec![candidate.kernel()]))
+            .collect();
+    let family = tiled_candidates(context, precision, shape, allowed);
+    if !family.is_empty() {
+        let points: Vec<String> = family.iter().map(|config| config.label()).collect();
+        offered.push((
+            format!(
+                "{}[{} points, {} ms, order {:08x}]",
+                crate::kernels::gemm::GEMM_TILED_KERNEL.name,
+                family.len(),
+                allowed.tiled_search.as_millis(),
+                checksum(&points.join(",")) as u32
+            ),
+            vec![&crate::kernels::gemm::GEMM_TILED_KERNEL],
+        ));
+    }
+    offered
 }
 
 /// Checks a candidate's result on the tuning data against the reference kernel's: finite, and
@@ -511,7 +636,7 @@ impl TuningCache {
     pub fn get(&self, key: &TuningKey) -> Option<KernelChoice> {
         self.entries
             .get(key)
-            .and_then(|cached| KernelChoice::from_name(&cached.kernel))
+            .and_then(|cached| KernelChoice::from_label(&cached.kernel))
     }
 
     /// Records `choice` for `key`, timed with `clock`, with every candidate's median time, by
@@ -633,11 +758,7 @@ pub fn shape_key(
     (rows, out, inp): (usize, usize, usize),
     allowed: LayerCandidates,
 ) -> TuningKey {
-    let offered: Vec<(&str, Vec<&KernelSource>)> =
-        candidates(context, precision, (rows, out, inp), allowed)
-            .into_iter()
-            .map(|candidate| (candidate.name(), vec![candidate.kernel()]))
-            .collect();
+    let offered = offered_candidates(context, precision, (rows, out, inp), allowed);
     TuningKey::new(
         context,
         precision,
@@ -661,7 +782,7 @@ pub fn choose(
 ) -> Result<ShapeChoice> {
     let key = shape_key(context, precision, (rows, out, inp), allowed);
     if let Some(cached) = cache.entries.get(&key)
-        && let Some(choice) = KernelChoice::from_name(&cached.kernel)
+        && let Some(choice) = KernelChoice::from_label(&cached.kernel)
         && choice.supported(context, precision, (rows, out, inp))
     {
         return Ok(ShapeChoice {
@@ -670,13 +791,15 @@ pub fn choose(
             clock: cached.clock,
             measured: Vec::new(),
             rejected: Vec::new(),
+            tiled_search: None,
         });
     }
+    let data = LayerTuningData::create(context, precision, (rows, out, inp))?;
     // The portable GEMM is the reference every other candidate's result is checked against. It
     // runs first, even where `candidates` would leave it out, so that a shape no kernel can run
     // is the portable GEMM's own typed error (a dispatch too large, say) rather than a choice.
     let portable = KernelChoice::Gemm(GemmVariant::Portable);
-    let (portable_runs, reference) = time_candidate(context, precision, portable, rows, out, inp)?;
+    let (portable_runs, reference) = data.time(context, portable)?;
     if let Some(index) = reference.iter().position(|value| !value.is_finite()) {
         return Err(crate::Error::Gpu {
             operation: "checking the portable GEMM while tuning".to_string(),
@@ -686,11 +809,9 @@ pub fn choose(
     let mut timed = vec![portable];
     let mut runs = vec![portable_runs];
     let mut rejected = Vec::new();
-    for candidate in candidates(context, precision, (rows, out, inp), allowed) {
-        if candidate == portable {
-            continue;
-        }
-        match time_candidate(context, precision, candidate, rows, out, inp) {
+    // Times one candidate and keeps it if its result agrees with the portable GEMM's.
+    let mut time_checked = |candidate: KernelChoice, runs: &mut Vec<RunTimes>| -> Result<()> {
+        match data.time(context, candidate) {
             Ok((candidate_runs, output)) => {
                 match check_candidate_output(&output, &reference, precision) {
                     Ok(()) => {
@@ -706,6 +827,43 @@ pub fn choose(
                 rejected.push((candidate, error.to_string()));
             }
         }
+        Ok(())
+    };
+    for candidate in candidates(context, precision, (rows, out, inp), allowed) {
+        if candidate != portable {
+            time_checked(candidate, &mut runs)?;
+        }
+    }
+    let fixed = runs.len();
+    let best_fixed = runs.iter().map(RunTimes::estimate).min();
+    let family = tiled_candidates(context, precision, (rows, out, inp), allowed);
+    let mut tiled_search = None;
+    if !family.is_empty() {
+        let started = Instant::now();
+        let mut stopped = SearchStop::Exhausted;
+        let mut searched = 0;
+        for config in &family {
+            if searched > 0 && started.elapsed() >= allowed.tiled_search {
+                stopped = SearchStop::Budget;
+                break;
+            }
+            time_checked(KernelChoice::Gemm(GemmVariant::Tiled(*config)), &mut runs)?;
+            searched += 1;
+            let best_tiled = runs[fixed..].iter().map(RunTimes::estimate).min();
+            if searched >= TILED_PROBE_POINTS
+                && let Some(best_fixed) = best_fixed
+                && best_tiled.is_none_or(|tiled| tiled > best_fixed * TILED_OUTCLASSED_FACTOR)
+            {
+                stopped = SearchStop::Outclassed;
+                break;
+            }
+        }
+        tiled_search = Some(TiledSearch {
+            timed: searched,
+            points: family.len(),
+            elapsed: started.elapsed(),
+            stopped,
+        });
     }
     let (clock, medians) = medians_on_one_clock(&runs);
     let measured: Vec<(KernelChoice, Duration)> = timed.into_iter().zip(medians).collect();
@@ -713,52 +871,145 @@ pub fn choose(
         .iter()
         .min_by_key(|(_, time)| *time)
         .map_or(portable, |(choice, _)| *choice);
-    let named = measured
+    let labels: Vec<(String, Duration)> = measured
         .iter()
-        .map(|(candidate, time)| (candidate.name(), *time));
-    cache.insert(&key, choice.name(), clock, named);
+        .map(|(candidate, time)| (candidate.label(), *time))
+        .collect();
+    let named = labels.iter().map(|(label, time)| (label.as_str(), *time));
+    cache.insert(&key, &choice.label(), clock, named);
     Ok(ShapeChoice {
         key,
         choice,
         clock,
         measured,
         rejected,
+        tiled_search,
     })
 }
 
-/// The timed runs of one dispatch of `candidate` on synthetic data, and its result, for
-/// checking.
-fn time_candidate(
-    context: &GpuContext,
+/// The synthetic data every candidate for one layer shape is timed and checked on, created
+/// once per shape: input, residual, the output (poisoned before each candidate) and the layer's
+/// weights.
+struct LayerTuningData {
+    input: DeviceMatrix,
+    residual: DeviceMatrix,
+    output: DeviceMatrix,
+    weights: CandidateWeights,
+}
+
+impl LayerTuningData {
+    fn create(
+        context: &GpuContext,
+        precision: Precision,
+        (rows, out, inp): (usize, usize, usize),
+    ) -> Result<Self> {
+        Ok(LayerTuningData {
+            input: tuning_matrix(context, precision, "tuning input", (rows, inp), (1.0, 1))?,
+            residual: tuning_matrix(
+                context,
+                precision,
+                "tuning residual",
+                (rows, out),
+                (0.25, 2),
+            )?,
+            output: tuning_matrix(context, precision, "tuning output", (rows, out), (0.0, 3))?,
+            weights: CandidateWeights::new(precision, (out, inp)),
+        })
+    }
+
+    /// The timed runs of one dispatch of `candidate` (the most expensive epilogue, as in a
+    /// residual block's second layer), and its result, for checking.
+    fn time(&self, context: &GpuContext, candidate: KernelChoice) -> Result<(RunTimes, Vec<f32>)> {
+        // Poisoned, so that an output the candidate never writes shows up as NaN.
+        self.output.fill(context, f32::NAN)?;
+        let layer = self.weights.prepare(
+            context,
+            candidate,
+            &self.input,
+            Some(&self.residual),
+            &self.output,
+        )?;
+        let runs = time_runs(context, |pass| layer.record(pass))?;
+        Ok((runs, self.output.read(context)?))
+    }
+}
+
+/// Synthetic weights of one `out` × `inp` layer ([`tuning_weights`]), uploaded in the blocked
+/// layout once for every GEMM variant and tiled point, and as a texture for each GEMV candidate.
+struct CandidateWeights {
     precision: Precision,
-    candidate: KernelChoice,
-    rows: usize,
     out: usize,
     inp: usize,
-) -> Result<(RunTimes, Vec<f32>)> {
-    let input = tuning_matrix(context, precision, "tuning input", (rows, inp), (1.0, 1))?;
-    let residual = tuning_matrix(
-        context,
-        precision,
-        "tuning residual",
-        (rows, out),
-        (0.25, 2),
-    )?;
-    let output = tuning_matrix(context, precision, "tuning output", (rows, out), (0.0, 3))?;
-    // Poisoned, so that an output the candidate never writes shows up as NaN.
-    output.fill(context, f32::NAN)?;
-    // The most expensive epilogue, as in a residual block's second layer.
-    let layer = prepare_candidate(
-        context,
-        precision,
-        candidate,
-        (out, inp),
-        &input,
-        Some(&residual),
-        &output,
-    )?;
-    let runs = time_runs(context, |pass| layer.record(pass))?;
-    Ok((runs, output.read(context)?))
+    weight: Vec<f32>,
+    blocked: std::cell::OnceCell<LinearWeights>,
+}
+
+impl CandidateWeights {
+    fn new(precision: Precision, (out, inp): (usize, usize)) -> Self {
+        CandidateWeights {
+            precision,
+            out,
+            inp,
+            weight: tuning_weights(out, inp),
+            blocked: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// Prepares `relu(input · Wᵀ [+ residual])` with `candidate`.
+    fn prepare(
+        &self,
+        context: &GpuContext,
+        candidate: KernelChoice,
+        input: &DeviceMatrix,
+        residual: Option<&DeviceMatrix>,
+        output: &DeviceMatrix,
+    ) -> Result<PreparedKernel> {
+        let (out, inp, precision) = (self.out, self.inp, self.precision);
+        Ok(match candidate {
+            KernelChoice::Gemm(variant) => {
+                let weights = match self.blocked.get() {
+                    Some(weights) => weights,
+                    None => {
+                        let uploaded = LinearWeights::upload_with_precision(
+                            context,
+                            out,
+                            inp,
+                            &self.weight,
+                            None,
+                            precision,
+                        )?;
+                        self.blocked.get_or_init(|| uploaded)
+                    }
+                };
+                let operands = GemmOperands {
+                    input,
+                    weights,
+                    residual,
+                    output,
+                    activation: Activation::Relu,
+                };
+                prepare_gemm(context, &operands, variant)?
+            }
+            KernelChoice::GemvTexture => {
+                let weights = TextureWeights::upload_with_precision(
+                    context,
+                    out,
+                    inp,
+                    &self.weight,
+                    None,
+                    precision,
+                )?;
+                let operands = GemvOperands {
+                    input,
+                    weights: &weights,
+                    residual,
+                    output,
+                    activation: Activation::Relu,
+                };
+                prepare_gemv(context, &operands)?
+            }
+        })
+    }
 }
 
 /// `len` pseudo-random values in `[-scale, scale)`, different for every `salt`: no row, column or
@@ -799,51 +1050,6 @@ fn tuning_weights(out: usize, inp: usize) -> Vec<f32> {
     tuning_values(out * inp, scale, (out as u64) << 32 | inp as u64)
 }
 
-/// Prepares `relu(input · Wᵀ [+ residual])` for an `out` × `inp` layer of synthetic weights with
-/// `candidate`.
-fn prepare_candidate(
-    context: &GpuContext,
-    precision: Precision,
-    candidate: KernelChoice,
-    (out, inp): (usize, usize),
-    input: &DeviceMatrix,
-    residual: Option<&DeviceMatrix>,
-    output: &DeviceMatrix,
-) -> Result<PreparedKernel> {
-    let weight = tuning_weights(out, inp);
-    Ok(match candidate {
-        KernelChoice::Gemm(variant) => {
-            let weights =
-                LinearWeights::upload_with_precision(context, out, inp, &weight, None, precision)?;
-            prepare_gemm(
-                context,
-                &GemmOperands {
-                    input,
-                    weights: &weights,
-                    residual,
-                    output,
-                    activation: Activation::Relu,
-                },
-                variant,
-            )?
-        }
-        KernelChoice::GemvTexture => {
-            let weights =
-                TextureWeights::upload_with_precision(context, out, inp, &weight, None, precision)?;
-            prepare_gemv(
-                context,
-                &GemvOperands {
-                    input,
-                    weights: &weights,
-                    residual,
-                    output,
-                    activation: Activation::Relu,
-                },
-            )?
-        }
-    })
-}
-
 /// One candidate's timed runs, on both clocks.
 #[derive(Clone, Debug, Default, PartialEq)]
 struct RunTimes {
@@ -853,6 +1059,19 @@ struct RunTimes {
     /// implausible (see [`gpu_duration`]), and for every run where the device has no timestamp
     /// queries.
     gpu: Vec<Option<Duration>>,
+}
+
+impl RunTimes {
+    /// A single time for comparing candidates while searching: the median GPU time where every
+    /// run has one, else the median wall-clock time. (The choice itself compares all candidates
+    /// on one clock, [`medians_on_one_clock`].)
+    fn estimate(&self) -> Duration {
+        let gpu: Option<Vec<Duration>> = self.gpu.iter().copied().collect();
+        match gpu {
+            Some(gpu) if !gpu.is_empty() => median(gpu),
+            _ => median(self.wall.clone()),
+        }
+    }
 }
 
 /// The query set and buffers that read one compute pass's beginning and end timestamps back.
@@ -1040,11 +1259,11 @@ pub fn block_key(
     // The two forms in the order they are timed; the two dispatches run both layers' kernels.
     let forms = [
         (
-            BlockForm::TwoDispatches.name(),
+            BlockForm::TwoDispatches.name().to_string(),
             vec![split.0.kernel(), split.1.kernel()],
         ),
         (
-            BlockForm::WholeBlock.name(),
+            BlockForm::WholeBlock.name().to_string(),
             vec![&residual_block::RESIDUAL_BLOCK_KERNEL],
         ),
     ];
@@ -1055,8 +1274,8 @@ pub fn block_key(
             rows,
             width,
             hidden,
-            first_layer: split.0.name().to_string(),
-            second_layer: split.1.name().to_string(),
+            first_layer: split.0.label(),
+            second_layer: split.1.label(),
         },
         &forms,
     )
@@ -1158,20 +1377,16 @@ impl BlockTuningData {
         (first, second): (KernelChoice, KernelChoice),
     ) -> Result<(RunTimes, Vec<f32>)> {
         let (width, hidden) = (self.width, self.hidden);
-        let first_layer = prepare_candidate(
+        let first_layer = CandidateWeights::new(self.precision, (hidden, width)).prepare(
             context,
-            self.precision,
             first,
-            (hidden, width),
             &self.input,
             None,
             &self.hidden_matrix,
         )?;
-        let second_layer = prepare_candidate(
+        let second_layer = CandidateWeights::new(self.precision, (width, hidden)).prepare(
             context,
-            self.precision,
             second,
-            (width, hidden),
             &self.hidden_matrix,
             Some(&self.input),
             &self.output,
@@ -1340,7 +1555,11 @@ mod tests {
     #[test]
     fn the_candidate_checksum_changes_with_any_candidate_or_its_wgsl() {
         let sum = |candidates: &[(&str, Vec<&KernelSource>)], precision| {
-            candidate_checksum(candidates, precision)
+            let named: Vec<(String, Vec<&KernelSource>)> = candidates
+                .iter()
+                .map(|(name, kernels)| ((*name).to_string(), kernels.clone()))
+                .collect();
+            candidate_checksum(&named, precision)
         };
         let f32 = Precision::F32;
         let base = sum(&[("a", vec![&KERNEL_A]), ("b", vec![&KERNEL_B])], f32);

@@ -9,8 +9,8 @@ use resgraph::gpu::buffers::DeviceMatrix;
 use resgraph::gpu::context::GpuContext;
 use resgraph::gpu::pipelines::{KernelKey, PipelineDescriptor};
 use resgraph::kernels::gemm::{
-    GemmOperands, GemmVariant, INNER_CHUNK, LinearWeights, cooperative_config, gemm_constants,
-    prepare_gemm,
+    GemmOperands, GemmVariant, INNER_CHUNK, LinearWeights, TiledGemmConfig, cooperative_config,
+    gemm_constants, prepare_gemm,
 };
 use resgraph::kernels::gemv::{GemvOperands, TextureWeights, prepare_gemv};
 use resgraph::kernels::source::generate;
@@ -168,6 +168,100 @@ fn every_epilogue_matches_the_reference_on_awkward_shapes_on_every_backend() {
     }
 }
 
+/// Shapes for every point of the tiled family: rows short of, equal to and past a block (1,
+/// 17, 127, 1000), columns short of and past a 16-column weight block, and K shorter than any
+/// slice and neither a multiple of 4 nor of any slice depth (3, 37, 101). All run with one
+/// pipeline per point (ReLU and residual, activations read one at a time), because building a
+/// pipeline, not running it, is what costs time on lavapipe; the vec4 reads and the other
+/// epilogues are the same code in every point and are checked with the default point above.
+const TILED_FAMILY_SHAPES: [(usize, usize, usize); 4] =
+    [(17, 33, 37), (127, 20, 101), (1, 130, 3), (1000, 9, 37)];
+
+#[test]
+fn every_point_of_the_tiled_family_matches_the_reference_on_every_backend() {
+    // The tuner may choose any point of the family on a user's GPU, so every point (not only
+    // the default that the other tests run) is checked here, on both adapters.
+    let family = TiledGemmConfig::family();
+    for (backend, context) in common::contexts() {
+        let mut checked = 0;
+        let mut worst = 0.0f64;
+        for config in &family {
+            if config.check_limits(context).is_err() {
+                continue;
+            }
+            let epilogue = Epilogue {
+                activation: Activation::Relu,
+                add_residual: true,
+            };
+            for (index, &shape) in TILED_FAMILY_SHAPES.iter().enumerate() {
+                let variant = GemmVariant::Tiled(*config);
+                let error = check_gemm_variant(context, variant, shape, epilogue, index as u64);
+                worst = worst.max(error);
+            }
+            checked += 1;
+        }
+        println!(
+            "{backend}: {checked} of {} tiled points checked, worst relative error {worst:.2e}",
+            family.len()
+        );
+        // lavapipe and llvmpipe allow 1024 invocations and 32 KiB of workgroup memory, which
+        // every point fits.
+        assert_eq!(checked, family.len(), "{backend}: points left unchecked");
+    }
+}
+
+#[test]
+fn a_tiled_point_past_the_device_limits_is_a_typed_error() {
+    let context = common::primary_context();
+    let too_many_invocations = TiledGemmConfig {
+        thread_rows: 64,
+        thread_cols: 64,
+        micro_rows: 1,
+        micro_cols: 4,
+        k_depth: 4,
+        prefetch: false,
+    };
+    let error = error_preparing(context, GemmVariant::Tiled(too_many_invocations));
+    match &error {
+        resgraph::Error::DeviceLimit {
+            limit, requested, ..
+        } => {
+            assert_eq!(*limit, "max_compute_invocations_per_workgroup", "{error}");
+            assert_eq!(*requested, 4096);
+        }
+        other => panic!("expected DeviceLimit, got {other}"),
+    }
+    assert!(!GemmVariant::Tiled(too_many_invocations).supported_by(context, Precision::F32));
+    let inexpressible = TiledGemmConfig {
+        micro_cols: 12,
+        ..TiledGemmConfig::DEFAULT
+    };
+    let error = error_preparing(context, GemmVariant::Tiled(inexpressible));
+    assert!(
+        matches!(error, resgraph::Error::UnsupportedShape { .. }),
+        "{error}"
+    );
+}
+
+#[test]
+fn every_variant_label_names_it_back() {
+    let family = TiledGemmConfig::family();
+    let variants = GemmVariant::ALL
+        .into_iter()
+        .chain(family.iter().map(|config| GemmVariant::Tiled(*config)));
+    let mut labels = std::collections::HashSet::new();
+    for variant in variants {
+        let label = variant.label();
+        assert_eq!(GemmVariant::from_label(&label), Some(variant), "{label}");
+        labels.insert(label);
+    }
+    assert_eq!(labels.len(), GemmVariant::ALL.len() - 1 + family.len());
+    assert_eq!(
+        GemmVariant::from_label("gemm_tiled/99x1t/1x1/k1/direct"),
+        None
+    );
+}
+
 #[test]
 fn a_single_row_with_a_long_inner_dimension_matches_the_reference() {
     let context = common::primary_context();
@@ -256,7 +350,11 @@ fn a_variant_the_device_lacks_is_a_typed_error() {
     // fails to compile or a wrong answer.
     for (backend, context) in common::contexts_without(wgpu::Features::SUBGROUP) {
         assert!(!context.features().contains(wgpu::Features::SUBGROUP));
-        for variant in [GemmVariant::Subgroup, GemmVariant::Cooperative] {
+        for variant in [
+            GemmVariant::Subgroup,
+            GemmVariant::Cooperative,
+            GemmVariant::CooperativeStaged,
+        ] {
             assert!(
                 !variant.supported_by(&context, Precision::F32),
                 "{backend}: {variant:?} claims to run without SUBGROUP"
@@ -397,19 +495,24 @@ fn without_cooperative_matrices_the_cooperative_gemm_is_refused_and_tuning_falls
             "{backend}: the feature was requested although withheld"
         );
         assert!(context.cooperative_matrix_configs().is_empty());
+        let cooperative = [GemmVariant::Cooperative, GemmVariant::CooperativeStaged];
         for precision in [Precision::F32, Precision::F16] {
-            assert!(!GemmVariant::Cooperative.supported_by(context, precision));
+            for variant in cooperative {
+                assert!(!variant.supported_by(context, precision), "{variant:?}");
+            }
         }
 
-        let error = error_preparing(context, GemmVariant::Cooperative);
-        match &error {
-            resgraph::Error::MissingFeature { feature, .. } => {
-                assert!(
-                    feature.contains("EXPERIMENTAL_COOPERATIVE_MATRIX"),
-                    "{error}"
-                );
+        for variant in cooperative {
+            let error = error_preparing(context, variant);
+            match &error {
+                resgraph::Error::MissingFeature { feature, .. } => {
+                    assert!(
+                        feature.contains("EXPERIMENTAL_COOPERATIVE_MATRIX"),
+                        "{error}"
+                    );
+                }
+                other => panic!("expected MissingFeature for {variant:?}, got {other}"),
             }
-            other => panic!("expected MissingFeature, got {other}"),
         }
 
         let dir = tempfile::tempdir().expect("temp dir");
@@ -425,10 +528,9 @@ fn without_cooperative_matrices_the_cooperative_gemm_is_refused_and_tuning_falls
         .expect("tuning without cooperative matrices");
         assert!(!entry.measured.is_empty(), "nothing was measured");
         assert!(
-            entry
-                .measured
+            entry.measured.iter().all(|(choice, _)| cooperative
                 .iter()
-                .all(|(choice, _)| *choice != KernelChoice::Gemm(GemmVariant::Cooperative)),
+                .all(|variant| *choice != KernelChoice::Gemm(*variant))),
             "the tuner timed a variant the device cannot run: {:?}",
             entry.measured
         );
@@ -467,8 +569,10 @@ fn cooperative_tile_shapes_from_a_host_are_used_only_with_the_feature() {
             host_context.cooperative_matrix_configs().is_empty(),
             "{backend}"
         );
-        assert!(!GemmVariant::Cooperative.supported_by(&host_context, Precision::F32));
-        assert!(!GemmVariant::Cooperative.supported_by(&host_context, Precision::F16));
+        for variant in [GemmVariant::Cooperative, GemmVariant::CooperativeStaged] {
+            assert!(!variant.supported_by(&host_context, Precision::F32));
+            assert!(!variant.supported_by(&host_context, Precision::F16));
+        }
 
         if context
             .features()

@@ -92,11 +92,12 @@ fn validate(module: &naga::Module) -> ModuleInfo {
 
 /// Every assignment of true/false to the module's boolean overrides (others keep defaults).
 /// The integer override values the host sets besides the defaults: the GEMV's one-row and
-/// four-row pipelines, and the cooperative GEMM's workgroup of one subgroup (32 on NVIDIA and
-/// Apple, 64 where an adapter fixes that size).
+/// four-row pipelines, and the cooperative GEMMs' subgroup size (a workgroup of one subgroup, or
+/// of 4 for the staged one: 32 on NVIDIA and Apple, 64 where an adapter fixes that size).
 const HOST_INTEGER_OVERRIDES: &[(&str, &[f64])] = &[
     ("GEMV_ROWS", &[1.0, 4.0]),
     ("WORKGROUP_SIZE", &[32.0, 64.0]),
+    ("SUBGROUP_SIZE", &[32.0, 64.0]),
 ];
 
 /// Every assignment of true/false to the module's boolean overrides, crossed with the integer
@@ -318,13 +319,21 @@ fn a_broken_shader_is_rejected() {
     assert!(rejected);
 }
 
-/// The cooperative-matrix GEMM in the forms the host builds, f32 and f16.
+/// The cooperative-matrix GEMMs (one subgroup per workgroup, and staged) in the forms the host
+/// builds, f32 and f16.
 fn cooperative_gemm_forms() -> Vec<(Precision, String)> {
-    let kernel = &resgraph::kernels::gemm::GEMM_COOPERATIVE_KERNEL;
-    assert!(uses_cooperative_matrices(kernel));
-    PRECISIONS
+    let kernels = [
+        &resgraph::kernels::gemm::GEMM_COOPERATIVE_KERNEL,
+        &resgraph::kernels::gemm::GEMM_COOPERATIVE_STAGED_KERNEL,
+    ];
+    kernels
         .into_iter()
-        .map(|precision| (precision, generate(kernel, precision)))
+        .flat_map(|kernel| {
+            assert!(uses_cooperative_matrices(kernel));
+            PRECISIONS
+                .into_iter()
+                .map(|precision| (precision, generate(kernel, precision)))
+        })
         .collect()
 }
 

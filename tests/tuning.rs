@@ -230,3 +230,95 @@ fn assert_measured<T: std::fmt::Debug>(measured: &[(T, std::time::Duration)], ba
         );
     }
 }
+
+#[test]
+fn the_tiled_family_is_searched_within_its_budget_and_its_point_is_cached() {
+    use resgraph::kernels::gemm::GemmVariant;
+    use resgraph::tune::{KernelChoice, SearchStop};
+    let context = common::primary_context();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("tuning.json");
+    let precision = Precision::F32;
+    let shape = (70, 48, 40);
+    let budget = std::time::Duration::from_millis(300);
+    let allowed = LayerCandidates {
+        texture_gemv: false,
+        tiled_search: budget,
+    };
+    let offered = tune::tiled_candidates(context, precision, shape, allowed);
+    assert_eq!(
+        offered.len(),
+        resgraph::kernels::gemm::TiledGemmConfig::family().len(),
+        "lavapipe and llvmpipe can run every point"
+    );
+    let mut cache = TuningCache::open(Some(path.clone()));
+    let entry = tune::choose(context, &mut cache, precision, shape, allowed).expect("tune");
+    let search = entry.tiled_search.expect("the family was searched");
+    let timed_points: Vec<_> = entry
+        .measured
+        .iter()
+        .filter_map(|(choice, _)| match choice {
+            KernelChoice::Gemm(GemmVariant::Tiled(config)) => Some(*config),
+            _ => None,
+        })
+        .collect();
+    assert!(search.timed >= 1, "{search}");
+    assert_eq!(search.points, offered.len());
+    // Points are timed in the offered order, and every timed point agreed with the reference
+    // (none was rejected on lavapipe or llvmpipe).
+    assert_eq!(timed_points, offered[..search.timed].to_vec(), "{search}");
+    assert!(entry.rejected.is_empty(), "{:?}", entry.rejected);
+    match search.stopped {
+        SearchStop::Budget => assert!(search.elapsed >= budget, "{search}"),
+        SearchStop::Outclassed => assert!(search.timed >= 4, "{search}"),
+        SearchStop::Exhausted => assert_eq!(search.timed, search.points, "{search}"),
+    }
+    cache.save().expect("save");
+    // The stored label names the exact point back, whichever kernel won.
+    let reopened = TuningCache::open(Some(path));
+    assert_eq!(reopened.get(&entry.key), Some(entry.choice));
+
+    // A zero budget leaves the family out, and is another key.
+    let without = LayerCandidates {
+        tiled_search: std::time::Duration::ZERO,
+        ..allowed
+    };
+    assert!(tune::tiled_candidates(context, precision, shape, without).is_empty());
+    let mut cache = TuningCache::open(None);
+    let entry_without = tune::choose(context, &mut cache, precision, shape, without).expect("tune");
+    assert!(entry_without.tiled_search.is_none());
+    assert_ne!(entry_without.key, entry.key);
+    assert!(
+        entry_without
+            .measured
+            .iter()
+            .all(|(choice, _)| !matches!(choice, KernelChoice::Gemm(GemmVariant::Tiled(_))))
+    );
+}
+
+#[test]
+fn a_tiled_point_chosen_by_the_tuner_runs_a_model_that_matches_the_reference() {
+    // Force the family's default point on every layer, as a tuner's choice would run it, through
+    // the whole executor (residual blocks, the head) on both adapters.
+    use resgraph::kernels::gemm::{GemmVariant, TiledGemmConfig};
+    let graph = mlp(MlpShape::square(40, 2), 1.0, 9).expect("graph");
+    for (backend, context) in common::contexts() {
+        let context = common::shared(context);
+        let options = CompileOptions {
+            gemm_variant: Some(GemmVariant::Tiled(TiledGemmConfig::DEFAULT)),
+            small_batch_kernel: false,
+            ..CompileOptions::new(33)
+        };
+        let model =
+            CompiledModel::compile(Arc::clone(&context), &graph, &options).expect("compile");
+        assert!(
+            model.step_kernels().contains(&"gemm_tiled"),
+            "{backend}: {:?}",
+            model.step_kernels()
+        );
+        let input = random_input(33 * graph.input_width(), 5);
+        let output = model.run(&input).expect("run");
+        let reference = forward_f64(&graph, &input, 33);
+        common::assert_close(&output, &reference, 1e-5, &backend);
+    }
+}

@@ -72,6 +72,19 @@ pub const GEMM_SMALL_BATCH_KERNEL: KernelSource = KernelSource {
     bindings: GEMM_BINDINGS,
 };
 
+/// The tiled GEMM family: block and micro-tiles, slice depth, workgroup shape and prefetching
+/// set per pipeline from a [`TiledGemmConfig`]; the GPU's shape of GEMM (workgroup memory and
+/// barriers).
+pub const GEMM_TILED_KERNEL: KernelSource = KernelSource {
+    name: "gemm_tiled",
+    body: include_str!("../../shaders/gemm_tiled.wgsl"),
+    pieces: &[ACTIVATION, FUSED_EPILOGUE],
+    extensions: &[],
+    declarations: no_declarations,
+    entry_point: "gemm",
+    bindings: GEMM_BINDINGS,
+};
+
 /// The cooperative-matrix GEMM: tiles multiplied with `coopMultiplyAdd`, staged through
 /// workgroup memory, with the same fused epilogue. Its tile types follow the precision
 /// ([`cooperative_declarations`]).
@@ -84,6 +97,22 @@ pub const GEMM_COOPERATIVE_KERNEL: KernelSource = KernelSource {
     entry_point: "gemm",
     bindings: GEMM_BINDINGS,
 };
+
+/// The staged cooperative-matrix GEMM: 2 × 2 subgroups per workgroup, each with 4 × 4
+/// accumulator tiles, operand slices two tiles deep staged in workgroup memory, the same fused
+/// epilogue (the structure that reached 196–219 TFLOP/s in WGSL on an H200).
+pub const GEMM_COOPERATIVE_STAGED_KERNEL: KernelSource = KernelSource {
+    name: "gemm_cooperative_staged",
+    body: include_str!("../../shaders/gemm_cooperative_staged.wgsl"),
+    pieces: &[ACTIVATION, FUSED_EPILOGUE],
+    extensions: &["wgpu_cooperative_matrix"],
+    declarations: cooperative_declarations,
+    entry_point: "gemm",
+    bindings: GEMM_BINDINGS,
+};
+
+/// Subgroups per workgroup of the staged cooperative GEMM (`SUBGROUPS` in its shader).
+pub const COOPERATIVE_STAGED_SUBGROUPS: u32 = 4;
 
 /// The cooperative GEMM's precision-dependent declarations: the tile side `TILE` and the tile
 /// types of [`cooperative_config`] (8×8 f32 operands, or 16×16 f16 operands; f32 accumulators).
@@ -127,20 +156,59 @@ pub enum GemmVariant {
     /// 16×16 f16 tiles with f32 accumulators. Needs `EXPERIMENTAL_COOPERATIVE_MATRIX`, the tile
     /// configuration in the adapter's list, and a fixed subgroup size; chosen only by measuring.
     Cooperative,
+    /// `shaders/gemm_cooperative_staged.wgsl`: cooperative matrices with 4 subgroups per
+    /// workgroup, 16 accumulator tiles each and slices staged in workgroup memory (a 128 × 128
+    /// block for f16). Needs what [`Self::Cooperative`] needs, a workgroup of 4 subgroups and its
+    /// workgroup memory; chosen only by measuring.
+    CooperativeStaged,
     /// `shaders/gemm_small_batch.wgsl`: 64 invocations split the inner dimension of 4 rows × 16
     /// columns and reduce through workgroup memory; for batches of a few rows on GPUs. Needs no
     /// optional feature; chosen only by measuring.
     SmallBatch,
+    /// `shaders/gemm_tiled.wgsl` at one point of its family: operand slices staged in workgroup
+    /// memory, a micro-tile per invocation. Needs the workgroup memory and invocations its point
+    /// asks for; chosen only by measuring (the tuner searches [`TiledGemmConfig::family`]).
+    Tiled(TiledGemmConfig),
 }
 
 impl GemmVariant {
-    /// Every variant, for tests and benchmarks.
-    pub const ALL: [GemmVariant; 4] = [
+    /// Every variant, for tests and benchmarks; the tiled family by its default point
+    /// ([`TiledGemmConfig::family`] lists the others).
+    pub const ALL: [GemmVariant; 6] = [
         GemmVariant::Portable,
         GemmVariant::Subgroup,
         GemmVariant::Cooperative,
+        GemmVariant::CooperativeStaged,
         GemmVariant::SmallBatch,
+        GemmVariant::Tiled(TiledGemmConfig::DEFAULT),
     ];
+
+    /// The variant's name as the tuning cache and `bench` report it: the shader's name, and for
+    /// the tiled family its point (`gemm_tiled/16x16t/8x8/k16/prefetch`).
+    pub fn label(self) -> String {
+        match self {
+            GemmVariant::Tiled(config) => format!("{}/{}", GEMM_TILED_KERNEL.name, config.label()),
+            other => other.kernel().name.to_string(),
+        }
+    }
+
+    /// The variant a [`Self::label`] names, for reading the tuning cache: any tiled point of the
+    /// family, not only the default.
+    pub fn from_label(label: &str) -> Option<Self> {
+        if let Some(point) = label
+            .strip_prefix(GEMM_TILED_KERNEL.name)
+            .and_then(|rest| rest.strip_prefix('/'))
+        {
+            return TiledGemmConfig::family()
+                .into_iter()
+                .find(|config| config.label() == point)
+                .map(GemmVariant::Tiled);
+        }
+        GemmVariant::ALL
+            .into_iter()
+            .filter(|variant| !matches!(variant, GemmVariant::Tiled(_)))
+            .find(|variant| variant.kernel().name == label)
+    }
 
     /// Whether the device can run this variant with `precision` storage: the subgroup variant
     /// needs the `SUBGROUP` feature and subgroups of at least 8 invocations; the cooperative one
@@ -149,16 +217,28 @@ impl GemmVariant {
         let info = context.adapter_info();
         match self {
             GemmVariant::Portable | GemmVariant::SmallBatch => true,
+            GemmVariant::Tiled(config) => config.check_limits(context).is_ok(),
             GemmVariant::Subgroup => {
                 context.features().contains(wgpu::Features::SUBGROUP)
                     && info.subgroup_min_size >= INNER_CHUNK as u32
             }
-            GemmVariant::Cooperative => {
+            GemmVariant::Cooperative | GemmVariant::CooperativeStaged => {
                 let wanted = cooperative_config(precision);
+                let limits = context.limits();
+                let subgroups = match self {
+                    GemmVariant::CooperativeStaged => COOPERATIVE_STAGED_SUBGROUPS,
+                    _ => 1,
+                };
+                let workgroup_bytes = match self {
+                    GemmVariant::CooperativeStaged => cooperative_staged_workgroup_bytes(precision),
+                    _ => 0,
+                };
                 context.features().contains(wgpu::Features::SUBGROUP)
                     && fixed_subgroup_size(context).is_some_and(|size| {
-                        size <= context.limits().max_compute_invocations_per_workgroup
+                        size * subgroups <= limits.max_compute_invocations_per_workgroup
+                            && size * subgroups <= limits.max_compute_workgroup_size_x
                     })
+                    && workgroup_bytes <= u64::from(limits.max_compute_workgroup_storage_size)
                     && context.cooperative_matrix_configs().contains(&wanted)
             }
         }
@@ -182,10 +262,17 @@ impl GemmVariant {
     fn requirement(self) -> &'static str {
         match self {
             GemmVariant::Portable | GemmVariant::SmallBatch => "nothing",
+            // Reported by `TiledGemmConfig::check_limits` as a `DeviceLimit` error instead.
+            GemmVariant::Tiled(_) => "the workgroup memory and invocations of its point",
             GemmVariant::Subgroup => "SUBGROUP (with subgroups of at least 8 invocations)",
             GemmVariant::Cooperative => {
                 "EXPERIMENTAL_COOPERATIVE_MATRIX with 8x8x8 f32 tiles (f32) or 16x16x16 f16 tiles \
                  with f32 accumulators (f16), and a known fixed subgroup size"
+            }
+            GemmVariant::CooperativeStaged => {
+                "EXPERIMENTAL_COOPERATIVE_MATRIX with 8x8x8 f32 tiles (f32) or 16x16x16 f16 tiles \
+                 with f32 accumulators (f16), a known fixed subgroup size, workgroups of 4 \
+                 subgroups and 20 KiB of workgroup memory"
             }
         }
     }
@@ -196,7 +283,9 @@ impl GemmVariant {
             GemmVariant::Portable => &GEMM_PORTABLE_KERNEL,
             GemmVariant::Subgroup => &GEMM_SUBGROUP_KERNEL,
             GemmVariant::Cooperative => &GEMM_COOPERATIVE_KERNEL,
+            GemmVariant::CooperativeStaged => &GEMM_COOPERATIVE_STAGED_KERNEL,
             GemmVariant::SmallBatch => &GEMM_SMALL_BATCH_KERNEL,
+            GemmVariant::Tiled(_) => &GEMM_TILED_KERNEL,
         }
     }
 
@@ -206,8 +295,13 @@ impl GemmVariant {
         match self {
             GemmVariant::Portable | GemmVariant::Subgroup => WORKGROUP_SIZE,
             GemmVariant::Cooperative => fixed_subgroup_size(context).unwrap_or(WORKGROUP_SIZE),
+            GemmVariant::CooperativeStaged => {
+                COOPERATIVE_STAGED_SUBGROUPS
+                    * fixed_subgroup_size(context).unwrap_or(WORKGROUP_SIZE)
+            }
             // Fixed in the shader, which sizes its reduction arrays by it.
             GemmVariant::SmallBatch => SMALL_BATCH_WORKGROUP_SIZE,
+            GemmVariant::Tiled(config) => config.threads(),
         }
     }
 
@@ -217,7 +311,10 @@ impl GemmVariant {
     /// runs a lane-by-lane loop there.
     pub fn reads_vec4_activations(self, inner: usize) -> bool {
         match self {
-            GemmVariant::Portable | GemmVariant::Subgroup => inner.is_multiple_of(4),
+            GemmVariant::Portable
+            | GemmVariant::Subgroup
+            | GemmVariant::Tiled(_)
+            | GemmVariant::CooperativeStaged => inner.is_multiple_of(4),
             GemmVariant::Cooperative | GemmVariant::SmallBatch => false,
         }
     }
@@ -232,7 +329,211 @@ impl GemmVariant {
                 let tile = cooperative_config(precision).m_size as usize;
                 (4 * tile, 2 * tile)
             }
+            GemmVariant::CooperativeStaged => {
+                let block = 8 * cooperative_config(precision).m_size as usize;
+                (block, block)
+            }
             GemmVariant::SmallBatch => (SMALL_BATCH_ROWS, COLUMN_BLOCK),
+            GemmVariant::Tiled(config) => {
+                (config.block_rows() as usize, config.block_cols() as usize)
+            }
+        }
+    }
+}
+
+/// One point of the tiled GEMM family (`shaders/gemm_tiled.wgsl`): each field is one of the
+/// shader's `override` constants. The tuner searches [`Self::family`] per adapter and shape;
+/// launch code only turns the point into constants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TiledGemmConfig {
+    /// Invocations along the block's rows (`THREAD_ROWS`).
+    pub thread_rows: u32,
+    /// Invocations along the block's columns (`THREAD_COLS`).
+    pub thread_cols: u32,
+    /// Output rows per invocation (`MICRO_ROWS`, at most 8).
+    pub micro_rows: u32,
+    /// Output columns per invocation (`MICRO_COLS`: 4 or 8).
+    pub micro_cols: u32,
+    /// Depth of the inner-dimension slice staged per step (`K_DEPTH`, a multiple of 4).
+    pub k_depth: u32,
+    /// Whether the next slice is loaded into registers while the current one is multiplied
+    /// (`PREFETCH`).
+    pub prefetch: bool,
+}
+
+impl TiledGemmConfig {
+    /// The point the family is known by: a 128 × 128 block of 256 invocations, 8 × 8 outputs
+    /// each, 16-deep slices, prefetching (the shape of the plain SIMT kernel that reached 32
+    /// TFLOP/s in the H200 probe).
+    pub const DEFAULT: TiledGemmConfig = TiledGemmConfig {
+        thread_rows: 16,
+        thread_cols: 16,
+        micro_rows: 8,
+        micro_cols: 8,
+        k_depth: 16,
+        prefetch: true,
+    };
+
+    /// Every point the tuner may time, in a fixed order: workgroups of 8 × 8, 16 × 8 and
+    /// 16 × 16 invocations; micro-tiles of 4 or 8 rows by 4 or 8 columns; slices 8, 16 or 32
+    /// deep; with and without prefetching. Blocks thus range from 32 × 32 to 128 × 128.
+    pub fn family() -> Vec<TiledGemmConfig> {
+        let mut family = Vec::new();
+        for (thread_rows, thread_cols) in [(8, 8), (16, 8), (16, 16)] {
+            for (micro_rows, micro_cols) in [(4, 4), (4, 8), (8, 4), (8, 8)] {
+                for k_depth in [8, 16, 32] {
+                    for prefetch in [false, true] {
+                        family.push(TiledGemmConfig {
+                            thread_rows,
+                            thread_cols,
+                            micro_rows,
+                            micro_cols,
+                            k_depth,
+                            prefetch,
+                        });
+                    }
+                }
+            }
+        }
+        family
+    }
+
+    /// The family in the order the tuner times it for `rows` × `cols` outputs, most promising
+    /// first, so that a search cut short by its budget has timed the likeliest winners: least
+    /// padding (work on rows and columns past the matrix) first, then the most outputs per
+    /// invocation (fewer loads per FMA), then blocks that still give the GPU many workgroups,
+    /// then 16-deep slices before 32 and 8, prefetching first.
+    pub fn search_order(rows: usize, cols: usize) -> Vec<TiledGemmConfig> {
+        let mut family = Self::family();
+        family.sort_by_key(|config| {
+            let padded = |size: usize, block: u32| size.div_ceil(block as usize) * block as usize;
+            let covered = padded(rows, config.block_rows()) * padded(cols, config.block_cols());
+            // In tenths: 10 is no padding at all.
+            let padding = covered * 10 / (rows * cols).max(1);
+            let workgroups = covered / (config.block_rows() * config.block_cols()) as usize;
+            // Fewer than about one workgroup per compute unit of a large GPU leaves it idle.
+            let starved = workgroups < 128;
+            let depth_rank = match config.k_depth {
+                16 => 0,
+                32 => 1,
+                _ => 2,
+            };
+            (
+                padding,
+                starved,
+                std::cmp::Reverse(config.micro_rows * config.micro_cols),
+                std::cmp::Reverse(config.threads()),
+                depth_rank,
+                !config.prefetch,
+            )
+        });
+        family
+    }
+
+    /// Invocations per workgroup.
+    pub fn threads(self) -> u32 {
+        self.thread_rows * self.thread_cols
+    }
+
+    /// Output rows one workgroup covers.
+    pub fn block_rows(self) -> u32 {
+        self.thread_rows * self.micro_rows
+    }
+
+    /// Output columns one workgroup covers.
+    pub fn block_cols(self) -> u32 {
+        self.thread_cols * self.micro_cols
+    }
+
+    /// Bytes of workgroup memory: both operands' slices, in f32.
+    pub fn workgroup_bytes(self) -> u64 {
+        u64::from(self.k_depth) * u64::from(self.block_rows() + self.block_cols()) * 4
+    }
+
+    /// The point as the tuning cache names it, e.g. `16x16t/8x8/k16/prefetch`: invocations,
+    /// micro-tile, slice depth and prefetching.
+    pub fn label(self) -> String {
+        format!(
+            "{}x{}t/{}x{}/k{}/{}",
+            self.thread_rows,
+            self.thread_cols,
+            self.micro_rows,
+            self.micro_cols,
+            self.k_depth,
+            if self.prefetch { "prefetch" } else { "direct" }
+        )
+    }
+
+    /// The shader's `override` constants for this point.
+    pub fn constants(self) -> [(&'static str, u32); 6] {
+        [
+            ("THREAD_ROWS", self.thread_rows),
+            ("THREAD_COLS", self.thread_cols),
+            ("MICRO_ROWS", self.micro_rows),
+            ("MICRO_COLS", self.micro_cols),
+            ("K_DEPTH", self.k_depth),
+            ("PREFETCH", u32::from(self.prefetch)),
+        ]
+    }
+
+    /// Checks the point against the shader's fixed bounds (micro-tile, staged registers) and
+    /// `context`'s limits (invocations per workgroup, workgroup memory): a
+    /// [`DeviceLimit`](Error::DeviceLimit) error naming the limit, or
+    /// [`UnsupportedShape`](Error::UnsupportedShape) for a point the shader cannot express.
+    pub fn check_limits(self, context: &GpuContext) -> Result<()> {
+        let what = format!("the tiled gemm {}", self.label());
+        let staged = |slice_vec4: u32| slice_vec4.div_ceil(self.threads().max(1));
+        let slice_a = self.block_rows() * self.k_depth / 4;
+        let slice_b = self.block_cols() / 4 * self.k_depth;
+        let expressible = self.thread_rows > 0
+            && self.thread_cols > 0
+            && (1..=8).contains(&self.micro_rows)
+            && matches!(self.micro_cols, 4 | 8)
+            && self.k_depth > 0
+            && self.k_depth.is_multiple_of(4)
+            && staged(slice_a) <= 8
+            && staged(slice_b) <= 8;
+        if !expressible {
+            return Err(Error::UnsupportedShape {
+                kernel: GEMM_TILED_KERNEL.name,
+                what,
+                reason: "the shader holds at most 8 x 8 outputs per invocation, micro-tiles 4 or \
+                         8 columns wide, slices a multiple of 4 deep and at most 8 staged vec4 \
+                         per operand and invocation"
+                    .to_string(),
+            });
+        }
+        let limits = context.limits();
+        let adapter = context.adapter_info().name.clone();
+        let checks = [
+            (
+                "max_compute_invocations_per_workgroup",
+                u64::from(self.threads()),
+                u64::from(limits.max_compute_invocations_per_workgroup),
+            ),
+            (
+                "max_compute_workgroup_size_x",
+                u64::from(self.threads()),
+                u64::from(limits.max_compute_workgroup_size_x),
+            ),
+            (
+                "max_compute_workgroup_storage_size",
+                self.workgroup_bytes(),
+                u64::from(limits.max_compute_workgroup_storage_size),
+            ),
+        ];
+        match checks
+            .into_iter()
+            .find(|(_, requested, available)| requested > available)
+        {
+            Some((limit, requested, available)) => Err(Error::DeviceLimit {
+                what,
+                limit,
+                requested,
+                available,
+                adapter,
+            }),
+            None => Ok(()),
         }
     }
 }
@@ -254,6 +555,14 @@ pub fn fixed_subgroup_size(context: &GpuContext) -> Option<u32> {
     } else {
         None
     }
+}
+
+/// Bytes of workgroup memory the staged cooperative GEMM declares for `precision` storage: both
+/// operand slices (a block of 8 tiles by 2 tiles deep each) and one f32 tile per subgroup.
+pub fn cooperative_staged_workgroup_bytes(precision: Precision) -> u64 {
+    let tile = u64::from(cooperative_config(precision).m_size);
+    2 * (8 * tile) * (2 * tile) * precision.element_bytes()
+        + u64::from(COOPERATIVE_STAGED_SUBGROUPS) * tile * tile * 4
 }
 
 /// The cooperative-matrix configuration the cooperative GEMM uses for `precision` storage:
@@ -323,10 +632,18 @@ pub fn gemm_constants(
             u32::from(epilogue.activation == Activation::Relu),
         ),
     ];
-    // The small-batch kernel's workgroup size is fixed in its source (its reduction arrays are
-    // sized by it).
-    if variant != GemmVariant::SmallBatch {
-        constants.push(("WORKGROUP_SIZE", variant.workgroup_size(context)));
+    match variant {
+        // The small-batch kernel's workgroup size is fixed in its source (its reduction arrays
+        // are sized by it).
+        GemmVariant::SmallBatch => {}
+        // The tiled family's workgroup size follows from its point.
+        GemmVariant::Tiled(config) => constants.extend(config.constants()),
+        // The workgroup is 4 subgroups, the shader's own multiple.
+        GemmVariant::CooperativeStaged => constants.push((
+            "SUBGROUP_SIZE",
+            fixed_subgroup_size(context).unwrap_or(WORKGROUP_SIZE),
+        )),
+        _ => constants.push(("WORKGROUP_SIZE", variant.workgroup_size(context))),
     }
     if variant.reads_vec4_activations(inner) {
         constants.push(("VEC4_ACTIVATIONS", 1));
@@ -532,6 +849,9 @@ pub fn prepare_gemm(
 ) -> Result<PreparedKernel> {
     operands.validate()?;
     let precision = operands.weights.precision();
+    if let GemmVariant::Tiled(config) = variant {
+        config.check_limits(context)?;
+    }
     if !variant.supported_by(context, precision) {
         return Err(Error::MissingFeature {
             what: format!("the {variant:?} gemm variant with {precision} storage"),
