@@ -61,10 +61,13 @@ override VEC4_ACTIVATIONS: bool = false;
 override SUBGROUP_SIZE: u32 = 32u;
 override INVOCATIONS: u32 = SUBGROUPS * SUBGROUP_SIZE;
 
-// The activation slice, [BLOCK rows][K_STEP] row-major.
-var<workgroup> staged_activations: array<Scalar, BLOCK * K_STEP>;
-// The weight slice as the B operand, [K_STEP][BLOCK columns] row-major.
-var<workgroup> staged_weights: array<Scalar, K_STEP * BLOCK>;
+// The activation slice, [BLOCK rows][K_STEP] row-major, and the weight slice as the B operand,
+// [K_STEP][BLOCK columns] row-major, in elements of `Stage`: the generator declares `Stage`
+// (Scalar, or vec4<Scalar> for wider staging stores), `STAGE_WIDTH` (its scalars) and the
+// store helpers `stage_activations` and `stage_weights` (GEMM_COOPERATIVE_STAGED_KERNEL and its
+// vec4 twin in src/kernels/gemm.rs). coopLoadT takes its stride in the array's elements.
+var<workgroup> staged_activations: array<Stage, BLOCK * K_STEP / STAGE_WIDTH>;
+var<workgroup> staged_weights: array<Stage, K_STEP * BLOCK / STAGE_WIDTH>;
 // One finished accumulator tile per subgroup, for the epilogue.
 var<workgroup> staged_outputs: array<f32, SUBGROUPS * TILE * TILE>;
 
@@ -138,34 +141,31 @@ fn gemm(
             let row = i / (K_STEP / 4u);
             let k = (i % (K_STEP / 4u)) * 4u;
             let value = load_activations(block_row + row, k0 + k);
-            let at = row * K_STEP + k;
-            staged_activations[at] = value.x;
-            staged_activations[at + 1u] = value.y;
-            staged_activations[at + 2u] = value.z;
-            staged_activations[at + 3u] = value.w;
+            stage_activations(row * K_STEP + k, value);
         }
         for (var i = local; i < K_STEP * BLOCK / 4u; i = i + INVOCATIONS) {
             let k = i / (BLOCK / 4u);
             let col = (i % (BLOCK / 4u)) * 4u;
             let value = load_weights(block_col + col, k0 + k);
-            let at = k * BLOCK + col;
-            staged_weights[at] = value.x;
-            staged_weights[at + 1u] = value.y;
-            staged_weights[at + 2u] = value.z;
-            staged_weights[at + 3u] = value.w;
+            stage_weights(k * BLOCK + col, value);
         }
         workgroupBarrier();
         for (var kk = 0u; kk < K_STEP; kk = kk + TILE) {
-            let a_at = quadrant_row * K_STEP + kk;
-            let a0 = coopLoadT<TileA>(&staged_activations[a_at + 0u * TILE * K_STEP], K_STEP);
-            let a1 = coopLoadT<TileA>(&staged_activations[a_at + 1u * TILE * K_STEP], K_STEP);
-            let a2 = coopLoadT<TileA>(&staged_activations[a_at + 2u * TILE * K_STEP], K_STEP);
-            let a3 = coopLoadT<TileA>(&staged_activations[a_at + 3u * TILE * K_STEP], K_STEP);
-            let b_at = kk * BLOCK + quadrant_col;
-            let b0 = coopLoadT<TileB>(&staged_weights[b_at + 0u * TILE], BLOCK);
-            let b1 = coopLoadT<TileB>(&staged_weights[b_at + 1u * TILE], BLOCK);
-            let b2 = coopLoadT<TileB>(&staged_weights[b_at + 2u * TILE], BLOCK);
-            let b3 = coopLoadT<TileB>(&staged_weights[b_at + 3u * TILE], BLOCK);
+            // Offsets and strides in `Stage` elements; every offset is a multiple of 4 scalars.
+            let a_at = (quadrant_row * K_STEP + kk) / STAGE_WIDTH;
+            let a_tile = TILE * K_STEP / STAGE_WIDTH;
+            let a_stride = K_STEP / STAGE_WIDTH;
+            let a0 = coopLoadT<TileA>(&staged_activations[a_at + 0u * a_tile], a_stride);
+            let a1 = coopLoadT<TileA>(&staged_activations[a_at + 1u * a_tile], a_stride);
+            let a2 = coopLoadT<TileA>(&staged_activations[a_at + 2u * a_tile], a_stride);
+            let a3 = coopLoadT<TileA>(&staged_activations[a_at + 3u * a_tile], a_stride);
+            let b_at = (kk * BLOCK + quadrant_col) / STAGE_WIDTH;
+            let b_tile = TILE / STAGE_WIDTH;
+            let b_stride = BLOCK / STAGE_WIDTH;
+            let b0 = coopLoadT<TileB>(&staged_weights[b_at + 0u * b_tile], b_stride);
+            let b1 = coopLoadT<TileB>(&staged_weights[b_at + 1u * b_tile], b_stride);
+            let b2 = coopLoadT<TileB>(&staged_weights[b_at + 2u * b_tile], b_stride);
+            let b3 = coopLoadT<TileB>(&staged_weights[b_at + 3u * b_tile], b_stride);
             acc0_0 = coopMultiplyAdd(a0, b0, acc0_0);
             acc0_1 = coopMultiplyAdd(a0, b1, acc0_1);
             acc0_2 = coopMultiplyAdd(a0, b2, acc0_2);

@@ -354,6 +354,7 @@ fn a_variant_the_device_lacks_is_a_typed_error() {
             GemmVariant::Subgroup,
             GemmVariant::Cooperative,
             GemmVariant::CooperativeStaged,
+            GemmVariant::CooperativeStagedVec4,
         ] {
             assert!(
                 !variant.supported_by(&context, Precision::F32),
@@ -495,7 +496,11 @@ fn without_cooperative_matrices_the_cooperative_gemm_is_refused_and_tuning_falls
             "{backend}: the feature was requested although withheld"
         );
         assert!(context.cooperative_matrix_configs().is_empty());
-        let cooperative = [GemmVariant::Cooperative, GemmVariant::CooperativeStaged];
+        let cooperative = [
+            GemmVariant::Cooperative,
+            GemmVariant::CooperativeStaged,
+            GemmVariant::CooperativeStagedVec4,
+        ];
         for precision in [Precision::F32, Precision::F16] {
             for variant in cooperative {
                 assert!(!variant.supported_by(context, precision), "{variant:?}");
@@ -569,7 +574,11 @@ fn cooperative_tile_shapes_from_a_host_are_used_only_with_the_feature() {
             host_context.cooperative_matrix_configs().is_empty(),
             "{backend}"
         );
-        for variant in [GemmVariant::Cooperative, GemmVariant::CooperativeStaged] {
+        for variant in [
+            GemmVariant::Cooperative,
+            GemmVariant::CooperativeStaged,
+            GemmVariant::CooperativeStagedVec4,
+        ] {
             assert!(!variant.supported_by(&host_context, Precision::F32));
             assert!(!variant.supported_by(&host_context, Precision::F16));
         }

@@ -325,6 +325,7 @@ fn cooperative_gemm_forms() -> Vec<(Precision, String)> {
     let kernels = [
         &resgraph::kernels::gemm::GEMM_COOPERATIVE_KERNEL,
         &resgraph::kernels::gemm::GEMM_COOPERATIVE_STAGED_KERNEL,
+        &resgraph::kernels::gemm::GEMM_COOPERATIVE_STAGED_VEC4_KERNEL,
     ];
     kernels
         .into_iter()

@@ -106,10 +106,54 @@ pub const GEMM_COOPERATIVE_STAGED_KERNEL: KernelSource = KernelSource {
     body: include_str!("../../shaders/gemm_cooperative_staged.wgsl"),
     pieces: &[ACTIVATION, FUSED_EPILOGUE],
     extensions: &["wgpu_cooperative_matrix"],
-    declarations: cooperative_declarations,
+    declarations: cooperative_staged_scalar_declarations,
     entry_point: "gemm",
     bindings: GEMM_BINDINGS,
 };
+
+/// The staged cooperative GEMM with its workgroup arrays of `vec4<Scalar>`: one staging store
+/// per four values (the H200 probe's last step, 196 → 219 TFLOP/s), with `coopLoadT` reading a
+/// vector array. Offered beside the scalar form, so that a driver that reads such an array
+/// otherwise than the probe's did is caught by the tuner's check, not trusted.
+pub const GEMM_COOPERATIVE_STAGED_VEC4_KERNEL: KernelSource = KernelSource {
+    name: "gemm_cooperative_staged_vec4",
+    declarations: cooperative_staged_vec4_declarations,
+    ..GEMM_COOPERATIVE_STAGED_KERNEL
+};
+
+/// The staged cooperative GEMM's declarations with scalar staging arrays: the tile types, and
+/// stores of four values as four scalars.
+pub fn cooperative_staged_scalar_declarations(precision: Precision) -> String {
+    cooperative_declarations(precision)
+        + "const STAGE_WIDTH: u32 = 1u;\n\
+           alias Stage = Scalar;\n\
+           fn stage_activations(at: u32, value: vec4<Scalar>) {\n\
+           \x20   staged_activations[at] = value.x;\n\
+           \x20   staged_activations[at + 1u] = value.y;\n\
+           \x20   staged_activations[at + 2u] = value.z;\n\
+           \x20   staged_activations[at + 3u] = value.w;\n\
+           }\n\
+           fn stage_weights(at: u32, value: vec4<Scalar>) {\n\
+           \x20   staged_weights[at] = value.x;\n\
+           \x20   staged_weights[at + 1u] = value.y;\n\
+           \x20   staged_weights[at + 2u] = value.z;\n\
+           \x20   staged_weights[at + 3u] = value.w;\n\
+           }\n"
+}
+
+/// The staged cooperative GEMM's declarations with `vec4` staging arrays: the tile types, and
+/// one store per four values (`at`, in scalars, is always a multiple of 4).
+pub fn cooperative_staged_vec4_declarations(precision: Precision) -> String {
+    cooperative_declarations(precision)
+        + "const STAGE_WIDTH: u32 = 4u;\n\
+           alias Stage = vec4<Scalar>;\n\
+           fn stage_activations(at: u32, value: vec4<Scalar>) {\n\
+           \x20   staged_activations[at / 4u] = value;\n\
+           }\n\
+           fn stage_weights(at: u32, value: vec4<Scalar>) {\n\
+           \x20   staged_weights[at / 4u] = value;\n\
+           }\n"
+}
 
 /// Subgroups per workgroup of the staged cooperative GEMM (`SUBGROUPS` in its shader).
 pub const COOPERATIVE_STAGED_SUBGROUPS: u32 = 4;
@@ -161,6 +205,9 @@ pub enum GemmVariant {
     /// block for f16). Needs what [`Self::Cooperative`] needs, a workgroup of 4 subgroups and its
     /// workgroup memory; chosen only by measuring.
     CooperativeStaged,
+    /// The same shader with workgroup arrays of `vec4` (one staging store per four values);
+    /// needs what [`Self::CooperativeStaged`] needs; chosen only by measuring.
+    CooperativeStagedVec4,
     /// `shaders/gemm_small_batch.wgsl`: 64 invocations split the inner dimension of 4 rows × 16
     /// columns and reduce through workgroup memory; for batches of a few rows on GPUs. Needs no
     /// optional feature; chosen only by measuring.
@@ -174,11 +221,12 @@ pub enum GemmVariant {
 impl GemmVariant {
     /// Every variant, for tests and benchmarks; the tiled family by its default point
     /// ([`TiledGemmConfig::family`] lists the others).
-    pub const ALL: [GemmVariant; 6] = [
+    pub const ALL: [GemmVariant; 7] = [
         GemmVariant::Portable,
         GemmVariant::Subgroup,
         GemmVariant::Cooperative,
         GemmVariant::CooperativeStaged,
+        GemmVariant::CooperativeStagedVec4,
         GemmVariant::SmallBatch,
         GemmVariant::Tiled(TiledGemmConfig::DEFAULT),
     ];
@@ -222,16 +270,17 @@ impl GemmVariant {
                 context.features().contains(wgpu::Features::SUBGROUP)
                     && info.subgroup_min_size >= INNER_CHUNK as u32
             }
-            GemmVariant::Cooperative | GemmVariant::CooperativeStaged => {
+            GemmVariant::Cooperative
+            | GemmVariant::CooperativeStaged
+            | GemmVariant::CooperativeStagedVec4 => {
                 let wanted = cooperative_config(precision);
                 let limits = context.limits();
-                let subgroups = match self {
-                    GemmVariant::CooperativeStaged => COOPERATIVE_STAGED_SUBGROUPS,
-                    _ => 1,
-                };
-                let workgroup_bytes = match self {
-                    GemmVariant::CooperativeStaged => cooperative_staged_workgroup_bytes(precision),
-                    _ => 0,
+                let (subgroups, workgroup_bytes) = match self {
+                    GemmVariant::Cooperative => (1, 0),
+                    _ => (
+                        COOPERATIVE_STAGED_SUBGROUPS,
+                        cooperative_staged_workgroup_bytes(precision),
+                    ),
                 };
                 context.features().contains(wgpu::Features::SUBGROUP)
                     && fixed_subgroup_size(context).is_some_and(|size| {
@@ -269,7 +318,7 @@ impl GemmVariant {
                 "EXPERIMENTAL_COOPERATIVE_MATRIX with 8x8x8 f32 tiles (f32) or 16x16x16 f16 tiles \
                  with f32 accumulators (f16), and a known fixed subgroup size"
             }
-            GemmVariant::CooperativeStaged => {
+            GemmVariant::CooperativeStaged | GemmVariant::CooperativeStagedVec4 => {
                 "EXPERIMENTAL_COOPERATIVE_MATRIX with 8x8x8 f32 tiles (f32) or 16x16x16 f16 tiles \
                  with f32 accumulators (f16), a known fixed subgroup size, workgroups of 4 \
                  subgroups and 20 KiB of workgroup memory"
@@ -284,6 +333,7 @@ impl GemmVariant {
             GemmVariant::Subgroup => &GEMM_SUBGROUP_KERNEL,
             GemmVariant::Cooperative => &GEMM_COOPERATIVE_KERNEL,
             GemmVariant::CooperativeStaged => &GEMM_COOPERATIVE_STAGED_KERNEL,
+            GemmVariant::CooperativeStagedVec4 => &GEMM_COOPERATIVE_STAGED_VEC4_KERNEL,
             GemmVariant::SmallBatch => &GEMM_SMALL_BATCH_KERNEL,
             GemmVariant::Tiled(_) => &GEMM_TILED_KERNEL,
         }
@@ -295,7 +345,7 @@ impl GemmVariant {
         match self {
             GemmVariant::Portable | GemmVariant::Subgroup => WORKGROUP_SIZE,
             GemmVariant::Cooperative => fixed_subgroup_size(context).unwrap_or(WORKGROUP_SIZE),
-            GemmVariant::CooperativeStaged => {
+            GemmVariant::CooperativeStaged | GemmVariant::CooperativeStagedVec4 => {
                 COOPERATIVE_STAGED_SUBGROUPS
                     * fixed_subgroup_size(context).unwrap_or(WORKGROUP_SIZE)
             }
@@ -314,7 +364,8 @@ impl GemmVariant {
             GemmVariant::Portable
             | GemmVariant::Subgroup
             | GemmVariant::Tiled(_)
-            | GemmVariant::CooperativeStaged => inner.is_multiple_of(4),
+            | GemmVariant::CooperativeStaged
+            | GemmVariant::CooperativeStagedVec4 => inner.is_multiple_of(4),
             GemmVariant::Cooperative | GemmVariant::SmallBatch => false,
         }
     }
@@ -329,7 +380,7 @@ impl GemmVariant {
                 let tile = cooperative_config(precision).m_size as usize;
                 (4 * tile, 2 * tile)
             }
-            GemmVariant::CooperativeStaged => {
+            GemmVariant::CooperativeStaged | GemmVariant::CooperativeStagedVec4 => {
                 let block = 8 * cooperative_config(precision).m_size as usize;
                 (block, block)
             }
@@ -639,7 +690,7 @@ pub fn gemm_constants(
         // The tiled family's workgroup size follows from its point.
         GemmVariant::Tiled(config) => constants.extend(config.constants()),
         // The workgroup is 4 subgroups, the shader's own multiple.
-        GemmVariant::CooperativeStaged => constants.push((
+        GemmVariant::CooperativeStaged | GemmVariant::CooperativeStagedVec4 => constants.push((
             "SUBGROUP_SIZE",
             fixed_subgroup_size(context).unwrap_or(WORKGROUP_SIZE),
         )),

@@ -22,6 +22,7 @@ pub const ALL_KERNELS: &[&source::KernelSource] = &[
     &gemm::GEMM_SUBGROUP_KERNEL,
     &gemm::GEMM_COOPERATIVE_KERNEL,
     &gemm::GEMM_COOPERATIVE_STAGED_KERNEL,
+    &gemm::GEMM_COOPERATIVE_STAGED_VEC4_KERNEL,
     &gemm::GEMM_SMALL_BATCH_KERNEL,
     &gemm::GEMM_TILED_KERNEL,
     &gemv::GEMV_TEXTURE_KERNEL,
