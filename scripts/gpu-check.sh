@@ -93,7 +93,8 @@ for k in sorted(set(ours) | set(torch)):
     if "error" in o:
         mine = ("error: " + o["error"], "", "", "")
     elif o:
-        # Which kernels the tuner chose: gemm_cooperative is the tensor-core GEMM, residual_block
+        # Which kernels the tuner chose: gemm_cooperative* are the tensor-core GEMMs, gemm_tiled/...
+        # a point of the tiled family, residual_block
         # the whole-block kernel.
         kernels = " ".join(o.get("kernels", []))
         mine = (f"{o['median_ms']:.3f}", f"{o['gflops']:.1f}", f"{o.get('max_rel_err', float('nan')):.1e}", kernels)

@@ -4,19 +4,24 @@
 //! needs. A run then writes the input, records every step into **one compute pass**, copies the
 //! output to a readback buffer, and submits **once**; nothing is allocated per run.
 //!
-//! Runs on one model are serialised by a lock (they share the activation buffers), so a
-//! `CompiledModel` can be used from many threads at once.
+//! The batch size travels with the recorded commands: each pass is preceded by copies of every
+//! step's parameter block for that batch (kept in one buffer per batch size), never by a queue
+//! write that would apply to whatever is submitted next. A host records the model into its own
+//! encoder with [`CompiledModel::encode`] (copying its buffers in and out) or, in place over its
+//! own buffers, with a [`ModelBinding`]; neither waits, locks or opens an error scope.
+//!
+//! Runs on one model are serialised by a lock (they share the upload and readback buffers), so a
+//! `CompiledModel` can be used from many threads at once; submissions execute in order, so a run
+//! and a host's encode that share activation buffers never see each other's values.
 
-use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use crate::epilogue::Activation;
 use crate::error::{Error, Result};
 use crate::gpu::buffers::{self, DeviceMatrix, STORAGE_USAGE};
 use crate::gpu::context::GpuContext;
-use crate::graph::{Conv2dParams, Graph, LinearParams};
+use crate::graph::{Conv2dParams, Graph};
 use crate::kernels::PreparedKernel;
 use crate::kernels::conv2d::{
     Conv2dGeometry, Conv2dOperands, Conv2dVariant, prepare_conv2d, upload_conv_weights,
@@ -117,20 +122,27 @@ pub struct RunProfile {
     pub gpu: Option<Duration>,
 }
 
-/// A layer's weights in the form its kernel reads, kept for as long as the model: the bind
-/// groups refer to them.
-enum LayerWeights {
-    /// The blocked buffer layout of the tiled GEMM and whole-block kernels.
+/// The weights one step reads, in the form its kernel reads, uploaded once at compile time and
+/// kept for as long as the model: the model's bind groups and those of every
+/// [`ModelBinding`] refer to them.
+enum StepWeights {
+    /// A step without weights (pooling, elementwise).
+    None,
+    /// A linear layer or convolution in the blocked buffer layout of the tiled GEMM kernels.
     Blocked(LinearWeights),
-    /// The texture of the small-batch GEMV kernel.
+    /// A linear layer in the texture of the small-batch GEMV kernel.
     Texture(TextureWeights),
+    /// A whole residual block's two layers, in the blocked layout.
+    Block(LinearWeights, LinearWeights),
 }
 
-impl LayerWeights {
+impl StepWeights {
     fn device_bytes(&self) -> u64 {
         match self {
-            LayerWeights::Blocked(weights) => weights.device_bytes(),
-            LayerWeights::Texture(weights) => weights.device_bytes(),
+            StepWeights::None => 0,
+            StepWeights::Blocked(weights) => weights.device_bytes(),
+            StepWeights::Texture(weights) => weights.device_bytes(),
+            StepWeights::Block(first, second) => first.device_bytes() + second.device_bytes(),
         }
     }
 }
@@ -141,10 +153,8 @@ struct TimestampQueries {
     readback: wgpu::Buffer,
 }
 
-/// What the run lock protects: the row count the step parameters were last written for.
-struct RunState {
-    prepared_rows: usize,
-}
+/// What the run lock protects: the upload staging and readback buffers of [`CompiledModel::run`].
+struct RunState;
 
 /// A graph compiled onto a device.
 pub struct CompiledModel {
@@ -153,11 +163,18 @@ pub struct CompiledModel {
     max_batch: usize,
     input_width: usize,
     output_width: usize,
-    /// Every layer's uploaded weights; the steps' bind groups read them.
-    weights: Vec<LayerWeights>,
+    /// Each step's uploaded weights (by step); the bind groups read them.
+    weights: Vec<StepWeights>,
+    /// Each step's dispatch and kernel, as selection scheduled it.
+    schedule: Vec<ScheduledStep>,
     input: DeviceMatrix,
+    /// The activation slots of the plan's memory plan.
+    slots: Vec<wgpu::Buffer>,
     output_buffer: wgpu::Buffer,
     steps: Vec<PreparedKernel>,
+    /// Every step's parameter block for each batch size used so far, read into the steps'
+    /// parameter buffers by copies recorded before each pass.
+    batch_parameters: BatchParameters,
     /// The mapped staging buffer each run's input is written into and copied from.
     upload: UploadStaging,
     readback: wgpu::Buffer,
@@ -185,15 +202,17 @@ impl CompiledModel {
         let schedule = select_kernels(&context, &plan, options)?;
         let activations = Activations::create(&context, &plan, max_batch, precision)?;
         let mut steps = Vec::with_capacity(schedule.steps.len());
-        let mut weights = Vec::with_capacity(plan.layers.len());
+        let mut weights = Vec::with_capacity(schedule.steps.len());
         for step in &schedule.steps {
+            let step_weights = upload_step_weights(&context, &plan, step, precision)?;
             steps.push(prepare_step(
                 &context,
                 &plan,
                 &activations,
                 step,
-                &mut weights,
+                &step_weights,
             )?);
+            weights.push(step_weights);
         }
         let output_width = graph.output_width();
         let output_buffer = activations.matrix(&plan, plan.output)?.buffer().clone();
@@ -208,22 +227,21 @@ impl CompiledModel {
         } else {
             None
         };
+        let batch_parameters = BatchParameters::new(&steps);
         Ok(CompiledModel {
             input_width: graph.input_width(),
             output_width,
             weights,
+            schedule: schedule.steps,
             input: activations.input,
+            slots: activations.slots,
             output_buffer,
             steps,
+            batch_parameters,
             upload,
             readback,
             timestamps,
-            run_lock: futures_intrusive::sync::Mutex::new(
-                RunState {
-                    prepared_rows: max_batch,
-                },
-                true,
-            ),
+            run_lock: futures_intrusive::sync::Mutex::new(RunState, true),
             precision,
             tuning: schedule.tuning,
             context,
@@ -243,54 +261,62 @@ impl CompiledModel {
     pub fn run_profiled(&self, input: &[f32]) -> Result<(Vec<f32>, RunProfile)> {
         let batch = self.batch_of(input)?;
         let mut state = pollster::block_on(self.run_lock.lock());
-        let encode = self.submit_run(&mut state, input, batch)?;
+        self.upload.wait_until_mapped(&self.context)?;
+        // One error scope around everything the run asks of wgpu.
+        let encode = self.context.scoped("running the model", || {
+            self.submit_run(&mut state, input, batch)
+        })??;
         let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
-        self.request_maps(sender);
+        self.request_maps(Arc::new(sender));
         self.context.wait_idle()?;
         let mapped = pollster::block_on(receiver.receive());
         let (output, gpu) = self.finish_run(mapped, batch)?;
         Ok((output, RunProfile { encode, gpu }))
     }
 
-    /// As [`Self::run`], as a future. The future drives the device itself (it polls wgpu each
-    /// time it is polled), so any executor can await it.
+    /// As [`Self::run`], as a future that any executor can await. It does not spin: the
+    /// readback's map callback wakes it. wgpu runs map callbacks only while the device is
+    /// polled, so a helper thread waits on the device for this run's submission (on the web the
+    /// browser does that). The error scopes are awaited, not blocked on.
     pub async fn run_async(&self, input: &[f32]) -> Result<Vec<f32>> {
-        {
-            let batch = self.batch_of(input)?;
-            let mut state = self.run_lock.lock().await;
-            self.submit_run(&mut state, input, batch)?;
-            let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
-            self.request_maps(sender);
-            let mut receive = std::pin::pin!(receiver.receive());
-            let mapped = std::future::poll_fn(|cx| {
-                if let Err(error) = self.context.device().poll(wgpu::PollType::Poll) {
-                    return Poll::Ready(Err(Error::DeviceWait {
-                        reason: error.to_string(),
-                    }));
-                }
-                match receive.as_mut().poll(cx) {
-                    Poll::Ready(value) => Poll::Ready(Ok(value)),
-                    Poll::Pending => {
-                        // wgpu only runs map callbacks when polled, so ask to be polled again.
-                        cx.waker().wake_by_ref();
-                        Poll::Pending
-                    }
+        let batch = self.batch_of(input)?;
+        let mut state = self.run_lock.lock().await;
+        self.upload.wait_until_mapped(&self.context)?;
+        self.context
+            .scoped_async("running the model", || {
+                self.submit_run(&mut state, input, batch)
+            })
+            .await??;
+        let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
+        let sender = Arc::new(sender);
+        self.request_maps(Arc::clone(&sender));
+        let device = self.context.device().clone();
+        std::thread::Builder::new()
+            .name("resgraph device poll".to_string())
+            .spawn(move || {
+                if device.poll(wgpu::PollType::wait_indefinitely()).is_err() {
+                    // The map callbacks may never run now: fail the run rather than hang it.
+                    let _ = sender.send(Err(wgpu::BufferAsyncError));
                 }
             })
-            .await?;
-            self.finish_run(mapped, batch).map(|(output, _)| output)
-        }
+            .map_err(|error| Error::DeviceWait {
+                reason: format!("starting the thread that polls the device: {error}"),
+            })?;
+        let mapped = receiver.receive().await;
+        self.finish_run(mapped, batch).map(|(output, _)| output)
     }
 
     /// Records the inference into a host application's encoder: `input` (`batch × input_width`
     /// values in the model's precision, `COPY_SRC`) is copied in, every step is recorded in one
     /// compute pass, and the result is copied to `output` (`batch × output_width` values,
     /// `COPY_DST`), which stays on the GPU. Copies are whole multiples of 4 bytes: for an f16 model
-    /// with an odd `batch × width`, the buffers must hold one value more.
+    /// with an odd `batch × width`, the buffers must hold one value more. (A [`ModelBinding`]
+    /// reads and writes host buffers in place, without the two copies.)
     ///
-    /// The batch's parameters are written to the queue now and apply to command buffers submitted
-    /// afterwards: submit one batch size per submission, and do not interleave with [`Self::run`]
-    /// on another thread between this call and the host's submit (they share activation buffers).
+    /// The batch size travels with the recorded commands (the steps' parameters are copied in
+    /// by the encoder itself), so encodes of different batch sizes may share one submission, and
+    /// a [`Self::run`] on another thread before the host submits changes nothing of it. Nothing
+    /// here waits for the GPU or blocks on a lock.
     pub fn encode(
         &self,
         encoder: &mut wgpu::CommandEncoder,
@@ -315,12 +341,77 @@ impl CompiledModel {
                 actual: format!("{} bytes, usage {:?}", output.size(), output.usage()),
             });
         }
-        let mut state = pollster::block_on(self.run_lock.lock());
-        self.prepare_rows(&mut state, batch)?;
-        self.context.scoped("recording the model", || {
-            encoder.copy_buffer_to_buffer(input, 0, self.input.buffer(), 0, input_bytes);
-            self.record_pass(encoder, batch, None);
-            encoder.copy_buffer_to_buffer(&self.output_buffer, 0, output, 0, output_bytes);
+        self.context.check_not_lost("recording the model")?;
+        // Everything wgpu could reject was checked above, so no error scope (whose pop would
+        // block this thread) is needed: recording only appends to the host's encoder.
+        encoder.copy_buffer_to_buffer(input, 0, self.input.buffer(), 0, input_bytes);
+        self.record_pass(encoder, self.steps.iter(), batch, None)?;
+        encoder.copy_buffer_to_buffer(&self.output_buffer, 0, output, 0, output_bytes);
+        Ok(())
+    }
+
+    /// A binding of the model to a host's own buffers, read and written in place: `input` holds
+    /// up to `max_batch × input_width` values and `output` receives `batch × output_width`
+    /// values, both in the model's precision and both with `STORAGE` usage. The steps that read
+    /// the input or write the output get bind groups over these buffers (the weights and the
+    /// other steps are the model's own), so recording it copies no activations.
+    ///
+    /// Sizes, usages and aliasing are checked here, once, with typed errors; recording
+    /// ([`ModelBinding::encode`]) then needs no check but the batch.
+    pub fn bind(
+        self: &Arc<Self>,
+        input: &wgpu::Buffer,
+        output: &wgpu::Buffer,
+    ) -> Result<ModelBinding> {
+        let input_bytes = self.bytes_of(self.max_batch * self.input_width);
+        let output_bytes = self.bytes_of(self.max_batch * self.output_width);
+        for (what, buffer, bytes) in [
+            ("bound model input", input, input_bytes),
+            ("bound model output", output, output_bytes),
+        ] {
+            if buffer.size() < bytes || !buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
+                return Err(Error::BufferUsage {
+                    what: what.to_string(),
+                    expected: format!(
+                        "a STORAGE buffer of at least {bytes} bytes ({} values of {} for batches \
+                         up to {})",
+                        bytes / self.precision.element_bytes(),
+                        self.precision,
+                        self.max_batch
+                    ),
+                    actual: format!("{} bytes, usage {:?}", buffer.size(), buffer.usage()),
+                });
+            }
+        }
+        if input == output {
+            return Err(Error::AliasedOutput {
+                what: "bound model".to_string(),
+                operand: "input",
+            });
+        }
+        let activations = Activations {
+            input: DeviceMatrix::from_buffer_with_precision(
+                input.clone(),
+                self.max_batch,
+                self.input_width,
+                self.precision,
+            )?,
+            slots: self.slots.clone(),
+            max_batch: self.max_batch,
+            precision: self.precision,
+            output: Some((self.plan.output, output.clone())),
+        };
+        let mut rebound = Vec::new();
+        for (index, (step, weights)) in self.schedule.iter().zip(&self.weights).enumerate() {
+            if step_touches(step, self.plan.input, self.plan.output) {
+                let prepared =
+                    prepare_step(&self.context, &self.plan, &activations, step, weights)?;
+                rebound.push((index, prepared));
+            }
+        }
+        Ok(ModelBinding {
+            model: Arc::clone(self),
+            rebound,
         })
     }
 
@@ -357,7 +448,7 @@ impl CompiledModel {
 
     /// Bytes of the uploaded weights and biases, in the kernels' padded layout.
     pub fn weight_bytes(&self) -> u64 {
-        self.weights.iter().map(LayerWeights::device_bytes).sum()
+        self.weights.iter().map(StepWeights::device_bytes).sum()
     }
 
     /// How weights and activations are stored.
@@ -420,22 +511,21 @@ impl CompiledModel {
         )
     }
 
-    fn prepare_rows(&self, state: &mut RunState, batch: usize) -> Result<()> {
-        if state.prepared_rows != batch {
-            for step in &self.steps {
-                step.set_rows(&self.context, batch)?;
-            }
-            state.prepared_rows = batch;
-        }
-        Ok(())
-    }
-
-    fn record_pass(
-        &self,
+    /// Records `steps` (the model's, or a binding's with some rebound) for `batch` rows: first
+    /// the copies that give each step its parameters for `batch`, then one compute pass.
+    fn record_pass<'a>(
+        &'a self,
         encoder: &mut wgpu::CommandEncoder,
+        steps: impl Iterator<Item = &'a PreparedKernel> + Clone,
         batch: usize,
         timed: Option<&TimestampQueries>,
-    ) {
+    ) -> Result<()> {
+        let parameters = self
+            .batch_parameters
+            .for_batch(&self.context, &self.steps, batch)?;
+        for (step, &(offset, len)) in steps.clone().zip(&self.batch_parameters.layout) {
+            encoder.copy_buffer_to_buffer(&parameters, offset, step.params_buffer(), 0, len);
+        }
         let timestamp_writes = timed.map(|queries| wgpu::ComputePassTimestampWrites {
             query_set: &queries.query_set,
             beginning_of_pass_write_index: Some(0),
@@ -445,23 +535,23 @@ impl CompiledModel {
             label: Some("resgraph model"),
             timestamp_writes,
         });
-        for step in &self.steps {
+        for step in steps {
             step.record_rows(&mut pass, batch);
         }
+        Ok(())
     }
 
     /// Writes the input, records and submits one command buffer; returns the encode time.
-    fn submit_run(&self, state: &mut RunState, input: &[f32], batch: usize) -> Result<Duration> {
-        self.prepare_rows(state, batch)?;
+    /// Writes the input, records and submits one command buffer; returns the encode time. The
+    /// caller holds the run lock, has waited for the staging buffer to be mapped, and wraps this
+    /// in one error scope.
+    fn submit_run(&self, _state: &mut RunState, input: &[f32], batch: usize) -> Result<Duration> {
         let output_bytes = self.bytes_of(batch * self.output_width);
         let input_bytes = self.bytes_of(batch * self.input_width);
-        self.upload.wait_until_mapped(&self.context)?;
         // The input goes straight into the reused, already mapped staging buffer: no host copy
         // of its own, and no staging allocation per run (which `write_buffer` makes).
-        self.context.scoped("writing the model input", || {
-            self.upload.write(self.precision, input, input_bytes)
-        })??;
-        self.context.scoped("running the model", || {
+        self.upload.write(self.precision, input, input_bytes)?;
+        {
             let started = Instant::now();
             let mut encoder =
                 self.context
@@ -476,7 +566,12 @@ impl CompiledModel {
                 0,
                 input_bytes,
             );
-            self.record_pass(&mut encoder, batch, self.timestamps.as_ref());
+            self.record_pass(
+                &mut encoder,
+                self.steps.iter(),
+                batch,
+                self.timestamps.as_ref(),
+            )?;
             encoder.copy_buffer_to_buffer(&self.output_buffer, 0, &self.readback, 0, output_bytes);
             if let Some(queries) = &self.timestamps {
                 encoder.resolve_query_set(&queries.query_set, 0..2, &queries.resolve, 0);
@@ -487,19 +582,20 @@ impl CompiledModel {
             self.context.queue().submit([commands]);
             // Mapped again once the GPU has copied from it: ready for the next run.
             self.upload.request_map();
-            encode
-        })
+            Ok(encode)
+        }
     }
 
     /// Asks for the readback (and timestamp) buffers to be mapped; `sender` receives the first
     /// failure or success once every map has completed.
     fn request_maps(
         &self,
-        sender: futures_intrusive::channel::shared::OneshotSender<
-            std::result::Result<(), wgpu::BufferAsyncError>,
+        sender: Arc<
+            futures_intrusive::channel::shared::OneshotSender<
+                std::result::Result<(), wgpu::BufferAsyncError>,
+            >,
         >,
     ) {
-        let sender = Arc::new(sender);
         let pending = Arc::new(std::sync::atomic::AtomicUsize::new(
             1 + usize::from(self.timestamps.is_some()),
         ));
@@ -617,6 +713,9 @@ struct Activations {
     slots: Vec<wgpu::Buffer>,
     max_batch: usize,
     precision: Precision,
+    /// The model's output value and the buffer it lives in instead of its slot: a host's
+    /// buffer, for a [`ModelBinding`].
+    output: Option<(ValueId, wgpu::Buffer)>,
 }
 
 impl Activations {
@@ -653,6 +752,7 @@ impl Activations {
             slots,
             max_batch,
             precision,
+            output: None,
         })
     }
 
@@ -664,9 +764,10 @@ impl Activations {
         pixels: usize,
         channels: usize,
     ) -> Result<DeviceMatrix> {
-        let buffer = match plan.value_storage[value.0] {
-            Storage::Input => self.input.buffer().clone(),
-            Storage::Slot(slot) => self.slots[slot].clone(),
+        let buffer = match (&self.output, plan.value_storage[value.0]) {
+            (Some((output, buffer)), _) if *output == value => buffer.clone(),
+            (_, Storage::Input) => self.input.buffer().clone(),
+            (_, Storage::Slot(slot)) => self.slots[slot].clone(),
         };
         DeviceMatrix::from_buffer_with_precision(
             buffer,
@@ -682,16 +783,13 @@ impl Activations {
     }
 }
 
-/// Uploads the weights `step` reads, in the layout its kernel reads (kept in `weights`), and
-/// prepares its dispatch.
-fn prepare_step(
+/// Uploads the weights `step` reads, in the layout its kernel reads.
+fn upload_step_weights(
     context: &GpuContext,
     plan: &Plan,
-    activations: &Activations,
     step: &ScheduledStep,
-    weights: &mut Vec<LayerWeights>,
-) -> Result<PreparedKernel> {
-    let precision = activations.precision;
+    precision: Precision,
+) -> Result<StepWeights> {
     let blocked = |layer: usize| {
         let params = &plan.layers[layer];
         LinearWeights::upload_with_precision(
@@ -703,56 +801,139 @@ fn prepare_step(
             precision,
         )
     };
-    let matrix = |value: ValueId| activations.matrix(plan, value);
-    let prepared = match *step {
+    Ok(match *step {
         ScheduledStep::ResidualBlock(block) => {
-            let (first, second) = (blocked(block.first_layer)?, blocked(block.second_layer)?);
-            let prepared = prepare_residual_block(
+            StepWeights::Block(blocked(block.first_layer)?, blocked(block.second_layer)?)
+        }
+        ScheduledStep::Layer { layer, kernel, .. } => match kernel {
+            KernelChoice::Gemm(_) => StepWeights::Blocked(blocked(layer)?),
+            KernelChoice::GemvTexture => {
+                let params = &plan.layers[layer];
+                StepWeights::Texture(TextureWeights::upload_with_precision(
+                    context,
+                    params.out_features(),
+                    params.in_features(),
+                    params.weight(),
+                    params.bias(),
+                    precision,
+                )?)
+            }
+        },
+        ScheduledStep::Conv {
+            conv, input_size, ..
+        } => {
+            let params = &plan.convs[conv];
+            StepWeights::Blocked(upload_conv_weights(
+                context,
+                &conv_geometry(params, input_size),
+                params.weight(),
+                params.bias(),
+                precision,
+            )?)
+        }
+        ScheduledStep::Pool { .. } | ScheduledStep::Elementwise { .. } => StepWeights::None,
+    })
+}
+
+/// Whether `step` reads `input` or writes `output`: the steps a [`ModelBinding`] rebinds to a
+/// host's buffers.
+fn step_touches(step: &ScheduledStep, input: ValueId, output: ValueId) -> bool {
+    let (reads, writes): (Vec<ValueId>, ValueId) = match *step {
+        ScheduledStep::Layer {
+            input,
+            residual,
+            output,
+            ..
+        }
+        | ScheduledStep::Conv {
+            input,
+            residual,
+            output,
+            ..
+        } => (std::iter::once(input).chain(residual).collect(), output),
+        ScheduledStep::ResidualBlock(block) => (vec![block.input], block.output),
+        ScheduledStep::Pool { input, output, .. } => (vec![input], output),
+        ScheduledStep::Elementwise {
+            left,
+            right,
+            output,
+            ..
+        } => (std::iter::once(left).chain(right).collect(), output),
+    };
+    writes == output || reads.contains(&input)
+}
+
+/// Prepares the dispatch of `step` over `activations`, reading `weights` (what
+/// [`upload_step_weights`] uploaded for it).
+fn prepare_step(
+    context: &GpuContext,
+    plan: &Plan,
+    activations: &Activations,
+    step: &ScheduledStep,
+    weights: &StepWeights,
+) -> Result<PreparedKernel> {
+    let matrix = |value: ValueId| activations.matrix(plan, value);
+    let prepared = match (*step, weights) {
+        (ScheduledStep::ResidualBlock(block), StepWeights::Block(first, second)) => {
+            prepare_residual_block(
                 context,
                 &ResidualBlockOperands {
                     input: &matrix(block.input)?,
-                    first: &first,
-                    second: &second,
+                    first,
+                    second,
                     output: &matrix(block.output)?,
                 },
-            )?;
-            weights.extend([LayerWeights::Blocked(first), LayerWeights::Blocked(second)]);
-            prepared
-        }
-        ScheduledStep::Layer {
-            layer,
-            input,
-            residual,
-            activation,
-            output,
-            kernel,
-        } => {
-            let (input, output) = (matrix(input)?, matrix(output)?);
-            let residual = residual.map(matrix).transpose()?;
-            let operands = LayerOperands {
-                input: &input,
-                residual: residual.as_ref(),
-                output: &output,
-                activation,
-            };
-            prepare_layer(
-                context,
-                &plan.layers[layer],
-                precision,
-                kernel,
-                &operands,
-                weights,
             )?
         }
-        ScheduledStep::Conv {
-            variant,
-            conv,
-            input,
-            input_size,
-            residual,
-            activation,
-            output,
-        } => {
+        (
+            ScheduledStep::Layer {
+                input,
+                residual,
+                activation,
+                output,
+                kernel,
+                ..
+            },
+            weights,
+        ) => {
+            let (input, output) = (matrix(input)?, matrix(output)?);
+            let residual = residual.map(matrix).transpose()?;
+            match (kernel, weights) {
+                (KernelChoice::Gemm(variant), StepWeights::Blocked(weights)) => {
+                    let operands = GemmOperands {
+                        input: &input,
+                        weights,
+                        residual: residual.as_ref(),
+                        output: &output,
+                        activation,
+                    };
+                    prepare_gemm(context, &operands, variant)?
+                }
+                (KernelChoice::GemvTexture, StepWeights::Texture(weights)) => {
+                    let operands = GemvOperands {
+                        input: &input,
+                        weights,
+                        residual: residual.as_ref(),
+                        output: &output,
+                        activation,
+                    };
+                    prepare_gemv(context, &operands)?
+                }
+                _ => return Err(mismatched_weights(step)),
+            }
+        }
+        (
+            ScheduledStep::Conv {
+                variant,
+                conv,
+                input,
+                input_size,
+                residual,
+                activation,
+                output,
+            },
+            StepWeights::Blocked(weights),
+        ) => {
             let step = ConvStep {
                 variant,
                 params: &plan.convs[conv],
@@ -764,18 +945,24 @@ fn prepare_step(
             };
             prepare_conv_step(context, plan, activations, &step, weights)?
         }
-        ScheduledStep::Pool {
-            op,
-            input,
-            input_shape,
-            output,
-        } => prepare_pool_step(context, plan, activations, op, (input, input_shape), output)?,
-        ScheduledStep::Elementwise {
-            op,
-            left,
-            right,
-            output,
-        } => prepare_elementwise(
+        (
+            ScheduledStep::Pool {
+                op,
+                input,
+                input_shape,
+                output,
+            },
+            StepWeights::None,
+        ) => prepare_pool_step(context, plan, activations, op, (input, input_shape), output)?,
+        (
+            ScheduledStep::Elementwise {
+                op,
+                left,
+                right,
+                output,
+            },
+            StepWeights::None,
+        ) => prepare_elementwise(
             context,
             &ElementwiseOperands {
                 left: &matrix(left)?,
@@ -784,8 +971,31 @@ fn prepare_step(
                 relu: op == ElementwiseOp::Relu,
             },
         )?,
+        _ => return Err(mismatched_weights(step)),
     };
     Ok(prepared)
+}
+
+/// The error for a step given weights of another kind: a bug in the executor, reported rather
+/// than panicked on.
+fn mismatched_weights(step: &ScheduledStep) -> Error {
+    Error::InvalidGraph {
+        node: format!("{step:?}"),
+        reason: "the executor paired this step with weights of another kind (a resgraph bug)"
+            .to_string(),
+    }
+}
+
+/// The geometry of a convolution over `input_size` images.
+fn conv_geometry(params: &Conv2dParams, input_size: (usize, usize)) -> Conv2dGeometry {
+    Conv2dGeometry {
+        input_size,
+        in_channels: params.in_channels(),
+        out_channels: params.out_channels(),
+        kernel: params.kernel(),
+        stride: params.stride(),
+        padding: params.padding(),
+    }
 }
 
 /// One scheduled convolution.
@@ -799,24 +1009,17 @@ struct ConvStep<'a> {
     output: ValueId,
 }
 
-/// Uploads a convolution's weights in the implicit GEMM's layout (kept in `weights`) and
-/// prepares its dispatch over NHWC views of its values.
+/// Prepares a convolution's dispatch over NHWC views of its values, reading `conv_weights` (in
+/// the implicit GEMM's layout).
 fn prepare_conv_step(
     context: &GpuContext,
     plan: &Plan,
     activations: &Activations,
     step: &ConvStep<'_>,
-    weights: &mut Vec<LayerWeights>,
+    conv_weights: &LinearWeights,
 ) -> Result<PreparedKernel> {
     let params = step.params;
-    let geometry = Conv2dGeometry {
-        input_size: step.input_size,
-        in_channels: params.in_channels(),
-        out_channels: params.out_channels(),
-        kernel: params.kernel(),
-        stride: params.stride(),
-        padding: params.padding(),
-    };
+    let geometry = conv_geometry(params, step.input_size);
     let (out_h, out_w) = geometry.output_size()?;
     let (in_h, in_w) = step.input_size;
     let input = activations.image(plan, step.input, in_h * in_w, params.in_channels())?;
@@ -825,18 +1028,11 @@ fn prepare_conv_step(
         .residual
         .map(|value| activations.image(plan, value, out_h * out_w, params.out_channels()))
         .transpose()?;
-    let conv_weights = upload_conv_weights(
-        context,
-        &geometry,
-        params.weight(),
-        params.bias(),
-        activations.precision,
-    )?;
-    let prepared = prepare_conv2d(
+    prepare_conv2d(
         context,
         &Conv2dOperands {
             input: &input,
-            weights: &conv_weights,
+            weights: conv_weights,
             geometry,
             batch: activations.max_batch,
             residual: residual.as_ref(),
@@ -844,9 +1040,7 @@ fn prepare_conv_step(
             activation: step.activation,
         },
         step.variant,
-    )?;
-    weights.push(LayerWeights::Blocked(conv_weights));
-    Ok(prepared)
+    )
 }
 
 /// Prepares a pooling step over NHWC views of its values (rows of the prepared kernel are
@@ -900,55 +1094,127 @@ fn prepare_pool_step(
     }
 }
 
-/// The matrices of one layer's step.
-struct LayerOperands<'a> {
-    input: &'a DeviceMatrix,
-    residual: Option<&'a DeviceMatrix>,
-    output: &'a DeviceMatrix,
-    activation: Activation,
+/// Each step's parameter block for every batch size used so far, in one `COPY_SRC` buffer per
+/// batch size: a pass is preceded by copies from it into the steps' parameter buffers, so that the
+/// batch size travels with the recorded commands rather than with a queue write that would apply
+/// to whatever is submitted next. Steps of a [`ModelBinding`] share the model's blocks (a step
+/// rebound to other buffers has the same shape).
+struct BatchParameters {
+    /// Each step's block: offset in the batch's buffer, and length.
+    layout: Vec<(u64, u64)>,
+    /// The buffer of each batch size used so far.
+    buffers: Mutex<std::collections::HashMap<usize, wgpu::Buffer>>,
 }
 
-/// Uploads one layer's weights in the layout `kernel` reads (kept in `weights`) and prepares
-/// its dispatch.
-fn prepare_layer(
-    context: &GpuContext,
-    params: &LinearParams,
-    precision: Precision,
-    kernel: KernelChoice,
-    operands: &LayerOperands<'_>,
-    weights: &mut Vec<LayerWeights>,
-) -> Result<PreparedKernel> {
-    let (out, inp) = (params.out_features(), params.in_features());
-    let (weight, bias) = (params.weight(), params.bias());
-    match kernel {
-        KernelChoice::Gemm(variant) => {
-            let layer_weights =
-                LinearWeights::upload_with_precision(context, out, inp, weight, bias, precision)?;
-            let gemm = GemmOperands {
-                input: operands.input,
-                weights: &layer_weights,
-                residual: operands.residual,
-                output: operands.output,
-                activation: operands.activation,
-            };
-            let prepared = prepare_gemm(context, &gemm, variant)?;
-            weights.push(LayerWeights::Blocked(layer_weights));
-            Ok(prepared)
+/// Batch sizes whose parameter buffers are kept; past this many the oldest are dropped (a host
+/// that cycles through thousands of sizes rebuilds some, rather than growing without bound).
+const KEPT_BATCH_SIZES: usize = 64;
+
+impl BatchParameters {
+    fn new(steps: &[PreparedKernel]) -> Self {
+        let mut offset = 0;
+        let layout = steps
+            .iter()
+            .map(|step| {
+                let len = step.params_bytes(1).len() as u64;
+                let block = (offset, len);
+                // Copies need 4-byte offsets; parameter blocks are whole u32s anyway.
+                offset += len.next_multiple_of(4);
+                block
+            })
+            .collect();
+        BatchParameters {
+            layout,
+            buffers: Mutex::new(std::collections::HashMap::new()),
         }
-        KernelChoice::GemvTexture => {
-            let layer_weights =
-                TextureWeights::upload_with_precision(context, out, inp, weight, bias, precision)?;
-            let gemv = GemvOperands {
-                input: operands.input,
-                weights: &layer_weights,
-                residual: operands.residual,
-                output: operands.output,
-                activation: operands.activation,
-            };
-            let prepared = prepare_gemv(context, &gemv)?;
-            weights.push(LayerWeights::Texture(layer_weights));
-            Ok(prepared)
+    }
+
+    /// The buffer of every step's parameters for `batch` rows, created the first time a batch
+    /// size is used.
+    fn for_batch(
+        &self,
+        context: &GpuContext,
+        steps: &[PreparedKernel],
+        batch: usize,
+    ) -> Result<wgpu::Buffer> {
+        let mut buffers = self
+            .buffers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(buffer) = buffers.get(&batch) {
+            return Ok(buffer.clone());
         }
+        let rows = u32::try_from(batch).map_err(|_| Error::UnsupportedShape {
+            kernel: "model",
+            what: format!("a batch of {batch} rows"),
+            reason: "the kernels index rows with 32 bits".to_string(),
+        })?;
+        let mut contents = Vec::new();
+        for (step, &(offset, _)) in steps.iter().zip(&self.layout) {
+            contents.resize(offset as usize, 0);
+            contents.extend(step.params_bytes(rows));
+        }
+        contents.resize(contents.len().next_multiple_of(4).max(4), 0);
+        let buffer = context.scoped("creating a batch's parameter blocks", || {
+            use wgpu::util::DeviceExt;
+            context
+                .device()
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("model batch parameters"),
+                    contents: &contents,
+                    usage: wgpu::BufferUsages::COPY_SRC,
+                })
+        })?;
+        if buffers.len() >= KEPT_BATCH_SIZES {
+            buffers.clear();
+        }
+        buffers.insert(batch, buffer.clone());
+        Ok(buffer)
+    }
+}
+
+/// A [`CompiledModel`] bound to a host's own input and output buffers
+/// ([`CompiledModel::bind`]): recording it reads and writes them in place.
+pub struct ModelBinding {
+    model: Arc<CompiledModel>,
+    /// The steps that read the input or write the output, prepared over the host's buffers, by
+    /// step index; the other steps are the model's.
+    rebound: Vec<(usize, PreparedKernel)>,
+}
+
+impl ModelBinding {
+    /// Records the inference of the first `batch` rows of the bound input into `encoder`: the
+    /// copies that give each step its parameters for `batch`, then one compute pass that writes
+    /// `batch × output_width` values of the bound output. Nothing is copied besides the
+    /// parameters, nothing waits for the GPU, and no lock is taken: encodes of different batch
+    /// sizes may share one submission, and a [`CompiledModel::run`] on another thread changes
+    /// nothing of what was recorded.
+    pub fn encode(&self, encoder: &mut wgpu::CommandEncoder, batch: usize) -> Result<()> {
+        let model = &self.model;
+        model.check_batch(batch)?;
+        model.context.check_not_lost("recording the model")?;
+        let steps = model.steps.iter().enumerate().map(|(index, step)| {
+            self.rebound
+                .iter()
+                .find(|(rebound, _)| *rebound == index)
+                .map_or(step, |(_, prepared)| prepared)
+        });
+        model.record_pass(encoder, steps, batch, None)
+    }
+
+    /// The model this binding runs.
+    pub fn model(&self) -> &Arc<CompiledModel> {
+        &self.model
+    }
+}
+
+impl std::fmt::Debug for ModelBinding {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("ModelBinding")
+            .field("model", &self.model)
+            .field("rebound_steps", &self.rebound.len())
+            .finish()
     }
 }
 

@@ -57,7 +57,7 @@ mod shape;
 pub mod tune;
 
 pub use error::{Error, Result};
-pub use exec::{BlockFusion, CompileOptions, CompiledModel, RunProfile, Tuning};
+pub use exec::{BlockFusion, CompileOptions, CompiledModel, ModelBinding, RunProfile, Tuning};
 pub use gpu::context::{AdapterOptions, GpuContext};
 pub use graph::{Graph, GraphBuilder, LinearParams, NodeId};
 pub use kernels::gemm::GemmVariant;

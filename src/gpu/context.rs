@@ -345,6 +345,25 @@ impl GpuContext {
         Self::assemble(device, queue, info, Arc::new(Mutex::new(Vec::new())))
     }
 
+    /// Wraps the adapter, device and queue a host application created, together: as
+    /// [`Self::from_device`], and the adapter's own information (name, driver, subgroup sizes)
+    /// and, where the device was created with `Features::EXPERIMENTAL_COOPERATIVE_MATRIX`, the
+    /// adapter's cooperative-matrix tile shapes are read from the adapter the host actually used.
+    /// Features and limits are the device's: what the host enabled, not all the adapter offers.
+    pub fn from_adapter(adapter: &wgpu::Adapter, device: wgpu::Device, queue: wgpu::Queue) -> Self {
+        let info = adapter.get_info();
+        let configs = if device
+            .features()
+            .contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+        {
+            adapter.cooperative_matrix_properties()
+        } else {
+            Vec::new()
+        };
+        Self::assemble(device, queue, info, Arc::new(Mutex::new(Vec::new())))
+            .with_cooperative_matrix_configs(configs)
+    }
+
     /// Tells resgraph which cooperative-matrix configurations the device's adapter has (what
     /// `wgpu::Adapter::cooperative_matrix_properties` returned), for a host device created with
     /// `Features::EXPERIMENTAL_COOPERATIVE_MATRIX`. Ignored when the device lacks the feature.
@@ -464,6 +483,24 @@ impl GpuContext {
         self.check_not_lost(operation)?;
         let value = scope::capture(&self.device, operation, work)
             .map_err(|error| self.lost_error(operation).unwrap_or(error))?;
+        self.check_escaped(operation)?;
+        Ok(value)
+    }
+
+    /// As [`Self::scoped`], awaiting the error scopes instead of blocking on them: for async
+    /// callers, which pop the scopes where they wait for the result anyway.
+    pub async fn scoped_async<T>(&self, operation: &str, work: impl FnOnce() -> T) -> Result<T> {
+        self.check_not_lost(operation)?;
+        let value = scope::capture_async(&self.device, operation, work)
+            .await
+            .map_err(|error| self.lost_error(operation).unwrap_or(error))?;
+        self.check_escaped(operation)?;
+        Ok(value)
+    }
+
+    /// An error for what reached the device's uncaptured-error handler meanwhile (from a
+    /// context resgraph created), if anything did.
+    fn check_escaped(&self, operation: &str) -> Result<()> {
         let escaped: Vec<String> = match self.uncaptured_errors.lock() {
             Ok(mut errors) => errors.drain(..).collect(),
             Err(_) => Vec::new(),
@@ -474,7 +511,7 @@ impl GpuContext {
                 message: escaped.join("; "),
             }));
         }
-        Ok(value)
+        Ok(())
     }
 
     /// [`Error::DeviceLost`], naming `operation`, once the device is lost; `Ok` before. Every

@@ -31,6 +31,32 @@ pub(crate) fn capture<T>(
     }
 }
 
+/// As [`capture`], without blocking the caller on the scopes: the pops are awaited, so that an
+/// async caller (and the web, where a pop resolves only through the browser's event loop) never
+/// blocks a thread on them.
+pub(crate) async fn capture_async<T>(
+    device: &wgpu::Device,
+    operation: &str,
+    work: impl FnOnce() -> T,
+) -> Result<T> {
+    let internal = device.push_error_scope(wgpu::ErrorFilter::Internal);
+    let out_of_memory = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+    let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let value = work();
+    let errors = [
+        validation.pop().await,
+        out_of_memory.pop().await,
+        internal.pop().await,
+    ];
+    match errors.into_iter().flatten().next() {
+        Some(error) => Err(Error::Gpu {
+            operation: operation.to_string(),
+            message: error_chain(&error),
+        }),
+        None => Ok(value),
+    }
+}
+
 /// wgpu's error message followed by its chain of sources, on one line.
 fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut message = error.to_string();

@@ -134,6 +134,16 @@ impl PreparedKernel {
         self.kernel_name
     }
 
+    /// The bytes of the dispatch's parameter block (binding 0) for `rows` rows.
+    pub(crate) fn params_bytes(&self, rows: u32) -> Vec<u8> {
+        self.shape.params(rows)
+    }
+
+    /// The buffer bound as the dispatch's parameter block.
+    pub(crate) fn params_buffer(&self) -> &wgpu::Buffer {
+        &self.params_buffer
+    }
+
     /// The row count the dispatch was prepared for (the most it can run).
     pub fn max_rows(&self) -> usize {
         self.max_rows as usize
