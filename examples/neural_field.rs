@@ -308,7 +308,7 @@ impl Renderer {
                 usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             });
-            let binding = model.bind(&features, &colours)?;
+            let binding = model.bind(features.slice(..), colours.slice(..))?;
             let group = |layout: &wgpu::BindGroupLayout, data: &wgpu::Buffer| {
                 device.create_bind_group(&wgpu::BindGroupDescriptor {
                     label: Some("neural field band"),

@@ -350,56 +350,76 @@ impl CompiledModel {
         Ok(())
     }
 
-    /// A binding of the model to a host's own buffers, read and written in place: `input` holds
-    /// up to `max_batch × input_width` values and `output` receives `batch × output_width`
-    /// values, both in the model's precision and both with `STORAGE` usage. The steps that read
-    /// the input or write the output get bind groups over these buffers (the weights and the
-    /// other steps are the model's own), so recording it copies no activations.
+    /// A binding of the model to ranges of a host's own buffers, read and written in place:
+    /// `input` holds up to `max_batch × input_width` values and `output` receives `batch ×
+    /// output_width` values, both in the model's precision, in buffers with `STORAGE` usage,
+    /// from offsets that are multiples of the device's `min_storage_buffer_offset_alignment`
+    /// (`buffer.slice(..)` for a whole buffer). The steps that read the input or write the
+    /// output get bind groups over these ranges (the weights and the other steps are the
+    /// model's own), so recording it copies no activations.
     ///
-    /// Sizes, usages and aliasing are checked here, once, with typed errors; recording
-    /// ([`ModelBinding::encode`]) then needs no check but the batch.
+    /// Usages, sizes, offsets and overlap are checked here, once, with typed errors; recording
+    /// ([`ModelBinding::encode`]) then needs no check but the batch. A buffer holds no type, so
+    /// the precision is the model's ([`Self::precision`]): f16 models read and write 2-byte
+    /// values.
     pub fn bind(
         self: &Arc<Self>,
-        input: &wgpu::Buffer,
-        output: &wgpu::Buffer,
+        input: wgpu::BufferSlice<'_>,
+        output: wgpu::BufferSlice<'_>,
     ) -> Result<ModelBinding> {
-        let input_bytes = self.bytes_of(self.max_batch * self.input_width);
-        let output_bytes = self.bytes_of(self.max_batch * self.output_width);
-        for (what, buffer, bytes) in [
-            ("bound model input", input, input_bytes),
-            ("bound model output", output, output_bytes),
-        ] {
-            if buffer.size() < bytes || !buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
+        let view = |what: &str, slice: wgpu::BufferSlice<'_>, width: usize| {
+            let bytes = self.bytes_of(self.max_batch * width);
+            if slice.size() < bytes || !slice.buffer().usage().contains(wgpu::BufferUsages::STORAGE)
+            {
                 return Err(Error::BufferUsage {
                     what: what.to_string(),
                     expected: format!(
-                        "a STORAGE buffer of at least {bytes} bytes ({} values of {} for batches \
-                         up to {})",
+                        "a range of a STORAGE buffer of at least {bytes} bytes ({} values of {} \
+                         for batches up to {})",
                         bytes / self.precision.element_bytes(),
                         self.precision,
                         self.max_batch
                     ),
-                    actual: format!("{} bytes, usage {:?}", buffer.size(), buffer.usage()),
+                    actual: format!(
+                        "{} bytes from offset {}, usage {:?}",
+                        slice.size(),
+                        slice.offset(),
+                        slice.buffer().usage()
+                    ),
                 });
             }
-        }
-        if input == output {
+            DeviceMatrix::from_buffer_range(
+                &self.context,
+                slice.buffer().clone(),
+                slice.offset(),
+                (self.max_batch, width),
+                self.precision,
+            )
+            .map_err(|error| match error {
+                Error::BufferUsage {
+                    expected, actual, ..
+                } => Error::BufferUsage {
+                    what: what.to_string(),
+                    expected,
+                    actual,
+                },
+                other => other,
+            })
+        };
+        let input = view("bound model input", input, self.input_width)?;
+        let output = view("bound model output", output, self.output_width)?;
+        if input.overlaps(&output) {
             return Err(Error::AliasedOutput {
                 what: "bound model".to_string(),
                 operand: "input",
             });
         }
         let activations = Activations {
-            input: DeviceMatrix::from_buffer_with_precision(
-                input.clone(),
-                self.max_batch,
-                self.input_width,
-                self.precision,
-            )?,
+            input,
             slots: self.slots.clone(),
             max_batch: self.max_batch,
             precision: self.precision,
-            output: Some((self.plan.output, output.clone())),
+            output: Some((self.plan.output, output)),
         };
         let mut rebound = Vec::new();
         for (index, (step, weights)) in self.schedule.iter().zip(&self.weights).enumerate() {
@@ -713,9 +733,9 @@ struct Activations {
     slots: Vec<wgpu::Buffer>,
     max_batch: usize,
     precision: Precision,
-    /// The model's output value and the buffer it lives in instead of its slot: a host's
-    /// buffer, for a [`ModelBinding`].
-    output: Option<(ValueId, wgpu::Buffer)>,
+    /// The model's output value and the range of a host's buffer it lives in instead of its
+    /// slot, for a [`ModelBinding`].
+    output: Option<(ValueId, DeviceMatrix)>,
 }
 
 impl Activations {
@@ -764,17 +784,17 @@ impl Activations {
         pixels: usize,
         channels: usize,
     ) -> Result<DeviceMatrix> {
-        let buffer = match (&self.output, plan.value_storage[value.0]) {
-            (Some((output, buffer)), _) if *output == value => buffer.clone(),
-            (_, Storage::Input) => self.input.buffer().clone(),
-            (_, Storage::Slot(slot)) => self.slots[slot].clone(),
-        };
-        DeviceMatrix::from_buffer_with_precision(
-            buffer,
-            self.max_batch * pixels,
-            channels,
-            self.precision,
-        )
+        let rows = self.max_batch * pixels;
+        match (&self.output, plan.value_storage[value.0]) {
+            (Some((output, matrix)), _) if *output == value => matrix.reshaped(rows, channels),
+            (_, Storage::Input) => self.input.reshaped(rows, channels),
+            (_, Storage::Slot(slot)) => DeviceMatrix::from_buffer_with_precision(
+                self.slots[slot].clone(),
+                rows,
+                channels,
+                self.precision,
+            ),
+        }
     }
 
     /// The matrix where `value` lives, one row per batch entry: the view of one-pixel images.

@@ -101,7 +101,7 @@ fn two_bindings_of_different_batch_sizes_share_one_submission_in_place() {
                 .queue()
                 .write_buffer(&input, 0, bytemuck::cast_slice(&input_values));
             poison(context, &output);
-            let binding = model.bind(&input, &output).expect("bind");
+            let binding = model.bind(input.slice(..), output.slice(..)).expect("bind");
             bound.push((batch, input_values, output, binding));
         }
         // Both recorded into one encoder, one submission: each pass must see its own batch.
@@ -162,6 +162,102 @@ fn two_copying_encodes_of_different_batch_sizes_share_one_submission() {
 }
 
 #[test]
+fn bindings_to_ranges_of_shared_buffers_read_and_write_only_their_ranges() {
+    // A renderer sub-allocates: two bindings into one input buffer and one output buffer, each
+    // at an aligned offset, with poisoned gaps around them that must stay untouched.
+    let graph = model_graph();
+    for (backend, context) in common::contexts() {
+        let model = compile(context, &graph, 20);
+        let alignment = context.limits().min_storage_buffer_offset_alignment as usize / 4;
+        let input_range = (20 * graph.input_width()).next_multiple_of(alignment);
+        let output_range = (20 * graph.output_width()).next_multiple_of(alignment);
+        // Range i starts at (2i + 1) aligned units: a gap before each.
+        let input = host_buffer(context, "shared input", 4 * input_range);
+        let output = host_buffer(context, "shared output", 4 * output_range);
+        poison(context, &output);
+        let batches = [20, 9];
+        let mut encoder = context.device().create_command_encoder(&Default::default());
+        let mut inputs = Vec::new();
+        for (index, &batch) in batches.iter().enumerate() {
+            let values = random_input(batch * graph.input_width(), 50 + index as u64);
+            let input_offset = ((2 * index + 1) * input_range * 4) as u64;
+            let output_offset = ((2 * index + 1) * output_range * 4) as u64;
+            context
+                .queue()
+                .write_buffer(&input, input_offset, bytemuck::cast_slice(&values));
+            let binding = model
+                .bind(
+                    input.slice(input_offset..input_offset + (input_range * 4) as u64),
+                    output.slice(output_offset..output_offset + (output_range * 4) as u64),
+                )
+                .expect("bind a range");
+            binding.encode(&mut encoder, batch).expect("encode");
+            inputs.push(values);
+        }
+        context.queue().submit([encoder.finish()]);
+        let values = read_back(context, &output, 4 * output_range);
+        for (index, &batch) in batches.iter().enumerate() {
+            let start = (2 * index + 1) * output_range;
+            let rows = batch * graph.output_width();
+            common::assert_close(
+                &values[start..start + rows],
+                &forward_f64(&graph, &inputs[index], batch),
+                F32_TOLERANCE,
+                &format!("{backend}: range {index}, batch {batch}"),
+            );
+        }
+        // Everything outside the written rows is still poison.
+        let written: Vec<std::ops::Range<usize>> = batches
+            .iter()
+            .enumerate()
+            .map(|(index, &batch)| {
+                let start = (2 * index + 1) * output_range;
+                start..start + batch * graph.output_width()
+            })
+            .collect();
+        for (position, value) in values.iter().enumerate() {
+            if !written.iter().any(|range| range.contains(&position)) {
+                assert!(
+                    value.is_nan(),
+                    "{backend}: value {position} outside the ranges was written"
+                );
+            }
+        }
+
+        // An offset that is not aligned, and a range past the end, are typed errors.
+        // Half the device's alignment (which WebGPU makes at least 4 bytes).
+        let misaligned = input.slice((alignment * 2) as u64..);
+        let error = model
+            .bind(misaligned, output.slice(..(output_range * 4) as u64))
+            .unwrap_err();
+        assert!(
+            matches!(&error, resgraph::Error::BufferUsage { expected, .. } if expected.contains("min_storage_buffer_offset_alignment")),
+            "{backend}: {error}"
+        );
+        let short = (20 * graph.input_width() * 4 - 4) as u64;
+        let error = model
+            .bind(
+                input.slice(..short),
+                output.slice(..(output_range * 4) as u64),
+            )
+            .unwrap_err();
+        assert!(
+            matches!(error, resgraph::Error::BufferUsage { .. }),
+            "{backend}: {error}"
+        );
+        // Overlapping ranges of one buffer are refused; disjoint ones are not.
+        let both = host_buffer(context, "both", 4 * input_range);
+        let error = model
+            .bind(both.slice(..), both.slice(..(output_range * 4) as u64))
+            .unwrap_err();
+        assert!(
+            matches!(error, resgraph::Error::AliasedOutput { .. }),
+            "{backend}: {error}"
+        );
+    }
+}
+
+#[test]
 fn a_run_on_another_thread_never_corrupts_a_pending_encode() {
     let graph = model_graph();
     for (backend, context) in common::contexts() {
@@ -174,7 +270,7 @@ fn a_run_on_another_thread_never_corrupts_a_pending_encode() {
             .queue()
             .write_buffer(&input, 0, bytemuck::cast_slice(&values));
         poison(context, &output);
-        let binding = model.bind(&input, &output).expect("bind");
+        let binding = model.bind(input.slice(..), output.slice(..)).expect("bind");
         let mut encoder = context.device().create_command_encoder(&Default::default());
         binding.encode(&mut encoder, batch).expect("encode");
         // Between the host's encode and its submit, another thread runs the same model at a
@@ -230,19 +326,19 @@ fn a_binding_checks_the_host_buffers_up_front() {
         (&not_storage, &output, "an input without STORAGE"),
         (&input, &not_storage, "an output without STORAGE"),
     ] {
-        let error = model.bind(input, output).unwrap_err();
+        let error = model.bind(input.slice(..), output.slice(..)).unwrap_err();
         assert!(
             matches!(error, resgraph::Error::BufferUsage { .. }),
             "{what}: {error}"
         );
     }
     let same = host_buffer(context, "both", 4096);
-    let error = model.bind(&same, &same).unwrap_err();
+    let error = model.bind(same.slice(..), same.slice(..)).unwrap_err();
     assert!(
         matches!(error, resgraph::Error::AliasedOutput { .. }),
         "{error}"
     );
-    let binding = model.bind(&input, &output).expect("bind");
+    let binding = model.bind(input.slice(..), output.slice(..)).expect("bind");
     let mut encoder = context.device().create_command_encoder(&Default::default());
     for batch in [0, 11] {
         let error = binding.encode(&mut encoder, batch).unwrap_err();

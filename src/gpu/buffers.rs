@@ -69,6 +69,16 @@ pub fn upload_storage_buffer(
 
 /// Copies the first `bytes` bytes (a multiple of 4) of `buffer` back to the host and waits.
 pub fn read_bytes(context: &GpuContext, buffer: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+    read_bytes_at(context, buffer, 0, bytes)
+}
+
+/// As [`read_bytes`], from `offset` bytes into `buffer`.
+fn read_bytes_at(
+    context: &GpuContext,
+    buffer: &wgpu::Buffer,
+    offset: u64,
+    bytes: u64,
+) -> Result<Vec<u8>> {
     let staging = context.scoped("creating a readback buffer", || {
         context.device().create_buffer(&wgpu::BufferDescriptor {
             label: Some("resgraph readback"),
@@ -84,7 +94,7 @@ pub fn read_bytes(context: &GpuContext, buffer: &wgpu::Buffer, bytes: u64) -> Re
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                     label: Some("resgraph readback"),
                 });
-        encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, bytes);
+        encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, bytes);
         context.queue().submit([encoder.finish()]);
     })?;
     map_and_read_bytes(context, &staging, bytes)
@@ -127,10 +137,14 @@ pub fn map_and_read_bytes(
     Ok(values)
 }
 
-/// A row-major matrix in a device storage buffer, stored as f32 or f16.
+/// A row-major matrix in a device storage buffer (the whole buffer, or a range of it from
+/// `offset`), stored as f32 or f16.
 #[derive(Debug)]
 pub struct DeviceMatrix {
     buffer: wgpu::Buffer,
+    /// Where the matrix starts in the buffer, in bytes (a multiple of the device's
+    /// `min_storage_buffer_offset_alignment`).
+    offset: u64,
     rows: usize,
     cols: usize,
     precision: Precision,
@@ -163,6 +177,7 @@ impl DeviceMatrix {
         let buffer = create_storage_buffer(context, label, bytes, STORAGE_USAGE)?;
         Ok(DeviceMatrix {
             buffer,
+            offset: 0,
             rows,
             cols,
             precision,
@@ -204,9 +219,66 @@ impl DeviceMatrix {
         }
         Ok(DeviceMatrix {
             buffer,
+            offset: 0,
             rows,
             cols,
             precision,
+        })
+    }
+
+    /// Views `rows` × `cols` values stored in `precision` from `offset` bytes into a host's
+    /// storage buffer. The offset must be a multiple of the device's
+    /// `min_storage_buffer_offset_alignment`, and the range (rounded up to whole 4-byte words)
+    /// must lie inside the buffer: both are typed errors, checked here.
+    pub fn from_buffer_range(
+        context: &GpuContext,
+        buffer: wgpu::Buffer,
+        offset: u64,
+        (rows, cols): (usize, usize),
+        precision: Precision,
+    ) -> Result<Self> {
+        // WebGPU makes the alignment at least 4 bytes; a smaller report is taken as 4.
+        let alignment = u64::from(context.limits().min_storage_buffer_offset_alignment).max(4);
+        if !offset.is_multiple_of(alignment) {
+            return Err(Error::BufferUsage {
+                what: "matrix view".to_string(),
+                expected: format!(
+                    "an offset that is a multiple of the device's \
+                     min_storage_buffer_offset_alignment ({alignment} bytes)"
+                ),
+                actual: format!("offset {offset}"),
+            });
+        }
+        let whole = Self::from_buffer_with_precision(buffer, rows, cols, precision)?;
+        let end = offset.saturating_add(whole.bytes());
+        if end > whole.buffer.size() {
+            return Err(Error::BufferUsage {
+                what: "matrix view".to_string(),
+                expected: format!(
+                    "{} bytes ({rows}x{cols} {precision}) from offset {offset}",
+                    whole.bytes()
+                ),
+                actual: format!("a buffer of {} bytes", whole.buffer.size()),
+            });
+        }
+        Ok(DeviceMatrix { offset, ..whole })
+    }
+
+    /// The same range of the same buffer viewed as `rows` × `cols` values (at most as many as
+    /// this view holds), for the executor's reshaped views of one value.
+    pub(crate) fn reshaped(&self, rows: usize, cols: usize) -> Result<Self> {
+        let view =
+            Self::from_buffer_with_precision(self.buffer.clone(), rows, cols, self.precision)?;
+        if view.bytes() > self.bytes() {
+            return Err(Error::shape_mismatch(
+                "matrix view",
+                format!("at most {} values", self.len()),
+                format!("{rows}x{cols}"),
+            ));
+        }
+        Ok(DeviceMatrix {
+            offset: self.offset,
+            ..view
         })
     }
 
@@ -237,7 +309,9 @@ impl DeviceMatrix {
         // Buffer writes go in multiples of 4 bytes; the buffer is allocated rounded up to that.
         bytes.resize(bytes.len().next_multiple_of(4), 0);
         context.scoped("uploading a matrix", || {
-            context.queue().write_buffer(&self.buffer, 0, &bytes);
+            context
+                .queue()
+                .write_buffer(&self.buffer, self.offset, &bytes);
         })
     }
 
@@ -250,7 +324,12 @@ impl DeviceMatrix {
     pub fn read(&self, context: &GpuContext) -> Result<Vec<f32>> {
         let bytes = self.len() as u64 * self.precision.element_bytes();
         // Copies must be a multiple of 4 bytes; an odd-length f16 matrix reads one pad element.
-        let bytes_read = read_bytes(context, &self.buffer, bytes.next_multiple_of(4))?;
+        let bytes_read = read_bytes_at(
+            context,
+            &self.buffer,
+            self.offset,
+            bytes.next_multiple_of(4),
+        )?;
         let mut values = self.precision.decode(&bytes_read);
         values.truncate(self.len());
         Ok(values)
@@ -284,5 +363,33 @@ impl DeviceMatrix {
     /// The storage buffer.
     pub fn buffer(&self) -> &wgpu::Buffer {
         &self.buffer
+    }
+
+    /// Where the matrix starts in its buffer, in bytes.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Bytes the matrix occupies, rounded up to whole 4-byte words (the granularity of bindings
+    /// and copies).
+    pub fn bytes(&self) -> u64 {
+        (self.len() as u64 * self.precision.element_bytes()).next_multiple_of(4)
+    }
+
+    /// The matrix's range of its buffer, as a kernel binds it.
+    pub fn binding(&self) -> wgpu::BindingResource<'_> {
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: &self.buffer,
+            offset: self.offset,
+            size: std::num::NonZeroU64::new(self.bytes()),
+        })
+    }
+
+    /// Whether the two matrices share any byte of one buffer (a kernel must not write what it
+    /// reads).
+    pub fn overlaps(&self, other: &DeviceMatrix) -> bool {
+        self.buffer == other.buffer
+            && self.offset < other.offset + other.bytes()
+            && other.offset < self.offset + self.bytes()
     }
 }

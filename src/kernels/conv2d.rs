@@ -420,13 +420,14 @@ pub fn prepare_conv2d(
     };
     let vec4_activations = geometry.in_channels.is_multiple_of(4);
     let activations4 = if vec4_activations {
-        operands.input.buffer()
+        operands.input.binding()
     } else {
-        context.placeholder_storage()
+        context.placeholder_storage().as_entire_binding()
     };
-    let residual = operands
-        .residual
-        .map_or(context.placeholder_storage(), DeviceMatrix::buffer);
+    let residual = operands.residual.map_or_else(
+        || context.placeholder_storage().as_entire_binding(),
+        DeviceMatrix::binding,
+    );
     let mut constants = vec![
         ("ADD_RESIDUAL", u32::from(operands.residual.is_some())),
         (
@@ -451,12 +452,12 @@ pub fn prepare_conv2d(
             precision,
             constants,
             resources: &[
-                operands.input.buffer().as_entire_binding(),
+                operands.input.binding(),
                 operands.weights.weights_buffer().as_entire_binding(),
                 operands.weights.bias_buffer().as_entire_binding(),
-                residual.as_entire_binding(),
-                operands.output.buffer().as_entire_binding(),
-                activations4.as_entire_binding(),
+                residual,
+                operands.output.binding(),
+                activations4,
             ],
             max_rows: operands.batch,
             shape: Box::new(ConvLaunch {

@@ -114,9 +114,10 @@ pub fn prepare_elementwise(
     let kernel = &ELEMENTWISE_KERNEL;
     // Every element's index must fit the shader's u32.
     to_u32(kernel.name, "elementwise elements", shape.0 * shape.1)?;
-    let right = operands
-        .right
-        .map_or(context.placeholder_storage(), DeviceMatrix::buffer);
+    let right = operands.right.map_or_else(
+        || context.placeholder_storage().as_entire_binding(),
+        DeviceMatrix::binding,
+    );
     PreparedKernel::new(
         context,
         LaunchDescriptor {
@@ -127,11 +128,7 @@ pub fn prepare_elementwise(
                 ("ADD_RIGHT", u32::from(operands.right.is_some())),
                 ("APPLY_RELU", u32::from(operands.relu)),
             ],
-            resources: &[
-                operands.left.buffer().as_entire_binding(),
-                right.as_entire_binding(),
-                operands.output.buffer().as_entire_binding(),
-            ],
+            resources: &[operands.left.binding(), right, operands.output.binding()],
             max_rows: shape.0,
             shape: Box::new(ElementwiseLaunch {
                 cols: to_u32(kernel.name, "elementwise columns", shape.1)?,

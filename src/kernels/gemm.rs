@@ -929,13 +929,14 @@ pub fn prepare_gemm(
     };
     // The vec4 view of the activations, or a placeholder that satisfies the binding.
     let activations4 = if variant.reads_vec4_activations(k) {
-        operands.input.buffer()
+        operands.input.binding()
     } else {
-        context.placeholder_storage()
+        context.placeholder_storage().as_entire_binding()
     };
-    let residual = operands
-        .residual
-        .map_or(context.placeholder_storage(), DeviceMatrix::buffer);
+    let residual = operands.residual.map_or_else(
+        || context.placeholder_storage().as_entire_binding(),
+        DeviceMatrix::binding,
+    );
     PreparedKernel::new(
         context,
         LaunchDescriptor {
@@ -944,12 +945,12 @@ pub fn prepare_gemm(
             precision,
             constants: gemm_constants(context, variant, operands.epilogue(), k),
             resources: &[
-                operands.input.buffer().as_entire_binding(),
+                operands.input.binding(),
                 operands.weights.weights.as_entire_binding(),
                 operands.weights.bias.as_entire_binding(),
-                residual.as_entire_binding(),
-                operands.output.buffer().as_entire_binding(),
-                activations4.as_entire_binding(),
+                residual,
+                operands.output.binding(),
+                activations4,
             ],
             max_rows: operands.input.rows(),
             shape: Box::new(GemmLaunch {

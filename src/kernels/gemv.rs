@@ -323,9 +323,10 @@ pub fn prepare_gemv(context: &GpuContext, operands: &GemvOperands<'_>) -> Result
         inner: to_u32(kernel.name, "gemv inner dimension", k)?,
         cols4: to_u32(kernel.name, "gemv columns", n.div_ceil(4))?,
     };
-    let residual = operands
-        .residual
-        .map_or(context.placeholder_storage(), DeviceMatrix::buffer);
+    let residual = operands.residual.map_or_else(
+        || context.placeholder_storage().as_entire_binding(),
+        DeviceMatrix::binding,
+    );
     PreparedKernel::new(
         context,
         LaunchDescriptor {
@@ -342,11 +343,11 @@ pub fn prepare_gemv(context: &GpuContext, operands: &GemvOperands<'_>) -> Result
                 ("WORKGROUP_SIZE", GEMV_WORKGROUP_SIZE),
             ],
             resources: &[
-                operands.input.buffer().as_entire_binding(),
+                operands.input.binding(),
                 wgpu::BindingResource::TextureView(&operands.weights.view),
                 operands.weights.bias.as_entire_binding(),
-                residual.as_entire_binding(),
-                operands.output.buffer().as_entire_binding(),
+                residual,
+                operands.output.binding(),
             ],
             max_rows: rows,
             shape: Box::new(GemvLaunch {

@@ -472,9 +472,9 @@ fn prepare_pool2d(
         constants.push(("COUNT_INCLUDE_PAD", u32::from(count_include_pad)));
     }
     let input4 = if vec4_channels {
-        operands.input.buffer()
+        operands.input.binding()
     } else {
-        context.placeholder_storage()
+        context.placeholder_storage().as_entire_binding()
     };
     PreparedKernel::new(
         context,
@@ -483,11 +483,7 @@ fn prepare_pool2d(
             kernel,
             precision: operands.input.precision(),
             constants,
-            resources: &[
-                operands.input.buffer().as_entire_binding(),
-                operands.output.buffer().as_entire_binding(),
-                input4.as_entire_binding(),
-            ],
+            resources: &[operands.input.binding(), operands.output.binding(), input4],
             max_rows: operands.batch,
             shape: Box::new(PoolLaunch { params, grid }),
         },
@@ -528,9 +524,9 @@ pub fn prepare_global_avg_pool(
     };
     let vec4_channels = operands.channels.is_multiple_of(CHANNELS_PER_INVOCATION);
     let input4 = if vec4_channels {
-        operands.input.buffer()
+        operands.input.binding()
     } else {
-        context.placeholder_storage()
+        context.placeholder_storage().as_entire_binding()
     };
     PreparedKernel::new(
         context,
@@ -539,11 +535,7 @@ pub fn prepare_global_avg_pool(
             kernel,
             precision: operands.input.precision(),
             constants: vec![("VEC4_CHANNELS", u32::from(vec4_channels))],
-            resources: &[
-                operands.input.buffer().as_entire_binding(),
-                operands.output.buffer().as_entire_binding(),
-                input4.as_entire_binding(),
-            ],
+            resources: &[operands.input.binding(), operands.output.binding(), input4],
             max_rows: operands.batch,
             shape: Box::new(GlobalPoolLaunch { params, grid }),
         },
