@@ -50,9 +50,10 @@ struct Args {
     /// Render off-screen and write PNGs instead of opening a window.
     #[arg(long)]
     headless: bool,
-    /// Frames to render headless.
-    #[arg(long, default_value_t = 30)]
-    frames: usize,
+    /// Frames to render: headless, how many PNGs (30 if not given); with a window, close it
+    /// after this many (never if not given).
+    #[arg(long)]
+    frames: Option<usize>,
     /// Image size, WIDTHxHEIGHT.
     #[arg(long, default_value = "256x256", value_parser = parse_size)]
     size: (u32, u32),
@@ -204,6 +205,8 @@ struct Renderer {
     draw_pipeline: wgpu::RenderPipeline,
     bands: Vec<Band>,
     timestamps: Option<Timestamps>,
+    /// Submissions made through [`Renderer::submit`], the only way this renderer submits.
+    submissions: std::cell::Cell<usize>,
 }
 
 /// Four timestamps per frame: the feature pass's beginning and end, the draw's beginning and
@@ -349,12 +352,20 @@ impl Renderer {
             draw_pipeline,
             bands,
             timestamps,
+            submissions: std::cell::Cell::new(0),
         })
     }
 
-    /// Records and submits one frame at `time` seconds into `target`: one encoder, one
-    /// submission. Returns the number of submissions (one).
+    /// Submits `commands`, counting the submission.
+    fn submit(&self, commands: wgpu::CommandBuffer) {
+        self.submissions.set(self.submissions.get() + 1);
+        self.queue.submit([commands]);
+    }
+
+    /// Records and submits one frame at `time` seconds into `target`. Returns how many
+    /// submissions it made (counted by [`Self::submit`]; one: a single encoder).
     fn frame(&self, target: &wgpu::TextureView, time: f64) -> resgraph::Result<usize> {
+        let submitted_before = self.submissions.get();
         let (width, height) = self.size;
         // 1. The frame's uniforms.
         let angle = time * TIME_FREQUENCY;
@@ -438,8 +449,8 @@ impl Renderer {
             encoder.resolve_query_set(&stamps.queries, 0..4, &stamps.resolve, 0);
             encoder.copy_buffer_to_buffer(&stamps.resolve, 0, &stamps.readback, 0, 32);
         }
-        self.queue.submit([encoder.finish()]);
-        Ok(1)
+        self.submit(encoder.finish());
+        Ok(self.submissions.get() - submitted_before)
     }
 
     /// Waits for the GPU and reads the last frame's timestamps, if the device has them.
@@ -509,8 +520,21 @@ fn open_device(
         .iter()
         .map(|adapter| resgraph::gpu::context::AdapterIdentity::from(&adapter.get_info()))
         .collect();
-    let index = resgraph::gpu::context::choose_adapter(&identities, &options)?;
-    let adapter = usable[index].clone();
+    let adapter = match resgraph::gpu::context::choose_adapter(&identities, &options) {
+        Ok(index) => usable[index].clone(),
+        // wgpu's GL backend ties an adapter to the surface it was requested for, so an
+        // enumerated GL adapter may not present to a window: ask for one that does.
+        Err(error) => match compatible_surface {
+            Some(surface) => {
+                pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+                    compatible_surface: Some(surface),
+                    ..Default::default()
+                }))
+                .map_err(|_| error)?
+            }
+            None => return Err(error.into()),
+        },
+    };
     let wanted = wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY;
     let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
         label: Some("neural field device"),
@@ -596,7 +620,7 @@ fn headless(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     });
     let mut times = Vec::new();
     let mut submissions = Vec::new();
-    for index in 0..args.frames {
+    for index in 0..args.frames.unwrap_or(30) {
         let started = Instant::now();
         submissions.push(renderer.frame(&view, index as f64 * args.dt)?);
         let (gpu, inference) = renderer.finish_frame();
@@ -743,6 +767,10 @@ mod window {
         started: Instant,
         frame_times: Vec<f64>,
         last_report: Instant,
+        /// Frames drawn, and each one's submissions.
+        drawn: usize,
+        submissions: usize,
+        all_frame_times: Vec<f64>,
         error: Option<Box<dyn std::error::Error>>,
     }
 
@@ -806,7 +834,10 @@ mod window {
             Ok(())
         }
 
-        fn redraw(&mut self) -> Result<(), Box<dyn std::error::Error>> {
+        fn redraw(
+            &mut self,
+            event_loop: &ActiveEventLoop,
+        ) -> Result<(), Box<dyn std::error::Error>> {
             let Some(running) = self.running.as_ref() else {
                 return Ok(());
             };
@@ -821,13 +852,30 @@ mod window {
             };
             let view = frame.texture.create_view(&Default::default());
             let started = Instant::now();
-            running
+            self.submissions += running
                 .renderer
                 .frame(&view, self.started.elapsed().as_secs_f64())?;
             running.window.pre_present_notify();
             running.queue.present(frame);
             let (gpu, inference) = running.renderer.finish_frame();
             self.frame_times.push(millis(started.elapsed()));
+            self.all_frame_times.push(millis(started.elapsed()));
+            self.drawn += 1;
+            if self.args.frames.is_some_and(|frames| self.drawn >= frames) {
+                let info = running.adapter.get_info();
+                println!(
+                    "window on {} ({:?}): {} frames drawn in {} submissions, frame p50 {:.2} ms, \
+                     p99 {:.2} ms",
+                    info.name,
+                    info.backend,
+                    self.drawn,
+                    self.submissions,
+                    percentile(&self.all_frame_times, 0.5),
+                    percentile(&self.all_frame_times, 0.99)
+                );
+                event_loop.exit();
+                return Ok(());
+            }
             if self.last_report.elapsed() >= Duration::from_secs(2) {
                 let share = match (gpu, inference) {
                     (Some(gpu), Some(inference)) => format!(
@@ -871,7 +919,7 @@ mod window {
                     Ok(())
                 }
                 WindowEvent::Resized(size) => self.resize(size.width, size.height),
-                WindowEvent::RedrawRequested => self.redraw(),
+                WindowEvent::RedrawRequested => self.redraw(event_loop),
                 _ => Ok(()),
             };
             if let Err(error) = result {
@@ -886,14 +934,23 @@ mod window {
         let (graph, _) = network(&args, folder.path())?;
         let options = resgraph::AdapterOptions::from_env()?;
         let event_loop = EventLoop::new()?;
+        // The application's own instance, connected to the window system's display: wgpu's GL
+        // backend presents only through an instance that knows it.
+        let mut descriptor = wgpu::InstanceDescriptor::new_with_display_handle_from_env(Box::new(
+            event_loop.owned_display_handle(),
+        ));
+        descriptor.backends = options.backends;
         let mut app = App {
             args,
             graph,
-            instance: resgraph::gpu::context::create_instance(options.backends),
+            instance: wgpu::Instance::new(descriptor),
             running: None,
             started: Instant::now(),
             frame_times: Vec::new(),
             last_report: Instant::now(),
+            drawn: 0,
+            submissions: 0,
+            all_frame_times: Vec::new(),
             error: None,
         };
         event_loop.run_app(&mut app)?;

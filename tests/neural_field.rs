@@ -2,7 +2,8 @@
 //! every test backend: each frame's pixels against the f64 reference of the same network (the
 //! safetensors file the example wrote, loaded here), features and colour mapping computed here
 //! independently of the example's shaders. No pixel may be off by more than 2/255; frames must
-//! differ over time; every frame must be one submission.
+//! differ over time; every frame must be one submission. It is also run in a window (winit, a
+//! wgpu surface) under Xvfb for 3 frames.
 //!
 //! `cargo test` builds the examples before it runs the tests; a test run that filters the targets
 //! (`--test neural_field` alone) must build the example first
@@ -166,5 +167,39 @@ fn the_headless_example_draws_the_reference_network_every_frame_in_one_submissio
                 "{backend}: only {changed} of {pixels} pixels changed between frames"
             );
         }
+    }
+}
+
+#[test]
+fn the_example_opens_a_window_and_animates_under_a_virtual_display() {
+    // A window needs a display; CI has none, so the example runs under Xvfb (`.ci/run` installs
+    // it). It draws 3 frames into a winit window through a wgpu surface, one submission each,
+    // and closes. Missing Xvfb fails the test: it never skips.
+    let binary = example_binary();
+    let xvfb_run = Path::new("/usr/bin/xvfb-run");
+    assert!(
+        xvfb_run.is_file(),
+        "xvfb-run is missing: install the xvfb and xauth packages (as .ci/run does)"
+    );
+    for backend in common::test_backends() {
+        let output = Command::new(xvfb_run)
+            .args(["-a", "-s", "-screen 0 640x480x24"])
+            .arg(&binary)
+            .args(["--size", "64x48", "--frames", "3"])
+            .env("WGPU_BACKEND", &backend)
+            .output()
+            .expect("run the example in a window");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{backend}: {}\n{stdout}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        println!("{backend}: {}", stdout.trim());
+        assert!(
+            stdout.contains("3 frames drawn in 3 submissions"),
+            "{backend}: {stdout}"
+        );
     }
 }
