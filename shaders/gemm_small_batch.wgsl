@@ -21,19 +21,7 @@
 // `Scalar` (f32 or f16 storage) is declared by the host's source generator
 // (src/kernels/source.rs). Arithmetic is always f32.
 
-struct GemmParams {
-    rows: u32,
-    cols: u32,
-    inner: u32,
-    inner_padded: u32,
-}
-
-@group(0) @binding(0) var<uniform> params: GemmParams;
-@group(0) @binding(1) var<storage, read> activations: array<Scalar>;
-@group(0) @binding(2) var<storage, read> weights: array<vec4<Scalar>>;
-@group(0) @binding(3) var<storage, read> bias: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read> residual: array<Scalar>;
-@group(0) @binding(5) var<storage, read_write> output: array<Scalar>;
+// GemmParams and bindings 0–6 are in gemm_bindings.wgsl, which the host appends.
 
 override APPLY_RELU: bool = false;
 override ADD_RESIDUAL: bool = false;

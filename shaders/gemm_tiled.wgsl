@@ -22,21 +22,7 @@
 // This is the GPU's shape of GEMM: workgroup memory and barriers. On CPU adapters (lavapipe) a
 // barrier turns every 8 lanes into a coroutine, so there the tuner keeps the subgroup GEMM.
 
-struct GemmParams {
-    rows: u32,
-    cols: u32,
-    inner: u32,
-    inner_padded: u32,
-}
-
-@group(0) @binding(0) var<uniform> params: GemmParams;
-@group(0) @binding(1) var<storage, read> activations: array<Scalar>;
-@group(0) @binding(2) var<storage, read> weights: array<vec4<Scalar>>;
-@group(0) @binding(3) var<storage, read> bias: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read> residual: array<Scalar>;
-@group(0) @binding(5) var<storage, read_write> output: array<Scalar>;
-// The activations again (the same buffer), read as vec4 when VEC4_ACTIVATIONS.
-@group(0) @binding(6) var<storage, read> activations4: array<vec4<Scalar>>;
+// GemmParams and bindings 0–6 are in gemm_bindings.wgsl, which the host appends.
 
 // The epilogue, fixed per pipeline.
 override APPLY_RELU: bool = false;

@@ -45,6 +45,24 @@ fn example_binary() -> PathBuf {
     binary
 }
 
+/// Runs `command` (the example, on `backend`) and returns its standard output; fails the test,
+/// with both outputs, if it does not succeed.
+fn run_example(mut command: Command, backend: &str) -> String {
+    let output = command
+        .env("WGPU_BACKEND", backend)
+        .output()
+        .expect("run the example");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{backend}: {}\n{stdout}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    println!("{backend}: {}", stdout.trim());
+    stdout
+}
+
 /// Every pixel's features at `time`, in the example's order, computed in f64.
 fn features(time: f64) -> Vec<f32> {
     let (width, height) = SIZE;
@@ -94,22 +112,13 @@ fn the_headless_example_draws_the_reference_network_every_frame_in_one_submissio
     let binary = example_binary();
     for backend in common::test_backends() {
         let out = tempfile::tempdir().expect("temp dir");
-        let output = Command::new(&binary)
+        let mut command = Command::new(&binary);
+        command
             .args(["--headless", "--frames", &FRAMES.to_string(), "--size"])
             .arg(format!("{}x{}", SIZE.0, SIZE.1))
             .args(["--dt", &DT.to_string(), "--out"])
-            .arg(out.path())
-            .env("WGPU_BACKEND", &backend)
-            .output()
-            .expect("run the example");
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            output.status.success(),
-            "{backend}: {}\n{stdout}{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-        println!("{backend}: {}", stdout.trim());
+            .arg(out.path());
+        run_example(command, &backend);
 
         let summary: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(out.path().join("summary.json")).expect("summary.json"),
@@ -182,21 +191,12 @@ fn the_example_opens_a_window_and_animates_under_a_virtual_display() {
         "xvfb-run is missing: install the xvfb and xauth packages (as .ci/run does)"
     );
     for backend in common::test_backends() {
-        let output = Command::new(xvfb_run)
+        let mut command = Command::new(xvfb_run);
+        command
             .args(["-a", "-s", "-screen 0 640x480x24"])
             .arg(&binary)
-            .args(["--size", "64x48", "--frames", "3"])
-            .env("WGPU_BACKEND", &backend)
-            .output()
-            .expect("run the example in a window");
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            output.status.success(),
-            "{backend}: {}\n{stdout}{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-        println!("{backend}: {}", stdout.trim());
+            .args(["--size", "64x48", "--frames", "3"]);
+        let stdout = run_example(command, &backend);
         assert!(
             stdout.contains("3 frames drawn in 3 submissions"),
             "{backend}: {stdout}"

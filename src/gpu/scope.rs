@@ -13,22 +13,10 @@ pub(crate) fn capture<T>(
     operation: &str,
     work: impl FnOnce() -> T,
 ) -> Result<T> {
-    let internal = device.push_error_scope(wgpu::ErrorFilter::Internal);
-    let out_of_memory = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-    let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let scopes = push_scopes(device);
     let value = work();
-    let errors = [
-        pollster::block_on(validation.pop()),
-        pollster::block_on(out_of_memory.pop()),
-        pollster::block_on(internal.pop()),
-    ];
-    match errors.into_iter().flatten().next() {
-        Some(error) => Err(Error::Gpu {
-            operation: operation.to_string(),
-            message: error_chain(&error),
-        }),
-        None => Ok(value),
-    }
+    let errors = scopes.map(|scope| pollster::block_on(scope.pop()));
+    first_error(errors, operation).map(|()| value)
 }
 
 /// As [`capture`], without blocking the caller on the scopes: the pops are awaited, so that an
@@ -39,21 +27,33 @@ pub(crate) async fn capture_async<T>(
     operation: &str,
     work: impl FnOnce() -> T,
 ) -> Result<T> {
-    let internal = device.push_error_scope(wgpu::ErrorFilter::Internal);
-    let out_of_memory = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-    let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let [validation, out_of_memory, internal] = push_scopes(device);
     let value = work();
     let errors = [
         validation.pop().await,
         out_of_memory.pop().await,
         internal.pop().await,
     ];
+    first_error(errors, operation).map(|()| value)
+}
+
+/// Pushes internal, out-of-memory and validation scopes, and returns them in the order they
+/// must be popped (innermost first).
+fn push_scopes(device: &wgpu::Device) -> [wgpu::ErrorScopeGuard; 3] {
+    let internal = device.push_error_scope(wgpu::ErrorFilter::Internal);
+    let out_of_memory = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+    let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    [validation, out_of_memory, internal]
+}
+
+/// The first error the scopes caught, as [`Error::Gpu`] naming `operation`.
+fn first_error(errors: [Option<wgpu::Error>; 3], operation: &str) -> Result<()> {
     match errors.into_iter().flatten().next() {
         Some(error) => Err(Error::Gpu {
             operation: operation.to_string(),
             message: error_chain(&error),
         }),
-        None => Ok(value),
+        None => Ok(()),
     }
 }
 
