@@ -52,13 +52,7 @@ struct ConvParams {
 }
 
 @group(0) @binding(0) var<uniform> params: ConvParams;
-@group(0) @binding(1) var<storage, read> activations: array<Scalar>;
-@group(0) @binding(2) var<storage, read> weights: array<vec4<Scalar>>;
-@group(0) @binding(3) var<storage, read> bias: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read> residual: array<Scalar>;
-@group(0) @binding(5) var<storage, read_write> output: array<Scalar>;
-// The input again (the same buffer), read as vec4 when VEC4_ACTIVATIONS.
-@group(0) @binding(6) var<storage, read> activations4: array<vec4<Scalar>>;
+// Bindings 1–6 are in operand_bindings.wgsl, which the host appends.
 
 // The epilogue, fixed per pipeline so that the driver removes the branches it does not take.
 override APPLY_RELU: bool = false;

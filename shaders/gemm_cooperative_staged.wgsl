@@ -38,7 +38,8 @@ const QUADRANT: u32 = 4u * TILE;
 const K_STEP: u32 = 2u * TILE;
 const SUBGROUPS: u32 = 4u;
 
-// GemmParams and bindings 0–6 are in gemm_bindings.wgsl, which the host appends.
+// GemmParams and binding 0 are in gemm_params.wgsl, bindings 1–6 in operand_bindings.wgsl; the
+// host appends both.
 
 override APPLY_RELU: bool = false;
 override ADD_RESIDUAL: bool = false;

@@ -21,7 +21,8 @@
 // `Scalar` (f32 or f16 storage) is declared by the host's source generator
 // (src/kernels/source.rs). Arithmetic is always f32.
 
-// GemmParams and bindings 0–6 are in gemm_bindings.wgsl, which the host appends.
+// GemmParams and binding 0 are in gemm_params.wgsl, bindings 1–6 in operand_bindings.wgsl; the
+// host appends both.
 
 override APPLY_RELU: bool = false;
 override ADD_RESIDUAL: bool = false;

@@ -26,7 +26,8 @@
 // by the host's source generator (src/kernels/source.rs), which also adds `enable f16;` for f16.
 // Arithmetic is always f32.
 
-// GemmParams and bindings 0–6 are in gemm_bindings.wgsl, which the host appends.
+// GemmParams and binding 0 are in gemm_params.wgsl, bindings 1–6 in operand_bindings.wgsl; the
+// host appends both.
 
 // The epilogue, fixed per pipeline so that the driver removes the branches it does not take.
 override APPLY_RELU: bool = false;

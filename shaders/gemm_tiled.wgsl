@@ -22,7 +22,8 @@
 // This is the GPU's shape of GEMM: workgroup memory and barriers. On CPU adapters (lavapipe) a
 // barrier turns every 8 lanes into a coroutine, so there the tuner keeps the subgroup GEMM.
 
-// GemmParams and bindings 0–6 are in gemm_bindings.wgsl, which the host appends.
+// GemmParams and binding 0 are in gemm_params.wgsl, bindings 1–6 in operand_bindings.wgsl; the
+// host appends both.
 
 // The epilogue, fixed per pipeline.
 override APPLY_RELU: bool = false;

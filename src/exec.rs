@@ -8,7 +8,8 @@
 //! step's parameter block for that batch (kept in one buffer per batch size), never by a queue
 //! write that would apply to whatever is submitted next. A host records the model into its own
 //! encoder with [`CompiledModel::encode`] (copying its buffers in and out) or, in place over its
-//! own buffers, with a [`ModelBinding`]; neither waits, locks or opens an error scope.
+//! own buffers, with a [`ModelBinding`]; neither waits for the GPU or a run, nor opens an error
+//! scope (but the first time a batch size is used, when its parameter buffer is made).
 //!
 //! Runs on one model are serialised by a lock (they share the upload and readback buffers), so a
 //! `CompiledModel` can be used from many threads at once; submissions execute in order, so a run
@@ -316,7 +317,8 @@ impl CompiledModel {
     /// The batch size travels with the recorded commands (the steps' parameters are copied in
     /// by the encoder itself), so encodes of different batch sizes may share one submission, and
     /// a [`Self::run`] on another thread before the host submits changes nothing of it. Nothing
-    /// here waits for the GPU or blocks on a lock.
+    /// here waits for the GPU or for a run (only the parameter cache's lock is taken, for a
+    /// moment).
     pub fn encode(
         &self,
         encoder: &mut wgpu::CommandEncoder,
@@ -1206,9 +1208,9 @@ impl ModelBinding {
     /// Records the inference of the first `batch` rows of the bound input into `encoder`: the
     /// copies that give each step its parameters for `batch`, then one compute pass that writes
     /// `batch × output_width` values of the bound output. Nothing is copied besides the
-    /// parameters, nothing waits for the GPU, and no lock is taken: encodes of different batch
-    /// sizes may share one submission, and a [`CompiledModel::run`] on another thread changes
-    /// nothing of what was recorded.
+    /// parameters, and nothing waits for the GPU or for a run (only the parameter cache's lock
+    /// is taken, for a moment): encodes of different batch sizes may share one submission, and
+    /// a [`CompiledModel::run`] on another thread changes nothing of what was recorded.
     pub fn encode(&self, encoder: &mut wgpu::CommandEncoder, batch: usize) -> Result<()> {
         let model = &self.model;
         model.check_batch(batch)?;

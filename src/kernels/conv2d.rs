@@ -23,7 +23,9 @@ use crate::kernels::gemm::{
 use crate::kernels::launch::{
     LaunchDescriptor, LaunchShape, PreparedKernel, check_operands, param_bytes, to_u32,
 };
-use crate::kernels::source::{ACTIVATION, FUSED_EPILOGUE, KernelSource, no_declarations};
+use crate::kernels::source::{
+    ACTIVATION, FUSED_EPILOGUE, KernelSource, OPERAND_BINDINGS, no_declarations,
+};
 use crate::kernels::workgroup_count;
 use crate::precision::Precision;
 use crate::shape::window_output_size;
@@ -44,7 +46,7 @@ const CONV2D_BINDINGS: &[BindingKind] = &[
 pub const CONV2D_KERNEL: KernelSource = KernelSource {
     name: "conv2d",
     body: include_str!("../../shaders/conv2d.wgsl"),
-    pieces: &[ACTIVATION, FUSED_EPILOGUE],
+    pieces: &[OPERAND_BINDINGS, ACTIVATION, FUSED_EPILOGUE],
     extensions: &[],
     declarations: no_declarations,
     entry_point: "conv2d",
@@ -56,7 +58,7 @@ pub const CONV2D_KERNEL: KernelSource = KernelSource {
 pub const CONV2D_SUBGROUP_KERNEL: KernelSource = KernelSource {
     name: "conv2d_subgroup",
     body: include_str!("../../shaders/conv2d_subgroup.wgsl"),
-    pieces: &[ACTIVATION, FUSED_EPILOGUE],
+    pieces: &[OPERAND_BINDINGS, ACTIVATION, FUSED_EPILOGUE],
     extensions: &[],
     declarations: no_declarations,
     entry_point: "conv2d",

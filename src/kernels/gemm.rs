@@ -19,7 +19,7 @@ use crate::kernels::launch::{
     LaunchDescriptor, LaunchShape, PreparedKernel, check_operands, param_bytes, to_u32,
 };
 use crate::kernels::source::{
-    ACTIVATION, FUSED_EPILOGUE, GEMM_BINDINGS_WGSL, KernelSource, no_declarations,
+    ACTIVATION, FUSED_EPILOGUE, GEMM_PARAMS, KernelSource, OPERAND_BINDINGS, no_declarations,
 };
 use crate::precision::Precision;
 use crate::shape::check_linear_shape;
@@ -44,7 +44,7 @@ const GEMM_BINDINGS: &[BindingKind] = &[
 pub const GEMM_PORTABLE_KERNEL: KernelSource = KernelSource {
     name: "gemm",
     body: include_str!("../../shaders/gemm.wgsl"),
-    pieces: &[GEMM_BINDINGS_WGSL, ACTIVATION, FUSED_EPILOGUE],
+    pieces: &[GEMM_PARAMS, OPERAND_BINDINGS, ACTIVATION, FUSED_EPILOGUE],
     extensions: &[],
     declarations: no_declarations,
     entry_point: "gemm",
@@ -55,7 +55,7 @@ pub const GEMM_PORTABLE_KERNEL: KernelSource = KernelSource {
 pub const GEMM_SUBGROUP_KERNEL: KernelSource = KernelSource {
     name: "gemm_subgroup",
     body: include_str!("../../shaders/gemm_subgroup.wgsl"),
-    pieces: &[GEMM_BINDINGS_WGSL, ACTIVATION, FUSED_EPILOGUE],
+    pieces: &[GEMM_PARAMS, OPERAND_BINDINGS, ACTIVATION, FUSED_EPILOGUE],
     extensions: &[],
     declarations: no_declarations,
     entry_point: "gemm",
@@ -67,7 +67,7 @@ pub const GEMM_SUBGROUP_KERNEL: KernelSource = KernelSource {
 pub const GEMM_SMALL_BATCH_KERNEL: KernelSource = KernelSource {
     name: "gemm_small_batch",
     body: include_str!("../../shaders/gemm_small_batch.wgsl"),
-    pieces: &[GEMM_BINDINGS_WGSL, ACTIVATION, FUSED_EPILOGUE],
+    pieces: &[GEMM_PARAMS, OPERAND_BINDINGS, ACTIVATION, FUSED_EPILOGUE],
     extensions: &[],
     declarations: no_declarations,
     entry_point: "gemm",
@@ -80,7 +80,7 @@ pub const GEMM_SMALL_BATCH_KERNEL: KernelSource = KernelSource {
 pub const GEMM_TILED_KERNEL: KernelSource = KernelSource {
     name: "gemm_tiled",
     body: include_str!("../../shaders/gemm_tiled.wgsl"),
-    pieces: &[GEMM_BINDINGS_WGSL, ACTIVATION, FUSED_EPILOGUE],
+    pieces: &[GEMM_PARAMS, OPERAND_BINDINGS, ACTIVATION, FUSED_EPILOGUE],
     extensions: &[],
     declarations: no_declarations,
     entry_point: "gemm",
@@ -106,7 +106,7 @@ pub const GEMM_COOPERATIVE_KERNEL: KernelSource = KernelSource {
 pub const GEMM_COOPERATIVE_STAGED_KERNEL: KernelSource = KernelSource {
     name: "gemm_cooperative_staged",
     body: include_str!("../../shaders/gemm_cooperative_staged.wgsl"),
-    pieces: &[GEMM_BINDINGS_WGSL, ACTIVATION, FUSED_EPILOGUE],
+    pieces: &[GEMM_PARAMS, OPERAND_BINDINGS, ACTIVATION, FUSED_EPILOGUE],
     extensions: &["wgpu_cooperative_matrix"],
     declarations: cooperative_staged_scalar_declarations,
     entry_point: "gemm",

@@ -18,9 +18,13 @@ use crate::precision::Precision;
 /// kernel that lists it lists `ACTIVATION` too.
 pub const FUSED_EPILOGUE: &str = include_str!("../../shaders/fused_epilogue.wgsl");
 
-/// `shaders/gemm_bindings.wgsl`: `GemmParams` and bindings 0–6 of the GEMM kernels that read the
-/// blocked weight layout as vec4 (the table `GEMM_BINDINGS` in `gemm.rs` describes).
-pub const GEMM_BINDINGS_WGSL: &str = include_str!("../../shaders/gemm_bindings.wgsl");
+/// `shaders/gemm_params.wgsl`: `GemmParams` at binding 0 of the GEMM kernels that read the blocked
+/// weight layout as vec4.
+pub const GEMM_PARAMS: &str = include_str!("../../shaders/gemm_params.wgsl");
+
+/// `shaders/operand_bindings.wgsl`: bindings 1–6 (activations, blocked weights, bias, residual,
+/// output, activations as vec4) of those GEMM kernels and of the convolutions.
+pub const OPERAND_BINDINGS: &str = include_str!("../../shaders/operand_bindings.wgsl");
 
 /// `shaders/activation.wgsl`: the ReLU that keeps NaN (`max(x, 0)` alone may turn NaN into 0),
 /// for every kernel that applies one.

@@ -1,11 +1,13 @@
-// The parameter block and bindings of the GEMM kernels that read the blocked weight layout as
-// vec4 (gemm, gemm_subgroup, gemm_small_batch, gemm_tiled, gemm_cooperative_staged), matching
-// GEMM_BINDINGS in src/kernels/gemm.rs. It is not a shader on its own: the host's source generator
-// (src/kernels/source.rs) appends it to each of those kernels.
+// Bindings 1–6 of the kernels that multiply activations by the blocked weight layout read as
+// vec4: the GEMM kernels above and the implicit-GEMM convolutions (conv2d, conv2d_subgroup), each of
+// which declares its own parameter block at binding 0. It is not a shader on its own: the host's
+// source generator (src/kernels/source.rs) appends it to each of those kernels.
 //
-// Layouts (rows = M, cols = N, inner = K):
-//   activations  [rows, inner] Scalar, row-major (binding 6: the same buffer read as vec4, where
-//                the kernel reads four at a time, or a placeholder).
+// Layouts (rows = M, cols = N, inner = K; for a convolution, rows are output pixels, cols output
+// channels and inner the taps × channels of one pixel's window):
+//   activations  [rows, inner] Scalar, row-major (for a convolution: NHWC images). Binding 6 is
+//                the same buffer read as vec4, where the kernel reads four at a time, or a
+//                placeholder.
 //   weights      [ceil(cols/16)][inner_padded][16] Scalar, read as 4 vec4 per (column block, k):
 //                PyTorch's [cols, inner] weight, transposed once at upload into 16-column
 //                blocks, with inner zero-padded to a multiple of 8 and cols to a multiple of 16.
@@ -13,14 +15,6 @@
 //   residual     [rows, cols] Scalar, read only when ADD_RESIDUAL.
 //   output       [rows, cols] Scalar.
 
-struct GemmParams {
-    rows: u32,
-    cols: u32,
-    inner: u32,
-    inner_padded: u32,
-}
-
-@group(0) @binding(0) var<uniform> params: GemmParams;
 @group(0) @binding(1) var<storage, read> activations: array<Scalar>;
 @group(0) @binding(2) var<storage, read> weights: array<vec4<Scalar>>;
 @group(0) @binding(3) var<storage, read> bias: array<vec4<f32>>;
