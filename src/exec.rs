@@ -4,9 +4,10 @@
 //! needs. A run then writes the input, records every step into **one compute pass**, copies the
 //! output to a readback buffer, and submits **once**; nothing is allocated per run.
 //!
-//! The batch size travels with the recorded commands: each pass is preceded by copies of every
-//! step's parameter block for that batch (kept in one buffer per batch size), never by a queue
-//! write that would apply to whatever is submitted next. A host records the model into its own
+//! The batch size travels with the recorded commands: each pass is preceded by one copy of the
+//! steps' parameter blocks for that batch (kept in one buffer per batch size) into the uniform
+//! buffer where every step binds its block, never by a queue write that would apply to whatever
+//! is submitted next. A host records the model into its own
 //! encoder with [`CompiledModel::encode`] (copying its buffers in and out) or, in place over its
 //! own buffers, with a [`ModelBinding`]; neither waits for the GPU or a run, nor opens an error
 //! scope (but the first time a batch size is used, when its parameter buffer is made).
@@ -228,7 +229,7 @@ impl CompiledModel {
         } else {
             None
         };
-        let batch_parameters = BatchParameters::new(&steps);
+        let batch_parameters = BatchParameters::new(&context, &mut steps)?;
         Ok(CompiledModel {
             input_width: graph.input_width(),
             output_width,
@@ -315,10 +316,10 @@ impl CompiledModel {
     /// reads and writes host buffers in place, without the two copies.)
     ///
     /// The batch size travels with the recorded commands (the steps' parameters are copied in
-    /// by the encoder itself), so encodes of different batch sizes may share one submission, and
-    /// a [`Self::run`] on another thread before the host submits changes nothing of it. Nothing
-    /// here waits for the GPU or for a run (only the parameter cache's lock is taken, for a
-    /// moment).
+    /// by the encoder itself, in one copy), so encodes of different batch sizes may share one
+    /// submission, and a [`Self::run`] on another thread before the host submits changes nothing
+    /// of it. Nothing here waits for the GPU or for a run (only the parameter cache's lock is
+    /// taken, for a moment).
     pub fn encode(
         &self,
         encoder: &mut wgpu::CommandEncoder,
@@ -426,8 +427,10 @@ impl CompiledModel {
         let mut rebound = Vec::new();
         for (index, (step, weights)) in self.schedule.iter().zip(&self.weights).enumerate() {
             if step_touches(step, self.plan.input, self.plan.output) {
-                let prepared =
+                let mut prepared =
                     prepare_step(&self.context, &self.plan, &activations, step, weights)?;
+                self.batch_parameters
+                    .bind_step(&self.context, index, &mut prepared)?;
                 rebound.push((index, prepared));
             }
         }
@@ -534,20 +537,24 @@ impl CompiledModel {
     }
 
     /// Records `steps` (the model's, or a binding's with some rebound) for `batch` rows: first
-    /// the copies that give each step its parameters for `batch`, then one compute pass.
+    /// the one copy that gives every step its parameters for `batch`, then one compute pass.
     fn record_pass<'a>(
         &'a self,
         encoder: &mut wgpu::CommandEncoder,
-        steps: impl Iterator<Item = &'a PreparedKernel> + Clone,
+        steps: impl Iterator<Item = &'a PreparedKernel>,
         batch: usize,
         timed: Option<&TimestampQueries>,
     ) -> Result<()> {
         let parameters = self
             .batch_parameters
             .for_batch(&self.context, &self.steps, batch)?;
-        for (step, &(offset, len)) in steps.clone().zip(&self.batch_parameters.layout) {
-            encoder.copy_buffer_to_buffer(&parameters, offset, step.params_buffer(), 0, len);
-        }
+        encoder.copy_buffer_to_buffer(
+            &parameters,
+            0,
+            &self.batch_parameters.live,
+            0,
+            self.batch_parameters.size,
+        );
         let timestamp_writes = timed.map(|queries| wgpu::ComputePassTimestampWrites {
             query_set: &queries.query_set,
             beginning_of_pass_write_index: Some(0),
@@ -1116,14 +1123,20 @@ fn prepare_pool_step(
     }
 }
 
-/// Each step's parameter block for every batch size used so far, in one `COPY_SRC` buffer per
-/// batch size: a pass is preceded by copies from it into the steps' parameter buffers, so that the
-/// batch size travels with the recorded commands rather than with a queue write that would apply
-/// to whatever is submitted next. Steps of a [`ModelBinding`] share the model's blocks (a step
-/// rebound to other buffers has the same shape).
+/// The steps' parameter blocks. Every step binds its block in one uniform buffer, `live`, at
+/// its own slot; each batch size used so far has a `COPY_SRC` buffer of the same layout, and a
+/// pass is preceded by one copy of the batch's buffer into `live`, so that the batch size
+/// travels with the recorded commands rather than with a queue write that would apply to
+/// whatever is submitted next. Steps of a [`ModelBinding`] bind the same slots (a step rebound
+/// to other buffers has the same shape, so the same parameters).
 struct BatchParameters {
-    /// Each step's block: offset in the batch's buffer, and length.
+    /// Each step's block: offset (a multiple of `min_uniform_buffer_offset_alignment`), and
+    /// length.
     layout: Vec<(u64, u64)>,
+    /// Bytes of the whole layout.
+    size: u64,
+    /// The uniform buffer every step binds its block in.
+    live: wgpu::Buffer,
     /// The buffer of each batch size used so far.
     buffers: Mutex<std::collections::HashMap<usize, wgpu::Buffer>>,
 }
@@ -1133,22 +1146,48 @@ struct BatchParameters {
 const KEPT_BATCH_SIZES: usize = 64;
 
 impl BatchParameters {
-    fn new(steps: &[PreparedKernel]) -> Self {
+    /// Lays the blocks of `steps` out in one buffer and binds every step's block there.
+    fn new(context: &GpuContext, steps: &mut [PreparedKernel]) -> Result<Self> {
+        let alignment = u64::from(context.limits().min_uniform_buffer_offset_alignment).max(4);
         let mut offset = 0;
-        let layout = steps
+        let layout: Vec<(u64, u64)> = steps
             .iter()
             .map(|step| {
                 let len = step.params_bytes(1).len() as u64;
                 let block = (offset, len);
-                // Copies need 4-byte offsets; parameter blocks are whole u32s anyway.
-                offset += len.next_multiple_of(4);
+                offset = (offset + len).next_multiple_of(alignment);
                 block
             })
             .collect();
-        BatchParameters {
-            layout,
-            buffers: Mutex::new(std::collections::HashMap::new()),
+        let size = offset.max(alignment);
+        let live = context.scoped("creating the steps' parameter buffer", || {
+            context.device().create_buffer(&wgpu::BufferDescriptor {
+                label: Some("model step parameters"),
+                size,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        })?;
+        for (step, &(offset, _)) in steps.iter_mut().zip(&layout) {
+            step.use_params_slot(context, &live, offset)?;
         }
+        Ok(BatchParameters {
+            layout,
+            size,
+            live,
+            buffers: Mutex::new(std::collections::HashMap::new()),
+        })
+    }
+
+    /// Binds the block of a binding's rebound step, number `index` of the model's steps, in that
+    /// step's slot.
+    fn bind_step(
+        &self,
+        context: &GpuContext,
+        index: usize,
+        step: &mut PreparedKernel,
+    ) -> Result<()> {
+        step.use_params_slot(context, &self.live, self.layout[index].0)
     }
 
     /// The buffer of every step's parameters for `batch` rows, created the first time a batch
@@ -1171,12 +1210,12 @@ impl BatchParameters {
             what: format!("a batch of {batch} rows"),
             reason: "the kernels index rows with 32 bits".to_string(),
         })?;
-        let mut contents = Vec::new();
+        let mut contents = Vec::with_capacity(self.size as usize);
         for (step, &(offset, _)) in steps.iter().zip(&self.layout) {
             contents.resize(offset as usize, 0);
             contents.extend(step.params_bytes(rows));
         }
-        contents.resize(contents.len().next_multiple_of(4).max(4), 0);
+        contents.resize(self.size as usize, 0);
         let buffer = context.scoped("creating a batch's parameter blocks", || {
             use wgpu::util::DeviceExt;
             context
@@ -1206,8 +1245,8 @@ pub struct ModelBinding {
 
 impl ModelBinding {
     /// Records the inference of the first `batch` rows of the bound input into `encoder`: the
-    /// copies that give each step its parameters for `batch`, then one compute pass that writes
-    /// `batch × output_width` values of the bound output. Nothing is copied besides the
+    /// one copy that gives every step its parameters for `batch`, then one compute pass that
+    /// writes `batch × output_width` values of the bound output. Nothing is copied besides the
     /// parameters, and nothing waits for the GPU or for a run (only the parameter cache's lock
     /// is taken, for a moment): encodes of different batch sizes may share one submission, and
     /// a [`CompiledModel::run`] on another thread changes nothing of what was recorded.

@@ -52,8 +52,57 @@ pub struct PreparedKernel {
     pipeline: Arc<CachedPipeline>,
     bind_group: wgpu::BindGroup,
     params_buffer: wgpu::Buffer,
+    /// Where in `params_buffer` the block is bound: 0 for its own buffer, a slot's offset after
+    /// [`Self::use_params_slot`].
+    params_offset: u64,
+    /// The resources of bindings 1.., kept so that the parameter block can be moved into a
+    /// slot of a buffer shared by many dispatches ([`Self::use_params_slot`]).
+    resources: Vec<KeptResource>,
     max_rows: u32,
     shape: Box<dyn LaunchShape>,
+}
+
+/// A binding's resource, owned (the handles are reference-counted), to build a bind group again.
+#[derive(Clone, Debug)]
+enum KeptResource {
+    Buffer {
+        buffer: wgpu::Buffer,
+        offset: u64,
+        size: Option<std::num::NonZeroU64>,
+    },
+    TextureView(wgpu::TextureView),
+}
+
+impl KeptResource {
+    /// The owned form of `resource`, for the kinds resgraph's kernels bind.
+    fn keep(resource: &wgpu::BindingResource<'_>) -> Option<Self> {
+        match resource {
+            wgpu::BindingResource::Buffer(binding) => Some(KeptResource::Buffer {
+                buffer: binding.buffer.clone(),
+                offset: binding.offset,
+                size: binding.size,
+            }),
+            wgpu::BindingResource::TextureView(view) => {
+                Some(KeptResource::TextureView((*view).clone()))
+            }
+            _ => None,
+        }
+    }
+
+    fn resource(&self) -> wgpu::BindingResource<'_> {
+        match self {
+            KeptResource::Buffer {
+                buffer,
+                offset,
+                size,
+            } => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer,
+                offset: *offset,
+                size: *size,
+            }),
+            KeptResource::TextureView(view) => wgpu::BindingResource::TextureView(view),
+        }
+    }
 }
 
 impl PreparedKernel {
@@ -119,14 +168,55 @@ impl PreparedKernel {
                 let bind_group = pipeline.bind(context.device(), label, &bound);
                 (bind_group, params_buffer)
             })?;
+        let resources = resources
+            .iter()
+            .map(KeptResource::keep)
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| Error::UnsupportedShape {
+                kernel: kernel.name,
+                what: format!("the {label} operands"),
+                reason: "a binding is neither a buffer nor a texture view".to_string(),
+            })?;
         Ok(PreparedKernel {
             kernel_name: kernel.name,
             pipeline,
             bind_group,
             params_buffer,
+            params_offset: 0,
+            resources,
             max_rows,
             shape,
         })
+    }
+
+    /// Binds the dispatch's parameter block to `buffer` at `offset` (a multiple of the device's
+    /// `min_uniform_buffer_offset_alignment`) instead of its own buffer, so that one copy can
+    /// give every step of a pass its parameters. Whoever calls this writes the block there.
+    pub(crate) fn use_params_slot(
+        &mut self,
+        context: &GpuContext,
+        buffer: &wgpu::Buffer,
+        offset: u64,
+    ) -> Result<()> {
+        let size = std::num::NonZeroU64::new(self.params_bytes(1).len() as u64);
+        let bind_group = context.scoped(
+            &format!("binding the {} parameters", self.kernel_name),
+            || {
+                let mut bound = Vec::with_capacity(self.resources.len() + 1);
+                bound.push(wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer,
+                    offset,
+                    size,
+                }));
+                bound.extend(self.resources.iter().map(KeptResource::resource));
+                self.pipeline
+                    .bind(context.device(), self.kernel_name, &bound)
+            },
+        )?;
+        self.bind_group = bind_group;
+        self.params_buffer = buffer.clone();
+        self.params_offset = offset;
+        Ok(())
     }
 
     /// The shader the dispatch runs (e.g. `gemm_subgroup`, `gemv_texture`).
@@ -137,11 +227,6 @@ impl PreparedKernel {
     /// The bytes of the dispatch's parameter block (binding 0) for `rows` rows.
     pub(crate) fn params_bytes(&self, rows: u32) -> Vec<u8> {
         self.shape.params(rows)
-    }
-
-    /// The buffer bound as the dispatch's parameter block.
-    pub(crate) fn params_buffer(&self) -> &wgpu::Buffer {
-        &self.params_buffer
     }
 
     /// The row count the dispatch was prepared for (the most it can run).
@@ -163,7 +248,7 @@ impl PreparedKernel {
         context.scoped(&format!("updating {} rows", self.kernel_name), || {
             context
                 .queue()
-                .write_buffer(&self.params_buffer, 0, &params);
+                .write_buffer(&self.params_buffer, self.params_offset, &params);
         })
     }
 
