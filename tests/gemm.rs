@@ -168,14 +168,20 @@ fn every_epilogue_matches_the_reference_on_awkward_shapes_on_every_backend() {
     }
 }
 
-/// Shapes for every point of the tiled family: rows short of, equal to and past a block (1,
-/// 17, 127, 1000), columns short of and past a 16-column weight block, and K shorter than any
-/// slice and neither a multiple of 4 nor of any slice depth (3, 37, 101). All run with one
-/// pipeline per point (ReLU and residual, activations read one at a time), because building a
-/// pipeline, not running it, is what costs time on lavapipe; the vec4 reads and the other
-/// epilogues are the same code in every point and are checked with the default point above.
-const TILED_FAMILY_SHAPES: [(usize, usize, usize); 4] =
-    [(17, 33, 37), (127, 20, 101), (1, 130, 3), (1000, 9, 37)];
+/// Shapes for every point of the tiled family: rows short of, equal to and past a block (1, 3,
+/// 17, 127, 1000), one column, columns short of and past a 16-column weight block, and K shorter
+/// than any slice and neither a multiple of 4 nor of any slice depth (3, 17, 37, 101). All run
+/// with one pipeline per point (ReLU and residual, activations read one at a time), because
+/// building a pipeline, not running it, is what costs time on lavapipe; the vec4 reads and the
+/// other epilogues are the same code in every point and are checked with the default point
+/// above.
+const TILED_FAMILY_SHAPES: [(usize, usize, usize); 5] = [
+    (17, 33, 37),
+    (127, 20, 101),
+    (1, 130, 3),
+    (3, 1, 17),
+    (1000, 9, 37),
+];
 
 #[test]
 fn every_point_of_the_tiled_family_matches_the_reference_on_every_backend() {
