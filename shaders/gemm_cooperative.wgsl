@@ -34,14 +34,8 @@
 const TILE_ROWS: u32 = 4u * TILE;
 const TILE_COLS: u32 = 2u * TILE;
 
-struct GemmParams {
-    rows: u32,
-    cols: u32,
-    inner: u32,
-    inner_padded: u32,
-}
-
-@group(0) @binding(0) var<uniform> params: GemmParams;
+// GemmParams and binding 0 are in gemm_params.wgsl, which the host appends. The weights are read
+// as scalars here (staged one value at a time), so bindings 1–5 are this file's own.
 @group(0) @binding(1) var<storage, read> activations: array<Scalar>;
 @group(0) @binding(2) var<storage, read> weights: array<Scalar>;
 @group(0) @binding(3) var<storage, read> bias: array<vec4<f32>>;

@@ -1,8 +1,8 @@
-// The GEMM kernels' parameter block, binding 0 (GEMM_BINDINGS in src/kernels/gemm.rs), for the
-// kernels that read the blocked weight layout as vec4 (gemm, gemm_subgroup, gemm_small_batch,
-// gemm_tiled, gemm_cooperative_staged). It is not a shader on its own: the host's source
-// generator (src/kernels/source.rs) appends it to each of those kernels, with
-// operand_bindings.wgsl.
+// The GEMM kernels' parameter block, binding 0 (GEMM_BINDINGS in src/kernels/gemm.rs), for every
+// GEMM kernel: gemm, gemm_subgroup, gemm_small_batch, gemm_tiled, gemm_cooperative and
+// gemm_cooperative_staged. It is not a shader on its own: the host's source generator
+// (src/kernels/source.rs) appends it to each of those kernels (all but gemm_cooperative with
+// operand_bindings.wgsl too).
 
 struct GemmParams {
     rows: u32,

@@ -465,6 +465,19 @@ impl CompiledModel {
         self.steps.iter().map(PreparedKernel::kernel_name).collect()
     }
 
+    /// What each step runs, in order, as `bench` and the tuning cache name it: the shader, and
+    /// for a point of the tiled GEMM family its point (`gemm_tiled/16x16t/8x8/k16/prefetch`).
+    pub fn step_kernel_labels(&self) -> Vec<String> {
+        self.schedule
+            .iter()
+            .zip(&self.steps)
+            .map(|(scheduled, prepared)| match scheduled {
+                ScheduledStep::Layer { kernel, .. } => kernel.label(),
+                _ => prepared.kernel_name().to_string(),
+            })
+            .collect()
+    }
+
     /// Bytes of the activation slots (the input buffer not counted).
     pub fn activation_bytes(&self) -> u64 {
         self.plan

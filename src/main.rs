@@ -17,9 +17,7 @@ use resgraph::gpu::context::{
 use resgraph::graph::ValueShape;
 use resgraph::graph::layout::{nchw_to_nhwc, nhwc_to_nchw};
 use resgraph::graph::synthetic::{MlpShape, ResNetArch, mlp, random_input, resnet};
-use resgraph::kernels::gemm::{GEMM_TILED_KERNEL, GemmVariant};
 use resgraph::reference::forward_f64;
-use resgraph::tune::KernelChoice;
 
 /// Residual networks on any GPU.
 #[derive(Parser, Debug)]
@@ -576,25 +574,10 @@ fn check_rows(batch: usize) -> Vec<usize> {
 
 /// The distinct kernels a model runs, in first-use order.
 fn kernel_summary(model: &CompiledModel) -> Vec<String> {
-    // The tiled GEMM is one shader with many points: name the points the tuner chose.
-    let tiled_points: Vec<String> = model
-        .tuning_report()
-        .shapes
-        .iter()
-        .filter(|shape| matches!(shape.choice, KernelChoice::Gemm(GemmVariant::Tiled(_))))
-        .map(|shape| shape.choice.label())
-        .collect();
     let mut kernels: Vec<String> = Vec::new();
-    for kernel in model.step_kernels() {
-        let names = if kernel == GEMM_TILED_KERNEL.name && !tiled_points.is_empty() {
-            tiled_points.clone()
-        } else {
-            vec![kernel.to_string()]
-        };
-        for name in names {
-            if !kernels.contains(&name) {
-                kernels.push(name);
-            }
+    for label in model.step_kernel_labels() {
+        if !kernels.contains(&label) {
+            kernels.push(label);
         }
     }
     kernels

@@ -316,6 +316,12 @@ fn a_tiled_point_chosen_by_the_tuner_runs_a_model_that_matches_the_reference() {
             "{backend}: {:?}",
             model.step_kernels()
         );
+        let point = GemmVariant::Tiled(TiledGemmConfig::DEFAULT).label();
+        assert!(
+            model.step_kernel_labels().contains(&point),
+            "{backend}: {:?} does not name {point}",
+            model.step_kernel_labels()
+        );
         let input = random_input(33 * graph.input_width(), 5);
         let output = model.run(&input).expect("run");
         let reference = forward_f64(&graph, &input, 33);

@@ -93,7 +93,7 @@ pub const GEMM_TILED_KERNEL: KernelSource = KernelSource {
 pub const GEMM_COOPERATIVE_KERNEL: KernelSource = KernelSource {
     name: "gemm_cooperative",
     body: include_str!("../../shaders/gemm_cooperative.wgsl"),
-    pieces: &[ACTIVATION, FUSED_EPILOGUE],
+    pieces: &[GEMM_PARAMS, ACTIVATION, FUSED_EPILOGUE],
     extensions: &["wgpu_cooperative_matrix"],
     declarations: cooperative_declarations,
     entry_point: "gemm",

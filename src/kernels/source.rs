@@ -18,8 +18,7 @@ use crate::precision::Precision;
 /// kernel that lists it lists `ACTIVATION` too.
 pub const FUSED_EPILOGUE: &str = include_str!("../../shaders/fused_epilogue.wgsl");
 
-/// `shaders/gemm_params.wgsl`: `GemmParams` at binding 0 of the GEMM kernels that read the blocked
-/// weight layout as vec4.
+/// `shaders/gemm_params.wgsl`: `GemmParams` at binding 0 of every GEMM kernel.
 pub const GEMM_PARAMS: &str = include_str!("../../shaders/gemm_params.wgsl");
 
 /// `shaders/operand_bindings.wgsl`: bindings 1–6 (activations, blocked weights, bias, residual,
