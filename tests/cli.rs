@@ -1,5 +1,7 @@
 //! The `resgraph` binary end to end.
 
+mod common;
+
 use std::process::Command;
 
 /// A tuning cache folder private to this test binary, so tests never touch the user's cache.
@@ -481,16 +483,7 @@ fn an_interrupted_command_exits_130_and_leaves_no_folder_behind() {
         .spawn()
         .expect("spawn resgraph");
     std::thread::sleep(std::time::Duration::from_millis(1500));
-    let made: Vec<String> = std::fs::read_dir(tmp.path())
-        .expect("list")
-        .map(|entry| {
-            entry
-                .expect("entry")
-                .file_name()
-                .to_string_lossy()
-                .to_string()
-        })
-        .collect();
+    let made = common::file_names(tmp.path());
     assert!(
         made.iter()
             .any(|name| name.starts_with("resgraph-runtime-")),

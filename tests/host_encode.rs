@@ -55,25 +55,9 @@ fn host_buffer(context: &GpuContext, label: &str, values: usize) -> wgpu::Buffer
 
 /// Reads the first `values` f32 of `buffer` back (waiting for the GPU).
 fn read_back(context: &GpuContext, buffer: &wgpu::Buffer, values: usize) -> Vec<f32> {
-    let bytes = (values * 4) as u64;
-    let readback = context.device().create_buffer(&wgpu::BufferDescriptor {
-        label: Some("test readback"),
-        size: bytes,
-        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
-    let mut encoder = context.device().create_command_encoder(&Default::default());
-    encoder.copy_buffer_to_buffer(buffer, 0, &readback, 0, bytes);
-    context.queue().submit([encoder.finish()]);
-    readback
-        .slice(..)
-        .map_async(wgpu::MapMode::Read, |result| result.expect("map"));
-    context
-        .device()
-        .poll(wgpu::PollType::wait_indefinitely())
-        .expect("poll");
-    let view = readback.slice(..).get_mapped_range().expect("view");
-    bytemuck::cast_slice(&view).to_vec()
+    let bytes = resgraph::gpu::buffers::read_bytes(context, buffer, (values * 4) as u64)
+        .expect("read back");
+    bytemuck::cast_slice(&bytes).to_vec()
 }
 
 /// Fills a host buffer with NaN, so that rows a kernel never writes show up.

@@ -928,15 +928,8 @@ fn run_writes_its_output_the_way_coreutils_would() {
     assert!(error_line(&stderr).contains("directory"), "{stderr}");
 
     // No temporary file is left behind by any of these.
-    let leftovers: Vec<String> = std::fs::read_dir(dir.path())
-        .expect("list")
-        .map(|entry| {
-            entry
-                .expect("entry")
-                .file_name()
-                .to_string_lossy()
-                .to_string()
-        })
+    let leftovers: Vec<String> = common::file_names(dir.path())
+        .into_iter()
         .filter(|name| name.starts_with('.'))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");

@@ -217,3 +217,17 @@ pub fn assert_close(out: &[f32], reference: &[f64], tolerance: f64, what: &str) 
     );
     error
 }
+
+/// The names of the entries of `dir`, for tests of what a command left behind.
+pub fn file_names(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .expect("list the folder")
+        .map(|entry| {
+            entry
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .to_string()
+        })
+        .collect()
+}
