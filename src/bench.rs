@@ -1,10 +1,12 @@
 //! Measuring a compiled model: repeated full runs after warm-up, and the order statistics
 //! `resgraph bench` reports. Pure arithmetic apart from the runs themselves.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use web_time::Instant;
 
 use crate::error::Result;
-use crate::exec::CompiledModel;
+use crate::exec::{CompiledModel, RunProfile};
 
 /// Summary statistics of a set of durations.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -63,7 +65,19 @@ pub struct BenchResult {
 
 /// Runs `model` on `input` `warmup` times untimed, then `iterations` times timed, calling
 /// `progress` after each timed run.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn measure(
+    model: &CompiledModel,
+    input: &[f32],
+    warmup: usize,
+    iterations: usize,
+    progress: impl FnMut(),
+) -> Result<BenchResult> {
+    pollster::block_on(measure_async(model, input, warmup, iterations, progress))
+}
+
+/// As [`measure`], awaiting each run (the web's way; `progress` may update a page).
+pub async fn measure_async(
     model: &CompiledModel,
     input: &[f32],
     warmup: usize,
@@ -71,14 +85,14 @@ pub fn measure(
     mut progress: impl FnMut(),
 ) -> Result<BenchResult> {
     for _ in 0..warmup {
-        model.run(input)?;
+        run_once(model, input).await?;
     }
     let mut latencies = Vec::with_capacity(iterations);
     let mut encodes = Vec::with_capacity(iterations);
     let mut gpu_times = Vec::with_capacity(iterations);
     for _ in 0..iterations.max(1) {
         let started = Instant::now();
-        let (_, profile) = model.run_profiled(input)?;
+        let (_, profile) = run_once(model, input).await?;
         latencies.push(started.elapsed());
         encodes.push(profile.encode);
         if let Some(gpu) = profile.gpu {
@@ -95,6 +109,15 @@ pub fn measure(
         gpu: Summary::of(&gpu_times),
         iterations: latencies.len(),
     })
+}
+
+/// One full run: blocking on native, where that is the lowest-latency wait (the device is
+/// polled on this thread, with no helper thread to start), awaited on the web.
+async fn run_once(model: &CompiledModel, input: &[f32]) -> Result<(Vec<f32>, RunProfile)> {
+    #[cfg(not(target_arch = "wasm32"))]
+    return model.run_profiled(input);
+    #[cfg(target_arch = "wasm32")]
+    return model.run_profiled_async(input).await;
 }
 
 /// The largest relative error of any row: `max_r ‖out_r − ref_r‖ / ‖ref_r‖`, infinite for NaN.
@@ -154,6 +177,7 @@ impl SoakReport {
 /// Runs `model` on `input` `warmup + runs` times, checks every output against the first bit
 /// for bit (a compiled model is deterministic), and samples host and device memory after the
 /// warm-up and every `sample_every` runs: what a long-running service would see.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn soak(
     model: &CompiledModel,
     input: &[f32],

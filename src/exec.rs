@@ -17,7 +17,9 @@
 //! and a host's encode that share activation buffers never see each other's values.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use web_time::Instant;
 
 use crate::epilogue::Activation;
 use crate::error::{Error, Result};
@@ -189,7 +191,32 @@ pub struct CompiledModel {
 impl CompiledModel {
     /// Plans `graph`, chooses each step's kernel (see [`crate::select`]), uploads the weights
     /// and prepares every step for batches of up to `options.max_batch` rows.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn compile(
+        context: Arc<GpuContext>,
+        graph: &Graph,
+        options: &CompileOptions,
+    ) -> Result<Self> {
+        pollster::block_on(Self::compile_async(context, graph, options))
+    }
+
+    /// As [`Self::compile`], awaited: the way to compile on the web, where the tuner's waits for
+    /// the GPU must not block. On native it blocks in those waits (the device is polled there).
+    pub async fn compile_async(
+        context: Arc<GpuContext>,
+        graph: &Graph,
+        options: &CompileOptions,
+    ) -> Result<Self> {
+        let scope = Arc::clone(&context);
+        scope
+            .scoped_future(
+                "compiling the model",
+                Self::compile_in_scope(context, graph, options),
+            )
+            .await
+    }
+
+    async fn compile_in_scope(
         context: Arc<GpuContext>,
         graph: &Graph,
         options: &CompileOptions,
@@ -201,7 +228,7 @@ impl CompiledModel {
         let precision = options.precision;
         precision.check_supported(context.features(), &context.adapter_info().name)?;
         let plan = Plan::new(graph)?;
-        let schedule = select_kernels(&context, &plan, options)?;
+        let schedule = select_kernels(&context, &plan, options).await?;
         let activations = Activations::create(&context, &plan, max_batch, precision)?;
         let mut steps = Vec::with_capacity(schedule.steps.len());
         let mut weights = Vec::with_capacity(schedule.steps.len());
@@ -254,16 +281,18 @@ impl CompiledModel {
 
     /// Runs the model on `input` (`batch × input_width` values, row-major, any batch from 1 to
     /// the compiled maximum) and returns `batch × output_width` values. One submit, one readback.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn run(&self, input: &[f32]) -> Result<Vec<f32>> {
         self.run_profiled(input).map(|(output, _)| output)
     }
 
     /// As [`Self::run`], also returning the host encode time and, when compiled with
     /// `gpu_timestamps` on a device that has them, the GPU time of the pass.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn run_profiled(&self, input: &[f32]) -> Result<(Vec<f32>, RunProfile)> {
         let batch = self.batch_of(input)?;
         let mut state = pollster::block_on(self.run_lock.lock());
-        self.upload.wait_until_mapped(&self.context)?;
+        pollster::block_on(self.upload.wait_until_mapped(&self.context))?;
         // One error scope around everything the run asks of wgpu.
         let encode = self.context.scoped("running the model", || {
             self.submit_run(&mut state, input, batch)
@@ -281,10 +310,18 @@ impl CompiledModel {
     /// polled, so a helper thread waits on the device for this run's submission (on the web the
     /// browser does that). The error scopes are awaited, not blocked on.
     pub async fn run_async(&self, input: &[f32]) -> Result<Vec<f32>> {
+        self.run_profiled_async(input)
+            .await
+            .map(|(output, _)| output)
+    }
+
+    /// As [`Self::run_profiled`], awaited as [`Self::run_async`] is.
+    pub async fn run_profiled_async(&self, input: &[f32]) -> Result<(Vec<f32>, RunProfile)> {
         let batch = self.batch_of(input)?;
         let mut state = self.run_lock.lock().await;
-        self.upload.wait_until_mapped(&self.context)?;
-        self.context
+        self.upload.wait_until_mapped(&self.context).await?;
+        let encode = self
+            .context
             .scoped_async("running the model", || {
                 self.submit_run(&mut state, input, batch)
             })
@@ -292,6 +329,24 @@ impl CompiledModel {
         let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
         let sender = Arc::new(sender);
         self.request_maps(Arc::clone(&sender));
+        #[cfg(not(target_arch = "wasm32"))]
+        self.poll_on_a_helper_thread(sender)?;
+        let mapped = receiver.receive().await;
+        let (output, gpu) = self.finish_run(mapped, batch)?;
+        Ok((output, RunProfile { encode, gpu }))
+    }
+
+    /// Waits on the device on a thread of its own until this run's submission is done, so that
+    /// wgpu runs the map callbacks that wake [`Self::run_async`].
+    #[cfg(not(target_arch = "wasm32"))]
+    fn poll_on_a_helper_thread(
+        &self,
+        sender: Arc<
+            futures_intrusive::channel::shared::OneshotSender<
+                std::result::Result<(), wgpu::BufferAsyncError>,
+            >,
+        >,
+    ) -> Result<()> {
         let device = self.context.device().clone();
         std::thread::Builder::new()
             .name("resgraph device poll".to_string())
@@ -301,11 +356,10 @@ impl CompiledModel {
                     let _ = sender.send(Err(wgpu::BufferAsyncError));
                 }
             })
+            .map(|_| ())
             .map_err(|error| Error::DeviceWait {
                 reason: format!("starting the thread that polls the device: {error}"),
-            })?;
-        let mapped = receiver.receive().await;
-        self.finish_run(mapped, batch).map(|(output, _)| output)
+            })
     }
 
     /// Records the inference into a host application's encoder: `input` (`batch × input_width`
@@ -727,10 +781,14 @@ impl CompiledModel {
 
 /// Chooses every step's kernel: by the rules, or by measurement with the tuning cache (opened
 /// here and saved once selection is done).
-fn select_kernels(context: &GpuContext, plan: &Plan, options: &CompileOptions) -> Result<Schedule> {
+async fn select_kernels(
+    context: &GpuContext,
+    plan: &Plan,
+    options: &CompileOptions,
+) -> Result<Schedule> {
     let selection = options.selection();
     match options.tuning {
-        Tuning::Heuristic => select::select(context, plan, &selection, None),
+        Tuning::Heuristic => select::select(context, plan, &selection, None).await,
         Tuning::Measure => {
             let mut cache = TuningCache::open(
                 options
@@ -738,7 +796,7 @@ fn select_kernels(context: &GpuContext, plan: &Plan, options: &CompileOptions) -
                     .clone()
                     .or_else(TuningCache::default_path),
             );
-            let mut schedule = select::select(context, plan, &selection, Some(&mut cache))?;
+            let mut schedule = select::select(context, plan, &selection, Some(&mut cache)).await?;
             // Choices that cannot be saved are measured again next time; the compile itself
             // has all it needs.
             if let Err(error) = cache.save() {
@@ -1330,7 +1388,7 @@ impl UploadStaging {
     /// Makes sure the buffer is mapped: normally it already is (the previous run waited for the
     /// GPU, and wgpu ran the map's callback then); a map is requested if none is pending, and
     /// the device is waited on at most twice before that is an error rather than a hang.
-    fn wait_until_mapped(&self, context: &GpuContext) -> Result<()> {
+    async fn wait_until_mapped(&self, context: &GpuContext) -> Result<()> {
         use std::sync::atomic::Ordering;
         match self.state.load(Ordering::Acquire) {
             UPLOAD_MAPPED => return Ok(()),
@@ -1356,7 +1414,7 @@ impl UploadStaging {
                         reason: format!("mapping the input staging buffer failed: {error}"),
                     });
                 }
-                None => context.wait_idle()?,
+                None => context.wait_idle_async().await?,
             }
         }
         context.check_not_lost("mapping the input staging buffer")?;

@@ -61,9 +61,11 @@ pub use exec::{BlockFusion, CompileOptions, CompiledModel, ModelBinding, RunProf
 pub use gpu::context::{AdapterOptions, GpuContext};
 pub use graph::{Graph, GraphBuilder, LinearParams, NodeId};
 pub use kernels::gemm::GemmVariant;
-pub use model::npy::{NpyArray, read_npy, write_npy_atomically};
+#[cfg(not(target_arch = "wasm32"))]
+pub use model::npy::write_npy_atomically;
+pub use model::npy::{NpyArray, read_npy};
 pub use model::safetensors::export_safetensors;
-pub use model::{load_model, parse_model};
+pub use model::{load_model, parse_model, parse_model_bytes};
 pub use precision::Precision;
 pub use tune::TuningReport;
 

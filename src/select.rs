@@ -146,7 +146,7 @@ pub fn rule_based_gemm_variant(context: &GpuContext, precision: Precision) -> Ge
 
 /// Chooses every step's kernel for `plan` on `context`: by measurement when `cache` is given
 /// (filling it; the caller saves it), else by the rules.
-pub(crate) fn select(
+pub(crate) async fn select(
     context: &GpuContext,
     plan: &Plan,
     options: &SelectionOptions,
@@ -165,7 +165,7 @@ pub(crate) fn select(
         );
         let kernel = match (options.forced_gemm_variant, cache.as_deref_mut()) {
             (None, Some(cache)) => {
-                measured_layer_kernel(context, cache, options, shape, &mut tuning)?
+                measured_layer_kernel(context, cache, options, shape, &mut tuning).await?
             }
             (Some(_), _) | (None, None) => rule_based_layer_kernel(context, options, shape),
         };
@@ -184,7 +184,9 @@ pub(crate) fn select(
             split,
             cache.as_deref_mut(),
             &mut tuning,
-        )? {
+        )
+        .await?
+        {
             fused_blocks.push(block);
         }
     }
@@ -226,7 +228,7 @@ fn rule_based_layer_kernel(
 
 /// A layer's kernel by measurement: from this compile's report when the shape was already
 /// chosen, else from the tuner (cache or timing).
-fn measured_layer_kernel(
+async fn measured_layer_kernel(
     context: &GpuContext,
     cache: &mut TuningCache,
     options: &SelectionOptions,
@@ -241,7 +243,7 @@ fn measured_layer_kernel(
     if let Some(known) = tuning.shapes.iter().find(|entry| entry.key == key) {
         return Ok(known.choice);
     }
-    let entry = tune::choose(context, cache, options.precision, (rows, out, inp), allowed)?;
+    let entry = tune::choose(context, cache, options.precision, (rows, out, inp), allowed).await?;
     tuning.count(!entry.measured.is_empty());
     let choice = entry.choice;
     tuning.shapes.push(entry);
@@ -252,7 +254,7 @@ fn measured_layer_kernel(
 /// shape does not allow it, else as [`BlockFusion`] says (measuring with `cache` for
 /// [`BlockFusion::WhereFaster`]; without a cache, which measures nothing, blocks stay two
 /// dispatches).
-fn fuse_block(
+async fn fuse_block(
     context: &GpuContext,
     options: &SelectionOptions,
     block: &ResidualBlockSteps,
@@ -273,7 +275,7 @@ fn fuse_block(
     if let Some(known) = tuning.blocks.iter().find(|entry| entry.key == key) {
         return Ok(known.form == BlockForm::WholeBlock);
     }
-    let entry = tune::choose_block(context, cache, options.precision, shape, split)?;
+    let entry = tune::choose_block(context, cache, options.precision, shape, split).await?;
     tuning.count(!entry.measured.is_empty());
     let fuse = entry.form == BlockForm::WholeBlock;
     tuning.blocks.push(entry);

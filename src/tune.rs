@@ -17,7 +17,9 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use web_time::Instant;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
@@ -613,18 +615,33 @@ impl TuningCache {
     /// `<platform cache dir>/resgraph/tuning.json`; `None` where neither exists.
     /// An empty `RESGRAPH_CACHE_DIR` counts as unset, as an empty `XDG_CACHE_HOME` does (it would
     /// otherwise put the cache in the current folder).
+    /// On the web there is no file system: `None`, and the cache lives in the page's memory
+    /// (see [`TuningCache::open`]).
     pub fn default_path() -> Option<PathBuf> {
         match std::env::var_os("RESGRAPH_CACHE_DIR") {
             Some(dir) if !dir.is_empty() => Some(PathBuf::from(dir).join("tuning.json")),
+            #[cfg(not(target_arch = "wasm32"))]
             _ => dirs::cache_dir().map(|dir| dir.join("resgraph").join("tuning.json")),
+            #[cfg(target_arch = "wasm32")]
+            _ => None,
         }
     }
 
     /// Reads the cache at `path`. A missing, unreadable or damaged file, or one of another
     /// format version, is an empty cache (it is rewritten whole on the next save), never an
     /// error; an entry that cannot be read is skipped.
+    ///
+    /// Without a path, the cache starts empty on native; on the web it starts from what this
+    /// page measured so far (or loaded with [`TuningCache::load_session`]), and
+    /// [`TuningCache::save`] adds to that.
     pub fn open(path: Option<PathBuf>) -> Self {
-        let entries = path.as_deref().map(read_entries).unwrap_or_default();
+        let entries = match path.as_deref() {
+            Some(path) => read_entries(path),
+            #[cfg(target_arch = "wasm32")]
+            None => SESSION_ENTRIES.with(|session| session.borrow().clone()),
+            #[cfg(not(target_arch = "wasm32"))]
+            None => BTreeMap::new(),
+        };
         TuningCache {
             path,
             entries,
@@ -662,13 +679,35 @@ impl TuningCache {
     /// Writes what this process measured into the cache file (atomically). Under an advisory
     /// lock on `tuning.json.lock` beside it, the file is read again and the new entries merged
     /// into it, so that resgraph processes tuning at the same time keep each other's entries.
+    ///
+    /// Without a path, nothing is written on native; on the web the entries join the page's
+    /// session (see [`TuningCache::open`]). A path on the web, which has no files, is an error.
     pub fn save(&mut self) -> Result<()> {
-        let Some(path) = self.path.clone() else {
-            return Ok(());
-        };
         if self.added.is_empty() {
             return Ok(());
         }
+        let Some(path) = self.path.clone() else {
+            #[cfg(target_arch = "wasm32")]
+            SESSION_ENTRIES.with(|session| session.borrow_mut().append(&mut self.added));
+            return Ok(());
+        };
+        self.save_to_file(&path)
+    }
+
+    #[cfg(target_arch = "wasm32")]
+    fn save_to_file(&mut self, path: &Path) -> Result<()> {
+        Err(crate::Error::Io {
+            path: path.display().to_string(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "a browser has no file system; leave the tuning cache's path unset",
+            ),
+        })
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    fn save_to_file(&mut self, path: &Path) -> Result<()> {
+        let path = path.to_path_buf();
         let io_error = |path: &Path, source| crate::Error::Io {
             path: path.display().to_string(),
             source,
@@ -700,6 +739,20 @@ impl TuningCache {
         let mut latest = read_entries(&path);
         latest.extend(std::mem::take(&mut self.added));
         self.entries = latest;
+        let text = self.to_json();
+        crate::model::write_file_atomically(&path, text.as_bytes())?;
+        drop(lock);
+        Ok(())
+    }
+
+    /// The cache file.
+    pub fn path(&self) -> Option<&PathBuf> {
+        self.path.as_ref()
+    }
+
+    /// The cache's entries as the cache file's JSON text, for a host that keeps the cache in a
+    /// store of its own (a page's `localStorage`, say).
+    pub fn to_json(&self) -> String {
         let document = CacheFile {
             version: CACHE_FORMAT_VERSION,
             entries: self
@@ -711,17 +764,34 @@ impl TuningCache {
                 })
                 .collect(),
         };
-        let text = serde_json::to_string_pretty(&document)
-            .map_err(|error| io_error(&path, error.into()))?;
-        crate::model::write_file_atomically(&path, text.as_bytes())?;
-        drop(lock);
-        Ok(())
+        // A map of strings, numbers and enums always serialises.
+        serde_json::to_string_pretty(&document).unwrap_or_default()
     }
 
-    /// The cache file.
-    pub fn path(&self) -> Option<&PathBuf> {
-        self.path.as_ref()
+    /// The web's page-wide cache (what [`TuningCache::open`] without a path starts from) as
+    /// JSON text, for the host to keep.
+    #[cfg(target_arch = "wasm32")]
+    pub fn session_json() -> String {
+        TuningCache::open(None).to_json()
     }
+
+    /// Adds the entries of a cache file's JSON text (as [`TuningCache::to_json`] writes it) to
+    /// the web's page-wide cache, and returns how many it had. Text of another version or that
+    /// is not a cache has none; an entry that does not parse is skipped.
+    #[cfg(target_arch = "wasm32")]
+    pub fn load_session(text: &str) -> usize {
+        let mut entries = parse_entries(text);
+        let count = entries.len();
+        SESSION_ENTRIES.with(|session| session.borrow_mut().append(&mut entries));
+        count
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+thread_local! {
+    /// The web's tuning cache: the page's memory, for as long as the page lives.
+    static SESSION_ENTRIES: std::cell::RefCell<BTreeMap<TuningKey, CachedChoice>> =
+        const { std::cell::RefCell::new(BTreeMap::new()) };
 }
 
 /// The entries of the cache file at `path`; a missing or unreadable file has none.
@@ -773,7 +843,7 @@ pub fn shape_key(
 
 /// Chooses a kernel for a `rows` × `out` × `inp` layer: from the cache, else by timing every
 /// candidate the device supports among `allowed` and recording the winner.
-pub fn choose(
+pub async fn choose(
     context: &GpuContext,
     cache: &mut TuningCache,
     precision: Precision,
@@ -799,7 +869,7 @@ pub fn choose(
     // runs first, even where `candidates` would leave it out, so that a shape no kernel can run
     // is the portable GEMM's own typed error (a dispatch too large, say) rather than a choice.
     let portable = KernelChoice::Gemm(GemmVariant::Portable);
-    let (portable_runs, reference) = data.time(context, portable)?;
+    let (portable_runs, reference) = data.time(context, portable).await?;
     if let Some(index) = reference.iter().position(|value| !value.is_finite()) {
         return Err(crate::Error::Gpu {
             operation: "checking the portable GEMM while tuning".to_string(),
@@ -810,28 +880,29 @@ pub fn choose(
     let mut runs = vec![portable_runs];
     let mut rejected = Vec::new();
     // Times one candidate and keeps it if its result agrees with the portable GEMM's.
-    let mut time_checked = |candidate: KernelChoice, runs: &mut Vec<RunTimes>| -> Result<()> {
-        match data.time(context, candidate) {
-            Ok((candidate_runs, output)) => {
-                match check_candidate_output(&output, &reference, precision) {
-                    Ok(()) => {
-                        timed.push(candidate);
-                        runs.push(candidate_runs);
+    let mut time_checked =
+        async |candidate: KernelChoice, runs: &mut Vec<RunTimes>| -> Result<()> {
+            match data.time(context, candidate).await {
+                Ok((candidate_runs, output)) => {
+                    match check_candidate_output(&output, &reference, precision) {
+                        Ok(()) => {
+                            timed.push(candidate);
+                            runs.push(candidate_runs);
+                        }
+                        Err(why) => rejected.push((candidate, why)),
                     }
-                    Err(why) => rejected.push((candidate, why)),
+                }
+                Err(error) => {
+                    // A candidate that failed is left out, unless the device itself is gone.
+                    context.wait_idle_async().await?;
+                    rejected.push((candidate, error.to_string()));
                 }
             }
-            Err(error) => {
-                // A candidate that failed is left out, unless the device itself is gone.
-                context.wait_idle()?;
-                rejected.push((candidate, error.to_string()));
-            }
-        }
-        Ok(())
-    };
+            Ok(())
+        };
     for candidate in candidates(context, precision, (rows, out, inp), allowed) {
         if candidate != portable {
-            time_checked(candidate, &mut runs)?;
+            time_checked(candidate, &mut runs).await?;
         }
     }
     let fixed = runs.len();
@@ -847,7 +918,7 @@ pub fn choose(
                 stopped = SearchStop::Budget;
                 break;
             }
-            time_checked(KernelChoice::Gemm(GemmVariant::Tiled(*config)), &mut runs)?;
+            time_checked(KernelChoice::Gemm(GemmVariant::Tiled(*config)), &mut runs).await?;
             searched += 1;
             let best_tiled = runs[fixed..].iter().map(RunTimes::estimate).min();
             if searched >= TILED_PROBE_POINTS
@@ -919,18 +990,29 @@ impl LayerTuningData {
 
     /// The timed runs of one dispatch of `candidate` (the most expensive epilogue, as in a
     /// residual block's second layer), and its result, for checking.
-    fn time(&self, context: &GpuContext, candidate: KernelChoice) -> Result<(RunTimes, Vec<f32>)> {
-        // Poisoned, so that an output the candidate never writes shows up as NaN.
-        self.output.fill(context, f32::NAN)?;
-        let layer = self.weights.prepare(
-            context,
-            candidate,
-            &self.input,
-            Some(&self.residual),
-            &self.output,
-        )?;
-        let runs = time_runs(context, |pass| layer.record(pass))?;
-        Ok((runs, self.output.read(context)?))
+    async fn time(
+        &self,
+        context: &GpuContext,
+        candidate: KernelChoice,
+    ) -> Result<(RunTimes, Vec<f32>)> {
+        // In scopes of its own, so that on the web too (where inner scopes cannot be waited
+        // for) a candidate that fails is rejected alone rather than failing the compile.
+        let timing = async {
+            // Poisoned, so that an output the candidate never writes shows up as NaN.
+            self.output.fill(context, f32::NAN)?;
+            let layer = self.weights.prepare(
+                context,
+                candidate,
+                &self.input,
+                Some(&self.residual),
+                &self.output,
+            )?;
+            let runs = time_runs(context, |pass| layer.record(pass)).await?;
+            Ok((runs, self.output.read_async(context).await?))
+        };
+        context
+            .scoped_future("timing a tuning candidate", timing)
+            .await
     }
 }
 
@@ -1118,8 +1200,8 @@ impl PassTimestamps {
 
     /// The beginning and end timestamps of the last pass, in ticks, once its copy has been
     /// submitted.
-    fn read_ticks(&self, context: &GpuContext) -> Result<(u64, u64)> {
-        let bytes = map_and_read_bytes(context, &self.readback, TIMESTAMP_BYTES)?;
+    async fn read_ticks(&self, context: &GpuContext) -> Result<(u64, u64)> {
+        let bytes = map_and_read_bytes(context, &self.readback, TIMESTAMP_BYTES).await?;
         let tick = |at: usize| {
             bytes
                 .get(at..at + 8)
@@ -1185,13 +1267,13 @@ fn median(mut times: Vec<Duration>) -> Duration {
 /// Records `record` into one compute pass, submits it and waits, once untimed and then
 /// [`TIMED_RUNS`] times, timing each timed run on the wall clock and, where the device has
 /// timestamp queries, with the pass's beginning and end timestamps.
-fn time_runs(
+async fn time_runs(
     context: &GpuContext,
     record: impl Fn(&mut wgpu::ComputePass<'_>),
 ) -> Result<RunTimes> {
     let timestamps = PassTimestamps::new(context)?;
     let period_ns = context.queue().get_timestamp_period();
-    let run = || -> Result<(Duration, Option<Duration>)> {
+    let run = async || -> Result<(Duration, Option<Duration>)> {
         let started = Instant::now();
         context.scoped("running a tuning candidate", || {
             let mut encoder =
@@ -1227,21 +1309,21 @@ fn time_runs(
             }
             context.queue().submit([encoder.finish()]);
         })?;
-        context.wait_idle()?;
+        context.wait_idle_async().await?;
         let wall = started.elapsed();
         let gpu = match &timestamps {
             Some(queries) => {
-                let (begin, end) = queries.read_ticks(context)?;
+                let (begin, end) = queries.read_ticks(context).await?;
                 gpu_duration(begin, end, period_ns, wall)
             }
             None => None,
         };
         Ok((wall, gpu))
     };
-    run()?;
+    run().await?;
     let mut times = RunTimes::default();
     for _ in 0..TIMED_RUNS {
-        let (wall, gpu) = run()?;
+        let (wall, gpu) = run().await?;
         times.wall.push(wall);
         times.gpu.push(gpu);
     }
@@ -1284,7 +1366,7 @@ pub fn block_key(
 /// Chooses how a residual block runs: from the cache, else by timing the whole-block kernel
 /// against the two layers' chosen kernels recorded in one pass (as the executor runs them).
 /// The caller checks first that the device can run the whole-block kernel.
-pub fn choose_block(
+pub async fn choose_block(
     context: &GpuContext,
     cache: &mut TuningCache,
     precision: Precision,
@@ -1304,13 +1386,13 @@ pub fn choose_block(
         });
     }
     let data = BlockTuningData::create(context, precision, (rows, width, hidden))?;
-    let (two, expected) = data.time_two_dispatches(context, split)?;
+    let (two, expected) = data.time_two_dispatches(context, split).await?;
     let mut timed = vec![BlockForm::TwoDispatches];
     let mut runs = vec![two];
-    let rejected = match data.time_whole_block(context) {
+    let rejected = match data.time_whole_block(context).await {
         Err(error) => {
             // Left out, unless the device itself is gone.
-            context.wait_idle()?;
+            context.wait_idle_async().await?;
             Some(error.to_string())
         }
         Ok((block_runs, result)) => match check_candidate_output(&result, &expected, precision) {
@@ -1371,7 +1453,7 @@ impl BlockTuningData {
 
     /// Times the block as its two layers' kernels recorded in one pass, as the executor runs
     /// them, and returns their result: the reference the whole-block kernel is checked against.
-    fn time_two_dispatches(
+    async fn time_two_dispatches(
         &self,
         context: &GpuContext,
         (first, second): (KernelChoice, KernelChoice),
@@ -1394,8 +1476,9 @@ impl BlockTuningData {
         let runs = time_runs(context, |pass| {
             first_layer.record(pass);
             second_layer.record(pass);
-        })?;
-        let expected = self.output.read(context)?;
+        })
+        .await?;
+        let expected = self.output.read_async(context).await?;
         if let Some(index) = expected.iter().position(|value| !value.is_finite()) {
             return Err(crate::Error::Gpu {
                 operation: "checking a residual block's two dispatches while tuning".to_string(),
@@ -1407,7 +1490,20 @@ impl BlockTuningData {
 
     /// Times the whole-block kernel on the same data (its output poisoned first) and returns its
     /// result.
-    fn time_whole_block(&self, context: &GpuContext) -> Result<(RunTimes, Vec<f32>)> {
+    async fn time_whole_block(&self, context: &GpuContext) -> Result<(RunTimes, Vec<f32>)> {
+        // In scopes of its own, as a layer's candidate is (see `LayerTuningData::time`).
+        context
+            .scoped_future(
+                "timing the whole-block kernel",
+                self.time_whole_block_in_scope(context),
+            )
+            .await
+    }
+
+    async fn time_whole_block_in_scope(
+        &self,
+        context: &GpuContext,
+    ) -> Result<(RunTimes, Vec<f32>)> {
         let (width, hidden) = (self.width, self.hidden);
         let upload = |out: usize, inp: usize| {
             LinearWeights::upload_with_precision(
@@ -1430,8 +1526,8 @@ impl BlockTuningData {
             },
         )?;
         self.output.fill(context, f32::NAN)?;
-        let runs = time_runs(context, |pass| block.record(pass))?;
-        Ok((runs, self.output.read(context)?))
+        let runs = time_runs(context, |pass| block.record(pass)).await?;
+        Ok((runs, self.output.read_async(context).await?))
     }
 }
 
@@ -1650,6 +1746,25 @@ mod tests {
             .as_f64()
             .expect("a time");
         assert!((milliseconds - 0.1).abs() < 1e-12, "{milliseconds}");
+    }
+
+    #[test]
+    fn the_cache_as_json_text_reads_back_as_the_same_entries() {
+        // What a host that keeps the cache in its own store (a page's localStorage) relies on.
+        let mut cache = TuningCache::open(None);
+        let clock = TuningClock::GpuTimestamps;
+        let times = [("gemm", Duration::from_micros(250))];
+        cache.insert(&layer_key(7), "gemm_subgroup", clock, times.into_iter());
+        cache.insert(
+            &layer_key(9),
+            "gemm",
+            TuningClock::WallClock,
+            std::iter::empty(),
+        );
+        let text = cache.to_json();
+        assert_eq!(parse_entries(&text), cache.entries);
+        assert_eq!(parse_entries(&text).len(), 2);
+        assert!(parse_entries("not json").is_empty());
     }
 
     #[test]

@@ -529,13 +529,13 @@ fn without_cooperative_matrices_the_cooperative_gemm_is_refused_and_tuning_falls
         let dir = tempfile::tempdir().expect("temp dir");
         let mut cache = resgraph::tune::TuningCache::open(Some(dir.path().join("tuning.json")));
         let shape = (17, 40, 24);
-        let entry = resgraph::tune::choose(
+        let entry = pollster::block_on(resgraph::tune::choose(
             context,
             &mut cache,
             Precision::F32,
             shape,
             resgraph::tune::LayerCandidates::ALL,
-        )
+        ))
         .expect("tuning without cooperative matrices");
         assert!(!entry.measured.is_empty(), "nothing was measured");
         assert!(

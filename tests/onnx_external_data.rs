@@ -10,7 +10,7 @@ use prost::Message;
 use resgraph::graph::synthetic::random_input;
 use resgraph::model::onnx::proto;
 use resgraph::reference::forward_f64;
-use resgraph::{load_model, read_npy};
+use resgraph::{load_model, parse_model_bytes, read_npy};
 
 /// A committed model with a stem, two residual blocks and a head (13 → 17 → 5), every weight
 /// stored inside the model.
@@ -295,4 +295,49 @@ fn run_inspect_convert_and_bench_take_a_model_with_external_data() {
     );
     let stdout = succeeded(&bench, "bench --model");
     assert!(stdout.contains("\"max_rel_err\""), "{stdout}");
+}
+
+#[test]
+fn a_model_and_its_side_file_given_as_bytes_load_as_from_their_folder() {
+    // What a browser hands over: the model's bytes and the side file's, with no folder.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = externalize(dir.path(), "m.onnx", "m.onnx.data", no_edit);
+    let model = std::fs::read(&path).expect("model");
+    let data = std::fs::read(dir.path().join("m.onnx.data")).expect("data");
+    let from_bytes = parse_model_bytes("m.onnx", &model, Some(&data)).expect("from bytes");
+    let from_folder = load_model(&path).expect("from the folder");
+    let input = random_input(2 * from_folder.input_width(), 5);
+    assert_eq!(
+        forward_f64(&from_bytes, &input, 2),
+        forward_f64(&from_folder, &input, 2),
+        "the weights differ"
+    );
+    let one_line = |error: resgraph::Error| {
+        let text = error.to_string();
+        assert!(!text.contains('\n'), "not one line: {text}");
+        text
+    };
+    let missing = one_line(parse_model_bytes("m.onnx", &model, None).expect_err("no side file"));
+    assert!(
+        missing.contains("m.onnx.data") && missing.contains("was not given"),
+        "{missing}"
+    );
+    let short = one_line(
+        parse_model_bytes("m.onnx", &model, Some(&data[..data.len() - 1])).expect_err("short"),
+    );
+    assert!(short.contains("too short"), "{short}");
+    // Tensors spread over two files cannot come from one buffer.
+    let two_files = externalize(dir.path(), "two.onnx", "two.onnx.data", |name, entries| {
+        if name.contains("head") {
+            entries[0].1 = "other.bin".to_string();
+        }
+    });
+    let model = std::fs::read(two_files).expect("model");
+    let data = std::fs::read(dir.path().join("two.onnx.data")).expect("data");
+    let mixed = one_line(parse_model_bytes("two.onnx", &model, Some(&data)).expect_err("two"));
+    assert!(
+        mixed.contains("other.bin") || mixed.contains("two.onnx.data"),
+        "{mixed}"
+    );
+    assert!(mixed.contains("several files"), "{mixed}");
 }

@@ -106,21 +106,21 @@ fn two_processes_tuning_at_once_keep_each_others_entries() {
     let mut first = resgraph::tune::TuningCache::open(Some(path.clone()));
     let mut second = resgraph::tune::TuningCache::open(Some(path.clone()));
     let precision = resgraph::precision::Precision::F32;
-    resgraph::tune::choose(
+    pollster::block_on(resgraph::tune::choose(
         &context,
         &mut first,
         precision,
         (2, 8, 8),
         LayerCandidates::ALL,
-    )
+    ))
     .expect("tune");
-    resgraph::tune::choose(
+    pollster::block_on(resgraph::tune::choose(
         &context,
         &mut second,
         precision,
         (3, 8, 8),
         LayerCandidates::ALL,
-    )
+    ))
     .expect("tune");
     first.save().expect("save");
     second.save().expect("save");
@@ -142,7 +142,14 @@ fn a_choice_cached_for_other_kernel_sources_is_measured_again() {
     let precision = Precision::F32;
     let shape = (4, 16, 24);
     let choose = |cache: &mut TuningCache| {
-        tune::choose(context, cache, precision, shape, LayerCandidates::ALL).expect("tune")
+        pollster::block_on(tune::choose(
+            context,
+            cache,
+            precision,
+            shape,
+            LayerCandidates::ALL,
+        ))
+        .expect("tune")
     };
     let mut cache = TuningCache::open(Some(path.clone()));
     let first = choose(&mut cache);
@@ -183,20 +190,26 @@ fn candidates_are_timed_with_gpu_timestamps_where_the_device_has_them() {
     });
     for (backend, context) in with_timestamps {
         let mut cache = TuningCache::open(None);
-        let entry = tune::choose(
+        let entry = pollster::block_on(tune::choose(
             context,
             &mut cache,
             Precision::F32,
             (5, 32, 24),
             LayerCandidates::ALL,
-        )
+        ))
         .expect("tune");
         assert_eq!(entry.clock, TuningClock::GpuTimestamps, "{backend}");
         assert_measured(&entry.measured, &backend);
         if residual_block::supported(context, Precision::F32, (5, 32, 24)) {
             let split = (entry.choice, entry.choice);
-            let block = tune::choose_block(context, &mut cache, Precision::F32, (5, 32, 24), split)
-                .expect("tune the block");
+            let block = pollster::block_on(tune::choose_block(
+                context,
+                &mut cache,
+                Precision::F32,
+                (5, 32, 24),
+                split,
+            ))
+            .expect("tune the block");
             assert_eq!(block.clock, TuningClock::GpuTimestamps, "{backend} block");
             assert_measured(&block.measured, &backend);
         }
@@ -207,13 +220,13 @@ fn candidates_are_timed_with_gpu_timestamps_where_the_device_has_them() {
 fn without_timestamp_queries_candidates_are_timed_with_the_wall_clock() {
     for (backend, context) in common::contexts_without(wgpu::Features::TIMESTAMP_QUERY) {
         let mut cache = TuningCache::open(None);
-        let entry = tune::choose(
+        let entry = pollster::block_on(tune::choose(
             &context,
             &mut cache,
             Precision::F32,
             (5, 32, 24),
             LayerCandidates::ALL,
-        )
+        ))
         .expect("tune");
         assert_eq!(entry.clock, TuningClock::WallClock, "{backend}");
         assert_measured(&entry.measured, &backend);
@@ -252,7 +265,8 @@ fn the_tiled_family_is_searched_within_its_budget_and_its_point_is_cached() {
         "lavapipe and llvmpipe can run every point"
     );
     let mut cache = TuningCache::open(Some(path.clone()));
-    let entry = tune::choose(context, &mut cache, precision, shape, allowed).expect("tune");
+    let entry = pollster::block_on(tune::choose(context, &mut cache, precision, shape, allowed))
+        .expect("tune");
     let search = entry.tiled_search.expect("the family was searched");
     let timed_points: Vec<_> = entry
         .measured
@@ -285,7 +299,9 @@ fn the_tiled_family_is_searched_within_its_budget_and_its_point_is_cached() {
     };
     assert!(tune::tiled_candidates(context, precision, shape, without).is_empty());
     let mut cache = TuningCache::open(None);
-    let entry_without = tune::choose(context, &mut cache, precision, shape, without).expect("tune");
+    let entry_without =
+        pollster::block_on(tune::choose(context, &mut cache, precision, shape, without))
+            .expect("tune");
     assert!(entry_without.tiled_search.is_none());
     assert_ne!(entry_without.key, entry.key);
     assert!(

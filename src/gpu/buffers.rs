@@ -68,12 +68,22 @@ pub fn upload_storage_buffer(
 }
 
 /// Copies the first `bytes` bytes (a multiple of 4) of `buffer` back to the host and waits.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn read_bytes(context: &GpuContext, buffer: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
-    read_bytes_at(context, buffer, 0, bytes)
+    pollster::block_on(read_bytes_async(context, buffer, bytes))
 }
 
-/// As [`read_bytes`], from `offset` bytes into `buffer`.
-fn read_bytes_at(
+/// As [`read_bytes`], awaited (on the web, the browser completes the map).
+pub async fn read_bytes_async(
+    context: &GpuContext,
+    buffer: &wgpu::Buffer,
+    bytes: u64,
+) -> Result<Vec<u8>> {
+    read_bytes_at(context, buffer, 0, bytes).await
+}
+
+/// As [`read_bytes_async`], from `offset` bytes into `buffer`.
+async fn read_bytes_at(
     context: &GpuContext,
     buffer: &wgpu::Buffer,
     offset: u64,
@@ -97,12 +107,13 @@ fn read_bytes_at(
         encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, bytes);
         context.queue().submit([encoder.finish()]);
     })?;
-    map_and_read_bytes(context, &staging, bytes)
+    map_and_read_bytes(context, &staging, bytes).await
 }
 
-/// Maps a `MAP_READ` buffer whose copy has been submitted, waits, and returns its first `bytes`
-/// bytes. The buffer is unmapped again before returning.
-pub fn map_and_read_bytes(
+/// Maps a `MAP_READ` buffer whose copy has been submitted, waits for the map without blocking
+/// where the platform drives the device (the web), and returns its first `bytes` bytes. The
+/// buffer is unmapped again before returning.
+pub async fn map_and_read_bytes(
     context: &GpuContext,
     staging: &wgpu::Buffer,
     bytes: u64,
@@ -113,8 +124,8 @@ pub fn map_and_read_bytes(
         // The receiver only disappears if the caller is gone; nothing is left to tell then.
         let _ = sender.send(result);
     });
-    context.wait_idle()?;
-    match pollster::block_on(receiver.receive()) {
+    context.wait_idle_async().await?;
+    match receiver.receive().await {
         Some(Ok(())) => {}
         Some(Err(error)) => {
             return Err(Error::Readback {
@@ -321,7 +332,13 @@ impl DeviceMatrix {
     }
 
     /// Copies the matrix back to the host (as f32 whatever it is stored as).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn read(&self, context: &GpuContext) -> Result<Vec<f32>> {
+        pollster::block_on(self.read_async(context))
+    }
+
+    /// As [`Self::read`], awaited.
+    pub async fn read_async(&self, context: &GpuContext) -> Result<Vec<f32>> {
         let bytes = self.len() as u64 * self.precision.element_bytes();
         // Copies must be a multiple of 4 bytes; an odd-length f16 matrix reads one pad element.
         let bytes_read = read_bytes_at(
@@ -329,7 +346,8 @@ impl DeviceMatrix {
             &self.buffer,
             self.offset,
             bytes.next_multiple_of(4),
-        )?;
+        )
+        .await?;
         let mut values = self.precision.decode(&bytes_read);
         values.truncate(self.len());
         Ok(values)

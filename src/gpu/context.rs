@@ -137,11 +137,33 @@ pub fn create_instance(backends: wgpu::Backends) -> wgpu::Instance {
 }
 
 /// Every adapter wgpu finds on the given backends.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn enumerate_adapters(
     instance: &wgpu::Instance,
     backends: wgpu::Backends,
 ) -> Vec<wgpu::Adapter> {
-    pollster::block_on(instance.enumerate_adapters(backends))
+    pollster::block_on(enumerate_adapters_async(instance, backends))
+}
+
+/// As [`enumerate_adapters`], awaited. A browser lists no adapters (WebGPU has no such call);
+/// it offers the one it chooses when asked, so that one is the list there.
+pub async fn enumerate_adapters_async(
+    instance: &wgpu::Instance,
+    backends: wgpu::Backends,
+) -> Vec<wgpu::Adapter> {
+    let adapters = instance.enumerate_adapters(backends).await;
+    if !adapters.is_empty() || !cfg!(target_arch = "wasm32") {
+        return adapters;
+    }
+    let requested = instance
+        .request_adapter(&wgpu::RequestAdapterOptions {
+            power_preference: wgpu::PowerPreference::HighPerformance,
+            force_fallback_adapter: false,
+            compatible_surface: None,
+            apply_limit_buckets: false,
+        })
+        .await;
+    requested.into_iter().collect()
 }
 
 /// What adapter choice looks at: an adapter's name, backend and device type.
@@ -251,15 +273,21 @@ pub struct GpuContext {
 impl GpuContext {
     /// Picks an adapter as `options` says and opens a device on it with the adapter's own limits
     /// and every feature in [`ENGINE_OPTIONAL_FEATURES`] that it has.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn new(options: &AdapterOptions) -> Result<Self> {
+        pollster::block_on(Self::new_async(options))
+    }
+
+    /// As [`GpuContext::new`], awaited: the way in on the web, where nothing may block.
+    pub async fn new_async(options: &AdapterOptions) -> Result<Self> {
         let instance = create_instance(options.backends);
-        let adapters = enumerate_adapters(&instance, options.backends);
+        let adapters = enumerate_adapters_async(&instance, options.backends).await;
         let identities: Vec<AdapterIdentity> = adapters
             .iter()
             .map(|adapter| AdapterIdentity::from(&adapter.get_info()))
             .collect();
         let index = choose_adapter(&identities, options)?;
-        Self::from_adapter_with_options(&adapters[index], options)
+        Self::from_adapter_with_options_async(&adapters[index], options).await
     }
 
     /// Opens a device on `adapter` with the adapter's own limits (not wgpu's conservative
@@ -268,7 +296,16 @@ impl GpuContext {
     /// experimental cooperative-matrix feature when the adapter has it, and
     /// `options.withheld_features` which features not to request at all (the other fields choose
     /// an adapter and are not used here).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn from_adapter_with_options(
+        adapter: &wgpu::Adapter,
+        options: &AdapterOptions,
+    ) -> Result<Self> {
+        pollster::block_on(Self::from_adapter_with_options_async(adapter, options))
+    }
+
+    /// As [`GpuContext::from_adapter_with_options`], awaited.
+    pub async fn from_adapter_with_options_async(
         adapter: &wgpu::Adapter,
         options: &AdapterOptions,
     ) -> Result<Self> {
@@ -307,12 +344,13 @@ impl GpuContext {
             trace: wgpu::Trace::Off,
         };
         let (device, queue) =
-            pollster::block_on(adapter.request_device(&descriptor)).map_err(|error| {
-                Error::RequestDevice {
+            adapter
+                .request_device(&descriptor)
+                .await
+                .map_err(|error| Error::RequestDevice {
                     adapter: info.name.clone(),
                     reason: error.to_string(),
-                }
-            })?;
+                })?;
         let uncaptured_errors = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&uncaptured_errors);
         device.on_uncaptured_error(Arc::new(move |error: wgpu::Error| {
@@ -498,6 +536,21 @@ impl GpuContext {
         Ok(value)
     }
 
+    /// As [`Self::scoped_async`] around a whole future, whose awaits happen inside the scopes:
+    /// what the web's entry points run in, since [`Self::scoped`] cannot wait for a scope there.
+    pub(crate) async fn scoped_future<T>(
+        &self,
+        operation: &str,
+        work: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        self.check_not_lost(operation)?;
+        let value = scope::capture_future(&self.device, operation, work)
+            .await
+            .map_err(|error| self.lost_error(operation).unwrap_or(error))?;
+        self.check_escaped(operation)?;
+        Ok(value)
+    }
+
     /// An error for what reached the device's uncaptured-error handler meanwhile (from a
     /// context resgraph created), if anything did.
     fn check_escaped(&self, operation: &str) -> Result<()> {
@@ -535,7 +588,28 @@ impl GpuContext {
         })
     }
 
+    /// Waits until the queue has finished all work submitted so far, without blocking a thread
+    /// where the platform drives the device itself (the web). On native, the device is polled
+    /// here, which runs the callback at once.
+    pub async fn wait_idle_async(&self) -> Result<()> {
+        let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
+        self.queue.on_submitted_work_done(move || {
+            // The receiver is gone only if the caller is; nothing is left to tell then.
+            let _ = sender.send(());
+        });
+        #[cfg(not(target_arch = "wasm32"))]
+        self.wait_idle()?;
+        if receiver.receive().await.is_none() {
+            self.check_not_lost("waiting for the GPU")?;
+            return Err(Error::DeviceWait {
+                reason: "the queue's work-done callback was dropped without running".to_string(),
+            });
+        }
+        self.check_not_lost("waiting for the GPU")
+    }
+
     /// Blocks until the queue has finished all submitted work.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn wait_idle(&self) -> Result<()> {
         self.check_not_lost("waiting for the GPU")?;
         self.device

@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 
 /// Runs `work` inside validation, out-of-memory and internal error scopes of `device` and turns
 /// the first error wgpu reports into [`Error::Gpu`], naming `operation`.
+#[cfg(not(target_arch = "wasm32"))]
 pub(crate) fn capture<T>(
     device: &wgpu::Device,
     operation: &str,
@@ -17,6 +18,38 @@ pub(crate) fn capture<T>(
     let value = work();
     let errors = scopes.map(|scope| pollster::block_on(scope.pop()));
     first_error(errors, operation).map(|()| value)
+}
+
+/// On the web a scope's pop resolves only through the browser's event loop, so nothing can
+/// block on it: `work` runs inside whatever scopes are open, and every entry point the web uses
+/// is async and runs inside [`capture_future`], whose scopes catch what `work` raises.
+#[cfg(target_arch = "wasm32")]
+pub(crate) fn capture<T>(
+    _device: &wgpu::Device,
+    _operation: &str,
+    work: impl FnOnce() -> T,
+) -> Result<T> {
+    Ok(work())
+}
+
+/// As [`capture_async`] around a whole future: the scopes stay open while `work` runs, across
+/// its awaits, so that an error raised anywhere in it (on the web, where [`capture`] opens no
+/// scopes of its own) becomes [`Error::Gpu`] naming `operation`. That error comes before `work`'s
+/// own, which is then most likely its consequence.
+pub(crate) async fn capture_future<T>(
+    device: &wgpu::Device,
+    operation: &str,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    let [validation, out_of_memory, internal] = push_scopes(device);
+    let value = work.await;
+    let errors = [
+        validation.pop().await,
+        out_of_memory.pop().await,
+        internal.pop().await,
+    ];
+    first_error(errors, operation)?;
+    value
 }
 
 /// As [`capture`], without blocking the caller on the scopes: the pops are awaited, so that an

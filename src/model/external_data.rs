@@ -107,6 +107,73 @@ fn resolve(folder: &Path, location: &str, what: &str) -> std::result::Result<Pat
     Ok(real_file)
 }
 
+/// Where an ONNX model's external data comes from.
+#[derive(Clone, Copy, Debug)]
+pub enum ExternalData<'a> {
+    /// Nowhere: a tensor stored externally is an error saying so.
+    Unavailable,
+    /// The model's folder on the file system; each tensor's `location` is confined to it.
+    Folder(&'a Path),
+    /// The side file's bytes, from a host without files (a page's `ArrayBuffer`, say). Every
+    /// external tensor must name one and the same `location` (a plain relative path); its
+    /// ranges are checked against these bytes.
+    Buffer(&'a [u8]),
+}
+
+/// Reads the `expected_len` bytes of one tensor described by `external` out of the side file's
+/// bytes, `data`. `what` names the tensor, `model` the model, in the one-line error.
+pub(crate) fn slice_external_bytes(
+    data: &[u8],
+    external: &ExternalLocation,
+    expected_len: u64,
+    what: &str,
+    model: &str,
+) -> Result<Vec<u8>> {
+    let range = check_relative(&external.location, what).and_then(|()| {
+        let shown = format!("{} (given as bytes)", external.location);
+        checked_range(external, data.len() as u64, expected_len, what, &shown)
+    });
+    let (offset, length) = range.map_err(|reason| Error::Model {
+        path: model.to_string(),
+        reason,
+    })?;
+    // Both fit: they were checked against the slice's own length.
+    Ok(data[offset as usize..(offset + length) as usize].to_vec())
+}
+
+/// The tensor's `(offset, length)` in a side file of `size` bytes, after checking the range
+/// against the file and `expected_len` against what the tensor's dims need. `shown` names the
+/// file in the message.
+fn checked_range(
+    external: &ExternalLocation,
+    size: u64,
+    expected_len: u64,
+    what: &str,
+    shown: &str,
+) -> std::result::Result<(u64, u64), String> {
+    let offset = external.offset;
+    if offset > size {
+        return Err(format!(
+            "{what}: external data offset {offset} is past the end of {shown} ({size} bytes)"
+        ));
+    }
+    let length = external.length.unwrap_or(size - offset);
+    if length != expected_len {
+        return Err(format!(
+            "{what}: external data length {length} in {shown} does not match the {expected_len} \
+             bytes its dims and data type need"
+        ));
+    }
+    if offset.checked_add(length).is_none_or(|end| end > size) {
+        return Err(format!(
+            "{what}: external data file {shown} is too short: the tensor needs bytes \
+             {offset}..{} and the file has {size}",
+            offset.saturating_add(length)
+        ));
+    }
+    Ok((offset, length))
+}
+
 /// Reads the `expected_len` bytes of one tensor described by `external`, relative to `folder`.
 /// `what` names the tensor, `model` the model file, in the one-line error.
 pub(crate) fn read_external_bytes(
@@ -136,26 +203,7 @@ fn read_range(
         .metadata()
         .map_err(|error| format!("{what}: external data file {shown}: {error}"))?
         .len();
-    let offset = external.offset;
-    if offset > size {
-        return Err(format!(
-            "{what}: external data offset {offset} is past the end of {shown} ({size} bytes)"
-        ));
-    }
-    let length = external.length.unwrap_or(size - offset);
-    if length != expected_len {
-        return Err(format!(
-            "{what}: external data length {length} in {shown} does not match the {expected_len} \
-             bytes its dims and data type need"
-        ));
-    }
-    if offset.checked_add(length).is_none_or(|end| end > size) {
-        return Err(format!(
-            "{what}: external data file {shown} is too short: the tensor needs bytes \
-             {offset}..{} and the file has {size}",
-            offset.saturating_add(length)
-        ));
-    }
+    let (offset, length) = checked_range(external, size, expected_len, what, &shown)?;
     let length = usize::try_from(length)
         .map_err(|_| format!("{what}: {length} bytes do not fit this machine's address space"))?;
     let mut bytes = vec![0u8; length];

@@ -5,9 +5,12 @@
 mod external_data;
 pub mod npy;
 pub mod onnx;
+#[cfg(not(target_arch = "wasm32"))]
 mod output_file;
 pub mod safetensors;
 
+pub use external_data::ExternalData;
+#[cfg(not(target_arch = "wasm32"))]
 pub use output_file::{remove_unfinished_output_files, write_file_atomically};
 
 use std::path::Path;
@@ -85,7 +88,20 @@ pub fn parse_model(path: &Path, bytes: &[u8]) -> Result<Graph> {
         _ => Path::new("."),
     };
     match ModelFormat::detect(path, bytes) {
-        ModelFormat::Onnx => onnx::import_onnx(bytes, &name, Some(folder)),
+        ModelFormat::Onnx => onnx::import_onnx(bytes, &name, ExternalData::Folder(folder)),
         ModelFormat::Safetensors => safetensors::import_safetensors(bytes, &name),
+    }
+}
+
+/// Parses a model given as bytes, where there are no files (a browser): `name` names it in
+/// errors and, by its extension, picks the format (else the content does); an ONNX model's
+/// external data, if it has any, is `external_data`, the side file's bytes.
+pub fn parse_model_bytes(name: &str, bytes: &[u8], external_data: Option<&[u8]>) -> Result<Graph> {
+    match ModelFormat::detect(Path::new(name), bytes) {
+        ModelFormat::Onnx => {
+            let external = external_data.map_or(ExternalData::Unavailable, ExternalData::Buffer);
+            onnx::import_onnx(bytes, name, external)
+        }
+        ModelFormat::Safetensors => safetensors::import_safetensors(bytes, name),
     }
 }

@@ -331,6 +331,7 @@ pub fn encode_npy(shape: &[usize], data: &[f32]) -> Vec<u8> {
 }
 
 /// Writes a float32 `.npy` file atomically (see [`super::write_file_atomically`]).
+#[cfg(not(target_arch = "wasm32"))]
 pub fn write_npy_atomically(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
     super::write_file_atomically(path, &encode_npy(shape, data))
 }

@@ -9,13 +9,14 @@
 //! operator and the node.
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use prost::Message;
 
 use crate::error::{Error, Result};
 use crate::graph::{Graph, GraphBuilder, LinearParams, NodeId};
-use crate::model::external_data::{ExternalLocation, read_external_bytes};
+use crate::model::external_data::{
+    ExternalData, ExternalLocation, read_external_bytes, slice_external_bytes,
+};
 
 /// The protobuf types generated from `proto/onnx.proto` at build time.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
@@ -56,9 +57,9 @@ enum Value {
 }
 
 /// Parses ONNX bytes into a graph; `path` names the source in errors. Tensors stored as
-/// external data are read from `external_data_folder` (the model's folder), confined to it; with
-/// `None`, such a tensor is an error.
-pub fn import_onnx(bytes: &[u8], path: &str, external_data_folder: Option<&Path>) -> Result<Graph> {
+/// external data are read from `external_data`: the model's folder (confined to it), or the
+/// side file's bytes.
+pub fn import_onnx(bytes: &[u8], path: &str, external_data: ExternalData<'_>) -> Result<Graph> {
     let model = proto::ModelProto::decode(bytes).map_err(|error| Error::Model {
         path: path.to_string(),
         reason: format!(
@@ -72,7 +73,8 @@ pub fn import_onnx(bytes: &[u8], path: &str, external_data_folder: Option<&Path>
     })?;
     Importer {
         path,
-        external_data_folder,
+        external_data,
+        buffer_location: std::cell::RefCell::new(None),
         values: HashMap::new(),
         builder: GraphBuilder::new(),
         fixed_batch: None,
@@ -83,7 +85,10 @@ pub fn import_onnx(bytes: &[u8], path: &str, external_data_folder: Option<&Path>
 
 struct Importer<'p> {
     path: &'p str,
-    external_data_folder: Option<&'p Path>,
+    external_data: ExternalData<'p>,
+    /// The `location` the first external tensor named, when the side file came as bytes: every
+    /// other must name the same, since the bytes are of one file.
+    buffer_location: std::cell::RefCell<Option<String>>,
     values: HashMap<String, Value>,
     builder: GraphBuilder,
     /// The batch the graph's input declares, when it declares a number rather than a symbol
@@ -269,12 +274,6 @@ impl Importer<'_> {
                 data_type_name(data_type)
             )));
         };
-        let Some(folder) = self.external_data_folder else {
-            return Err(self.error(format!(
-                "{what} stores its data externally, and the model was given as bytes without its \
-                 folder; load it from its file"
-            )));
-        };
         let entries = tensor.external_data.iter().map(|entry| {
             (
                 entry.key.as_deref().unwrap_or_default(),
@@ -284,7 +283,32 @@ impl Importer<'_> {
         let location =
             ExternalLocation::from_entries(entries, what).map_err(|reason| self.error(reason))?;
         let expected = (count as u64).saturating_mul(element_bytes);
-        read_external_bytes(folder, &location, expected, what, self.path).map(Some)
+        match self.external_data {
+            ExternalData::Folder(folder) => {
+                read_external_bytes(folder, &location, expected, what, self.path).map(Some)
+            }
+            ExternalData::Buffer(data) => {
+                let mut first = self.buffer_location.borrow_mut();
+                match first.as_deref() {
+                    Some(first) if first != location.location => {
+                        return Err(self.error(format!(
+                            "{what} stores its data in {:?}, but the external data given as \
+                             bytes is {first:?}, which an earlier tensor named; a model whose \
+                             tensors live in several files must be loaded from its folder",
+                            location.location
+                        )));
+                    }
+                    Some(_) => {}
+                    None => *first = Some(location.location.clone()),
+                }
+                slice_external_bytes(data, &location, expected, what, self.path).map(Some)
+            }
+            ExternalData::Unavailable => Err(self.error(format!(
+                "{what} stores its data externally in {:?}, which was not given: load the model \
+                 from its folder, or pass that file's bytes too",
+                location.location
+            ))),
+        }
     }
 
     fn constant(&self, tensor: &proto::TensorProto, what: &str) -> Result<Constant> {
