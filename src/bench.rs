@@ -7,6 +7,7 @@ use web_time::Instant;
 
 use crate::error::Result;
 use crate::exec::{CompiledModel, RunProfile};
+use crate::graph::Graph;
 
 /// Summary statistics of a set of durations.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -216,4 +217,121 @@ pub fn soak(
         samples,
         mismatched_runs,
     })
+}
+
+/// What a benchmark ran, for its report: the parts of `resgraph bench`'s arguments that name the
+/// network (none of them for the synthetic MLP but its depth).
+#[derive(Clone, Debug, Default)]
+pub struct BenchSetup {
+    /// The model file, when one was benchmarked.
+    pub model: Option<String>,
+    /// The synthetic ResNet's architecture, when one was benchmarked.
+    pub arch: Option<&'static str>,
+    /// The synthetic ResNet's image size.
+    pub image: Option<usize>,
+    /// The synthetic MLP's depth.
+    pub depth: Option<usize>,
+    /// Rows per run.
+    pub batch: usize,
+    /// Untimed runs first.
+    pub warmup: usize,
+}
+
+/// The rows `bench --check` compares with the f64 reference: all of a batch up to 64, else the
+/// first and last 32.
+pub fn check_rows(batch: usize) -> Vec<usize> {
+    if batch <= 64 {
+        (0..batch).collect()
+    } else {
+        (0..32).chain(batch - 32..batch).collect()
+    }
+}
+
+/// The largest relative error of `output`'s rows `rows` against the f64 reference on the same
+/// rows of `input`. Rows are independent, so the reference runs on those rows only: the f64
+/// forward of a large batch would take minutes.
+pub fn reference_error(graph: &Graph, input: &[f32], output: &[f32], rows: &[usize]) -> f64 {
+    let (in_width, out_width) = (graph.input_width(), graph.output_width());
+    let pick = |values: &[f32], width: usize| -> Vec<f32> {
+        rows.iter()
+            .flat_map(|&row| values[row * width..(row + 1) * width].iter().copied())
+            .collect()
+    };
+    let reference = crate::reference::forward_f64(graph, &pick(input, in_width), rows.len());
+    max_row_relative_error(&pick(output, out_width), &reference, out_width)
+}
+
+/// The distinct kernels a model runs, in first-use order.
+pub fn distinct_kernels(model: &CompiledModel) -> Vec<String> {
+    let mut kernels: Vec<String> = Vec::new();
+    for label in model.step_kernel_labels() {
+        if !kernels.contains(&label) {
+            kernels.push(label);
+        }
+    }
+    kernels
+}
+
+fn millis(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1e3
+}
+
+/// The JSON object `resgraph bench --json` prints (and the web package's benchmark returns):
+/// the adapter, what ran, the latency statistics, GFLOP/s, GPU and encode time, the kernels,
+/// what tuning did and memory; with `check`, the largest relative error against the f64
+/// reference and the rows checked.
+pub fn report_json(
+    graph: &Graph,
+    model: &CompiledModel,
+    setup: &BenchSetup,
+    result: &BenchResult,
+    check: Option<(f64, usize)>,
+) -> serde_json::Value {
+    let info = model.context().adapter_info();
+    let precision = model.precision();
+    let flops = graph.flops_per_row() as f64 * setup.batch as f64;
+    let gflops = flops / result.latency.median.as_secs_f64() / 1e9;
+    let tuning = model.tuning_report();
+    let mut object = serde_json::json!({
+        "adapter": {
+            "name": info.name,
+            "backend": info.backend.to_str(),
+            "device_type": format!("{:?}", info.device_type),
+            "driver": format!("{} {}", info.driver, info.driver_info).trim().to_string(),
+        },
+        "precision": precision.name(),
+        "tolerance": precision.tolerance(),
+        "model": setup.model,
+        "width": graph.input_width(),
+        "depth": setup.depth,
+        "arch": setup.arch,
+        "image": setup.image,
+        "batch": setup.batch,
+        "iters": result.iterations,
+        "warmup": setup.warmup,
+        "median_ms": millis(result.latency.median),
+        "p10_ms": millis(result.latency.p10),
+        "p90_ms": millis(result.latency.p90),
+        "min_ms": millis(result.latency.min),
+        "max_ms": millis(result.latency.max),
+        "gflops": gflops,
+        "gpu_median_ms": result.gpu.map(|gpu| millis(gpu.median)),
+        "encode_median_ms": millis(result.encode.median),
+        "dispatches_per_run": model.dispatches_per_run(),
+        "kernels": distinct_kernels(model),
+        "tuning": {
+            "measured": tuning.measured,
+            "cached": tuning.cached,
+            "cache": tuning.cache_path.as_ref().map(|path| path.display().to_string()),
+            "save_error": tuning.save_error,
+        },
+        "activation_bytes": model.activation_bytes(),
+        "weight_bytes": model.weight_bytes(),
+        "flops_per_run": flops,
+    });
+    if let Some((error, rows)) = check {
+        object["max_rel_err"] = serde_json::json!(error);
+        object["checked_rows"] = serde_json::json!(rows);
+    }
+    object
 }

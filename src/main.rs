@@ -8,16 +8,16 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use resgraph::bench::{BenchResult, max_row_relative_error, measure};
+use resgraph::bench::{
+    BenchResult, BenchSetup, check_rows, distinct_kernels, measure, reference_error, report_json,
+};
 use resgraph::exec::{CompileOptions, CompiledModel, Tuning};
 use resgraph::gpu::context::{
     AdapterIdentity, AdapterOptions, AdapterReport, GpuContext, choose_adapter, create_instance,
     enumerate_adapters, parse_backends,
 };
-use resgraph::graph::ValueShape;
-use resgraph::graph::layout::{nchw_to_nhwc, nhwc_to_nchw};
+use resgraph::graph::layout::{model_input, model_output};
 use resgraph::graph::synthetic::{MlpShape, ResNetArch, mlp, random_input, resnet};
-use resgraph::reference::forward_f64;
 
 /// Residual networks on any GPU.
 #[derive(Parser, Debug)]
@@ -435,7 +435,8 @@ fn bench(options: &AdapterOptions, args: &BenchArgs) -> resgraph::Result<()> {
 
     let checked_rows = check_rows(args.batch);
     let max_rel_err = if args.check {
-        Some(reference_error(&graph, &model, &input, &checked_rows)?)
+        let output = model.run(&input)?;
+        Some(reference_error(&graph, &input, &output, &checked_rows))
     } else {
         None
     };
@@ -443,49 +444,17 @@ fn bench(options: &AdapterOptions, args: &BenchArgs) -> resgraph::Result<()> {
 
     let flops = graph.flops_per_row() as f64 * args.batch as f64;
     let gflops = flops / result.latency.median.as_secs_f64() / 1e9;
-    let info = context.adapter_info();
     if args.json {
-        let mut object = serde_json::json!({
-            "adapter": {
-                "name": info.name,
-                "backend": info.backend.to_str(),
-                "device_type": format!("{:?}", info.device_type),
-                "driver": format!("{} {}", info.driver, info.driver_info).trim().to_string(),
-            },
-            "precision": precision.name(),
-            "tolerance": precision.tolerance(),
-            "model": args.model.as_ref().map(|path| path.display().to_string()),
-            "width": graph.input_width(),
-            "depth": if args.model.is_some() || args.arch.is_some() { None } else { Some(args.depth) },
-            "arch": args.arch.map(ResNetArch::name),
-            "image": args.arch.map(|_| args.image),
-            "batch": args.batch,
-            "iters": result.iterations,
-            "warmup": args.warmup,
-            "median_ms": millis(result.latency.median),
-            "p10_ms": millis(result.latency.p10),
-            "p90_ms": millis(result.latency.p90),
-            "min_ms": millis(result.latency.min),
-            "max_ms": millis(result.latency.max),
-            "gflops": gflops,
-            "gpu_median_ms": result.gpu.map(|gpu| millis(gpu.median)),
-            "encode_median_ms": millis(result.encode.median),
-            "dispatches_per_run": model.dispatches_per_run(),
-            "kernels": kernel_summary(&model),
-            "tuning": {
-                "measured": model.tuning_report().measured,
-                "cached": model.tuning_report().cached,
-                "cache": model.tuning_report().cache_path.as_ref().map(|path| path.display().to_string()),
-                "save_error": model.tuning_report().save_error,
-            },
-            "activation_bytes": model.activation_bytes(),
-            "weight_bytes": model.weight_bytes(),
-            "flops_per_run": flops,
-        });
-        if let Some(error) = max_rel_err {
-            object["max_rel_err"] = serde_json::json!(error);
-            object["checked_rows"] = serde_json::json!(checked_rows.len());
-        }
+        let setup = BenchSetup {
+            model: args.model.as_ref().map(|path| path.display().to_string()),
+            arch: args.arch.map(ResNetArch::name),
+            image: args.arch.map(|_| args.image),
+            depth: (args.model.is_none() && args.arch.is_none()).then_some(args.depth),
+            batch: args.batch,
+            warmup: args.warmup,
+        };
+        let check = max_rel_err.map(|error| (error, checked_rows.len()));
+        let object = report_json(&graph, &model, &setup, &result, check);
         println!("{object}");
     } else {
         let title = match (&args.model, args.arch) {
@@ -516,30 +485,6 @@ fn bench(options: &AdapterOptions, args: &BenchArgs) -> resgraph::Result<()> {
     }
 }
 
-/// The largest relative error of the model's output rows `rows` against the f64 reference.
-/// Rows are independent, so the reference runs on those rows only: the f64 forward of a large
-/// batch would take minutes.
-fn reference_error(
-    graph: &resgraph::Graph,
-    model: &CompiledModel,
-    input: &[f32],
-    rows: &[usize],
-) -> resgraph::Result<f64> {
-    let output = model.run(input)?;
-    let (in_width, out_width) = (graph.input_width(), model.output_width());
-    let pick = |values: &[f32], width: usize| -> Vec<f32> {
-        rows.iter()
-            .flat_map(|&row| values[row * width..(row + 1) * width].iter().copied())
-            .collect()
-    };
-    let reference = forward_f64(graph, &pick(input, in_width), rows.len());
-    Ok(max_row_relative_error(
-        &pick(&output, out_width),
-        &reference,
-        out_width,
-    ))
-}
-
 /// Times the model's runs as `args` say, with a progress bar unless the output is JSON.
 fn measure_with_progress(
     model: &CompiledModel,
@@ -560,27 +505,6 @@ fn measure_with_progress(
     let result = measure(model, input, args.warmup, args.iters, || progress.inc(1))?;
     progress.finish_and_clear();
     Ok(result)
-}
-
-/// The rows `--check` compares with the reference: all of a batch up to 64 rows, else the first
-/// and last 32 (which cover the first and last workgroups of every kernel).
-fn check_rows(batch: usize) -> Vec<usize> {
-    if batch <= 64 {
-        (0..batch).collect()
-    } else {
-        (0..32).chain(batch - 32..batch).collect()
-    }
-}
-
-/// The distinct kernels a model runs, in first-use order.
-fn kernel_summary(model: &CompiledModel) -> Vec<String> {
-    let mut kernels: Vec<String> = Vec::new();
-    for label in model.step_kernel_labels() {
-        if !kernels.contains(&label) {
-            kernels.push(label);
-        }
-    }
-    kernels
 }
 
 /// One line on what tuning did: measured now, or every choice from the cache.
@@ -687,9 +611,11 @@ fn measured_times<'a>(measured: impl Iterator<Item = (&'a str, std::time::Durati
 fn run_model(options: &AdapterOptions, args: &RunArgs) -> resgraph::Result<()> {
     let graph = load_model(&args.model)?;
     let array = resgraph::model::npy::read_npy(&args.input)?;
-    let input = model_input(&graph, array).map_err(|reason| resgraph::Error::Npy {
-        path: args.input.display().to_string(),
-        reason,
+    let input = model_input(graph.input_shape(), &array.shape, array.data).map_err(|reason| {
+        resgraph::Error::Npy {
+            path: args.input.display().to_string(),
+            reason,
+        }
     })?;
     let context = Arc::new(GpuContext::new(options)?);
     let compile = CompileOptions {
@@ -698,87 +624,8 @@ fn run_model(options: &AdapterOptions, args: &RunArgs) -> resgraph::Result<()> {
     };
     let model = CompiledModel::compile(context, &graph, &compile)?;
     let output = model.run(&input.values)?;
-    // Images go back to PyTorch's NCHW order; dense rows are written as they are.
-    let (per_entry, output) = match graph.output_shape() {
-        ValueShape::Image {
-            height,
-            width,
-            channels,
-        } => (
-            vec![channels, height, width],
-            nhwc_to_nchw(&output, input.batch, (channels, height, width)),
-        ),
-        ValueShape::Dense { width } => (vec![width], output),
-    };
-    let shape: Vec<usize> = if input.squeeze {
-        per_entry
-    } else {
-        std::iter::once(input.batch).chain(per_entry).collect()
-    };
+    let (shape, output) = model_output(graph.output_shape(), &input, output);
     resgraph::model::npy::write_npy_atomically(&args.output, &shape, &output)
-}
-
-/// A run's input as the model takes it: NHWC for image models, rows for dense ones.
-struct ModelInput {
-    batch: usize,
-    /// Whether the file held one entry without a batch dimension (the output drops it too).
-    squeeze: bool,
-    values: Vec<f32>,
-}
-
-/// Checks an `.npy` input against the model's input shape: `[batch, width]` or `[width]` for a
-/// dense model, `[batch, channels, height, width]` or `[channels, height, width]` (PyTorch's
-/// NCHW) for an image model, which is converted to NHWC.
-fn model_input(
-    graph: &resgraph::Graph,
-    array: resgraph::NpyArray,
-) -> std::result::Result<ModelInput, String> {
-    let (per_entry, image) = match graph.input_shape() {
-        ValueShape::Dense { width } => (vec![width], None),
-        ValueShape::Image {
-            height,
-            width,
-            channels,
-        } => (
-            vec![channels, height, width],
-            Some((channels, height, width)),
-        ),
-    };
-    let shape = array.shape.as_slice();
-    let (batch, squeeze) = if shape == per_entry.as_slice() {
-        (1, true)
-    } else if shape.len() == per_entry.len() + 1 && shape[1..] == per_entry[..] {
-        if shape[0] == 0 {
-            return Err(format!(
-                "the input holds an empty batch (shape {shape:?}); give at least one entry"
-            ));
-        }
-        (shape[0], false)
-    } else {
-        let expected = per_entry
-            .iter()
-            .map(usize::to_string)
-            .collect::<Vec<_>>()
-            .join(", ");
-        let input = match image {
-            Some(_) => format!("images [{expected}] (NCHW)"),
-            None => format!("width {expected}"),
-        };
-        return Err(format!(
-            "a rank {} input of shape {shape:?} does not match the model's input {input} \
-             (expected [batch, {expected}] or [{expected}])",
-            shape.len()
-        ));
-    };
-    let values = match image {
-        Some(image) => nchw_to_nhwc(&array.data, batch, image),
-        None => array.data,
-    };
-    Ok(ModelInput {
-        batch,
-        squeeze,
-        values,
-    })
 }
 
 fn inspect(path: &Path) -> resgraph::Result<()> {
@@ -928,7 +775,7 @@ fn print_bench_table(
         format!(
             "{} ({})",
             model.dispatches_per_run(),
-            kernel_summary(model).join(", ")
+            distinct_kernels(model).join(", ")
         ),
     );
     row(

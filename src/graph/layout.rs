@@ -1,8 +1,11 @@
 //! Moving images between PyTorch's channel-first order (NCHW: a channel's pixels contiguous) and
 //! resgraph's channel-last storage (NHWC: a pixel's channels contiguous). The CLI converts run
 //! inputs and outputs with these, and the planner uses the same permutation on the weight rows
-//! of a linear layer that reads a flattened image. The f64 reference keeps its own flatten, so
-//! that it checks this permutation rather than sharing it.
+//! of a linear layer that reads a flattened image; `model_input` and `model_output` give a run's
+//! input and output the shapes PyTorch uses, for the CLI and the web package alike. The f64
+//! reference keeps its own flatten, so that it checks this permutation rather than sharing it.
+
+use crate::graph::ValueShape;
 
 /// `batch` images of `(channels, height, width)` from NCHW to NHWC. `data` holds `batch`
 /// images exactly.
@@ -21,6 +24,98 @@ pub fn nhwc_to_nchw<T: Copy + Default>(
     (channels, height, width): (usize, usize, usize),
 ) -> Vec<T> {
     permute(data, batch, (channels, height * width), true)
+}
+
+/// A run's input as the model takes it: NHWC for image models, rows for dense ones.
+pub struct ModelInput {
+    /// Entries in the batch.
+    pub batch: usize,
+    /// Whether the input held one entry without a batch dimension (the output drops it too).
+    pub squeeze: bool,
+    /// The values in the model's order: rows, or NHWC images.
+    pub values: Vec<f32>,
+}
+
+/// Checks an input of `shape` (an `.npy` file's, or a page's) against the model's input shape: `[batch, width]` or `[width]` for a
+/// dense model, `[batch, channels, height, width]` or `[channels, height, width]` (PyTorch's
+/// NCHW) for an image model, which is converted to NHWC. `data` must hold the values `shape`
+/// says (the caller's reader checked that).
+pub fn model_input(
+    input_shape: ValueShape,
+    shape: &[usize],
+    data: Vec<f32>,
+) -> std::result::Result<ModelInput, String> {
+    let (per_entry, image) = match input_shape {
+        ValueShape::Dense { width } => (vec![width], None),
+        ValueShape::Image {
+            height,
+            width,
+            channels,
+        } => (
+            vec![channels, height, width],
+            Some((channels, height, width)),
+        ),
+    };
+    let (batch, squeeze) = if shape == per_entry.as_slice() {
+        (1, true)
+    } else if shape.len() == per_entry.len() + 1 && shape[1..] == per_entry[..] {
+        if shape[0] == 0 {
+            return Err(format!(
+                "the input holds an empty batch (shape {shape:?}); give at least one entry"
+            ));
+        }
+        (shape[0], false)
+    } else {
+        let expected = per_entry
+            .iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let input = match image {
+            Some(_) => format!("images [{expected}] (NCHW)"),
+            None => format!("width {expected}"),
+        };
+        return Err(format!(
+            "a rank {} input of shape {shape:?} does not match the model's input {input} \
+             (expected [batch, {expected}] or [{expected}])",
+            shape.len()
+        ));
+    };
+    let values = match image {
+        Some(image) => nchw_to_nhwc(&data, batch, image),
+        None => data,
+    };
+    Ok(ModelInput {
+        batch,
+        squeeze,
+        values,
+    })
+}
+
+/// A run's output as PyTorch would shape it: images back in NCHW order, dense rows as they are,
+/// with the batch dimension unless the input had none. Returns the shape and the values.
+pub fn model_output(
+    output_shape: ValueShape,
+    input: &ModelInput,
+    output: Vec<f32>,
+) -> (Vec<usize>, Vec<f32>) {
+    let (per_entry, output) = match output_shape {
+        ValueShape::Image {
+            height,
+            width,
+            channels,
+        } => (
+            vec![channels, height, width],
+            nhwc_to_nchw(&output, input.batch, (channels, height, width)),
+        ),
+        ValueShape::Dense { width } => (vec![width], output),
+    };
+    let shape = if input.squeeze {
+        per_entry
+    } else {
+        std::iter::once(input.batch).chain(per_entry).collect()
+    };
+    (shape, output)
 }
 
 /// Moves each image's value (channel c, pixel p) between NCHW index `c · pixels + p` and NHWC
