@@ -23,6 +23,13 @@ pub enum Error {
         backends: String,
     },
 
+    /// A browser offered no WebGPU adapter (resgraph built for the web).
+    #[error(
+        "the browser offers no WebGPU adapter: WebGPU is switched off or not supported here \
+         (Chrome and Edge have it; headless Chromium needs --enable-unsafe-webgpu)"
+    )]
+    NoBrowserAdapter,
+
     /// Adapters exist, but none matched the name the user asked for.
     #[error("no GPU adapter matches {requested:?}; available adapters: {available}")]
     AdapterNotFound {

@@ -51,9 +51,7 @@ async fn context() -> Arc<GpuContext> {
             );
             Arc::new(context)
         }
-        Err(error) => panic!(
-            "no WebGPU adapter in this browser ({error}); Chromium needs --enable-unsafe-webgpu"
-        ),
+        Err(error) => panic!("no WebGPU adapter: {error}"),
     }
 }
 

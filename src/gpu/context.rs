@@ -282,6 +282,9 @@ impl GpuContext {
     pub async fn new_async(options: &AdapterOptions) -> Result<Self> {
         let instance = create_instance(options.backends);
         let adapters = enumerate_adapters_async(&instance, options.backends).await;
+        if adapters.is_empty() && cfg!(target_arch = "wasm32") {
+            return Err(Error::NoBrowserAdapter);
+        }
         let identities: Vec<AdapterIdentity> = adapters
             .iter()
             .map(|adapter| AdapterIdentity::from(&adapter.get_info()))

@@ -86,25 +86,29 @@ impl Engine {
         format!("{name} ({:?}, {})", info.device_type, info.backend.to_str())
     }
 
-    /// Loads a model from its bytes (`name` names it in errors and, by its extension, picks
-    /// the format: `.onnx` or `.safetensors`, else the content decides) and compiles it for
-    /// batches of up to `maxBatch` rows. `externalData` is an ONNX model's side file
-    /// (`m.onnx.data`), if it has one. With `tune`, each layer's kernel is chosen by timing the
-    /// candidates on this adapter (slower to load; the choices are kept for the page), else by
-    /// fixed rules. Resolves to a `Model`.
+    /// Loads a model from its bytes, an `ArrayBuffer` or a `Uint8Array` (`name` names it in
+    /// errors and, by its extension, picks the format: `.onnx` or `.safetensors`, else the
+    /// content decides) and compiles it for batches of up to `maxBatch` rows. `externalData` is
+    /// an ONNX model's side file (`m.onnx.data`), if it has one, in the same forms. With `tune`,
+    /// each layer's kernel is chosen by timing the candidates on this adapter (slower to load;
+    /// the choices are kept for the page), else by fixed rules. Resolves to a `Model`.
     #[wasm_bindgen(js_name = loadModel)]
     pub fn load_model(
         &self,
         name: String,
-        bytes: Uint8Array,
-        external_data: Option<Uint8Array>,
+        bytes: JsValue,
+        external_data: JsValue,
         max_batch: usize,
         tune: bool,
     ) -> Promise {
         let context = Arc::clone(&self.context);
-        let bytes = bytes.to_vec();
-        let external_data = external_data.map(|data| data.to_vec());
         future_to_promise(async move {
+            let bytes = byte_vector(&bytes, "the model")?;
+            let external_data = if external_data.is_undefined() || external_data.is_null() {
+                None
+            } else {
+                Some(byte_vector(&external_data, "the external data")?)
+            };
             let graph = resgraph::parse_model_bytes(&name, &bytes, external_data.as_deref())
                 .map_err(js_error)?;
             let model = Model::compile(context, graph, max_batch, tune).await?;
@@ -159,6 +163,36 @@ impl Engine {
     pub fn load_tuning_cache(json: &str) -> usize {
         TuningCache::load_session(json)
     }
+}
+
+/// The bytes of an `ArrayBuffer` or of a typed array's view (a `Uint8Array`, say); `what` names
+/// the argument in the error for anything else.
+fn byte_vector(value: &JsValue, what: &str) -> Result<Vec<u8>, JsValue> {
+    if value.is_instance_of::<js_sys::ArrayBuffer>() {
+        return Ok(Uint8Array::new(value).to_vec());
+    }
+    if let Some(view) = value.dyn_ref::<js_sys::Object>()
+        && js_sys::ArrayBuffer::is_view(view)
+    {
+        let view = Reflect::get(value, &"buffer".into())
+            .ok()
+            .zip(Reflect::get(value, &"byteOffset".into()).ok())
+            .zip(Reflect::get(value, &"byteLength".into()).ok());
+        if let Some(((buffer, offset), length)) = view
+            && let (Some(offset), Some(length)) = (offset.as_f64(), length.as_f64())
+        {
+            return Ok(Uint8Array::new_with_byte_offset_and_length(
+                &buffer,
+                offset as u32,
+                length as u32,
+            )
+            .to_vec());
+        }
+    }
+    Err(js_error(format!(
+        "{what}: {} is not an ArrayBuffer or a typed array of bytes",
+        describe(value)
+    )))
 }
 
 /// A synthetic residual MLP of `depth` blocks of `width`, as `resgraph bench` builds it.

@@ -9,7 +9,11 @@ uses the real page as a person would: it runs the built-in residual MLP and a sm
 clicking, and checks what the page shows (and saves a screenshot with --screenshot). Exits
 non-zero on any failure, and when the browser has no WebGPU adapter.
 
+With --benchmark OPTIONS (the JSON object `Engine.benchmark` takes), it runs only that benchmark in
+the browser (web/test/bench.html) and prints its report, one JSON line as `resgraph bench --json`.
+
 Usage: drive.py [--resgraph target/release/resgraph] [--timeout 600] [--screenshot page.png]
+       drive.py --benchmark '{"width": 512, "depth": 8, "batch": 1, "iters": 100}'
 Standard library only; needs web/pkg (web/build.sh), chromedriver and the built CLI.
 """
 
@@ -25,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -149,7 +154,11 @@ def main():
     parser.add_argument("--resgraph", default=os.path.join(ROOT, "target/release/resgraph"))
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--screenshot", help="save the page, after its benchmark, as this PNG")
+    parser.add_argument("--benchmark", metavar="OPTIONS",
+                        help="only run Engine.benchmark with these JSON options; print its report")
     args = parser.parse_args()
+    # The CLI runs in a folder of its own (so that its error names the file as the page does).
+    args.resgraph = os.path.abspath(args.resgraph)
     if not os.path.exists(os.path.join(ROOT, "web/pkg/resgraph_web.js")):
         raise SystemExit("web/pkg is missing: run web/build.sh first")
     chromedriver = os.environ.get("CHROMEDRIVER") or shutil.which("chromedriver")
@@ -175,6 +184,17 @@ def main():
         session = webdriver(port, "POST", "/session",
                             {"capabilities": {"alwaysMatch": capabilities}})["sessionId"]
         base = f"http://127.0.0.1:{server.server_address[1]}"
+        if args.benchmark is not None:
+            options = urllib.parse.quote(json.dumps(json.loads(args.benchmark)))
+            webdriver(port, "POST", f"/session/{session}/url",
+                      {"url": f"{base}/web/test/bench.html#{options}"})
+            outcome = wait_for(port, session, "return window.benchOutcome || null;",
+                               args.timeout, "finish the benchmark")
+            if "error" in outcome:
+                print(f"resgraph (browser): error: {outcome['error']}", file=sys.stderr)
+                return 1
+            print(json.dumps(outcome["report"]))
+            return 0
         webdriver(port, "POST", f"/session/{session}/url", {"url": f"{base}/web/test/index.html"})
         outcome = None
         while outcome is None and time.monotonic() - started < args.timeout:

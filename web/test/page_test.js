@@ -50,7 +50,8 @@ const sameShape = (a, b) => a.length === b.length && a.every((value, i) => value
 const cases = "../../tests/data/onnx/";
 
 async function onnxCase(engine, name, input, expected, side) {
-  const bytes = new Uint8Array(await fetchBytes(cases + name));
+  // The model as an ArrayBuffer, its side file as a Uint8Array view: both forms are taken.
+  const bytes = await fetchBytes(cases + name);
   const data = side ? new Uint8Array(await fetchBytes(cases + side)) : undefined;
   const x = parseNpy(await fetchBytes(cases + input));
   const y = parseNpy(await fetchBytes(cases + expected));
@@ -101,6 +102,9 @@ async function main() {
   check("a bad model rejects with an Error", bad instanceof Error, bad);
   outcome.badModelMessage = bad instanceof Error ? bad.message : null;
   check("its message is one line", bad && !bad.message.includes("\n"), bad && bad.message);
+  const notBytes = await rejection(engine.loadModel("m.onnx", [1, 2, 3], undefined, 1, false));
+  check("a model that is not bytes rejects", notBytes instanceof Error
+    && notBytes.message.includes("not an ArrayBuffer"), notBytes && notBytes.message);
   const wrong = await rejection(model.run(new Float32Array(10), [2, 5]));
   check("a wrong input shape rejects", wrong instanceof Error && wrong.message.includes("[2, 5]"),
     wrong && wrong.message);
