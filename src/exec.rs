@@ -526,7 +526,12 @@ impl CompiledModel {
             .iter()
             .zip(&self.steps)
             .map(|(scheduled, prepared)| match scheduled {
-                ScheduledStep::Layer { kernel, .. } => kernel.label(),
+                // A tiled GEMM's label names its point; every other step's kernel name says
+                // which shader ran (the texture GEMV's variant, say).
+                ScheduledStep::Layer {
+                    kernel: kernel @ KernelChoice::Gemm(_),
+                    ..
+                } => kernel.label(),
                 _ => prepared.kernel_name().to_string(),
             })
             .collect()

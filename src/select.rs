@@ -22,7 +22,7 @@ use crate::error::Result;
 use crate::gpu::context::GpuContext;
 use crate::kernels::conv2d::Conv2dVariant;
 use crate::kernels::gemm::GemmVariant;
-use crate::kernels::gemv::{self, GEMV_MAX_BATCH, TextureWeights};
+use crate::kernels::gemv::{GemvVariant, TextureWeights};
 use crate::kernels::residual_block;
 use crate::plan::{ElementwiseOp, Plan, PoolOp, ResidualBlockSteps, StepKind, ValueId};
 use crate::precision::Precision;
@@ -201,9 +201,11 @@ pub(crate) async fn select(
     Ok(schedule_steps(plan, kernels, &fused_blocks, tuning))
 }
 
-/// Each layer's kernel by the rules: the texture GEMV for models of at most [`GEMV_MAX_BATCH`]
-/// rows where the caller allows it, the device supports it and the layer fits a texture, else
-/// the forced GEMM variant or the rule-based one (see [`rule_based_gemm_variant`]).
+/// Each layer's kernel by the rules: the texture GEMV for models of at most
+/// [`GEMV_MAX_BATCH`](crate::kernels::gemv::GEMV_MAX_BATCH)
+/// rows (fewer for its staged variant, [`GemvVariant::rule_max_batch`]) where the caller allows
+/// it and the layer fits a texture, else the forced GEMM variant or the rule-based one (see
+/// [`rule_based_gemm_variant`]).
 fn rule_based_layer_kernel(
     context: &GpuContext,
     options: &SelectionOptions,
@@ -212,8 +214,7 @@ fn rule_based_layer_kernel(
     // Small batches read weights from textures (see kernels::gemv); a model compiled for larger
     // batches keeps the tiled GEMM's buffer layout for every run.
     let small_batch = options.small_batch_kernel
-        && rows <= GEMV_MAX_BATCH
-        && gemv::supported_by(context)
+        && GemvVariant::for_device(context).is_some_and(|variant| rows <= variant.rule_max_batch())
         && TextureWeights::fits(context, out, inp);
     if small_batch {
         KernelChoice::GemvTexture

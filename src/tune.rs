@@ -79,6 +79,16 @@ impl KernelChoice {
         }
     }
 
+    /// The shader this choice runs on `context`'s device: [`Self::kernel`], but for the texture
+    /// GEMV the variant the device runs (see [`gemv::GemvVariant::for_device`]).
+    pub fn kernel_on(self, context: &GpuContext) -> &'static KernelSource {
+        match self {
+            KernelChoice::GemvTexture => gemv::GemvVariant::for_device(context)
+                .map_or(self.kernel(), gemv::GemvVariant::kernel),
+            KernelChoice::Gemm(_) => self.kernel(),
+        }
+    }
+
     /// The choice as the cache stores it and `tune` reports it: the shader's name, with the
     /// point for the tiled GEMM family (see [`GemmVariant::label`]).
     pub fn label(self) -> String {
@@ -438,7 +448,7 @@ fn offered_candidates(
     let mut offered: Vec<(String, Vec<&'static KernelSource>)> =
         candidates(context, precision, shape, allowed)
             .into_iter()
-            .map(|candidate| (candidate.label(), vec![candidate.kernel()]))
+            .map(|candidate| (candidate.label(), vec![candidate.kernel_on(context)]))
             .collect();
     let family = tiled_candidates(context, precision, shape, allowed);
     if !family.is_empty() {

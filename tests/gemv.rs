@@ -1,21 +1,25 @@
-//! The small-batch texture GEMV against the f64 reference: every epilogue, batches 1 to 16,
-//! awkward widths, output poisoned with NaN first.
+//! The small-batch texture GEMV against the f64 reference: both variants (subgroup broadcasts and
+//! workgroup staging) wherever the adapter runs them, every epilogue, batches 1 to 16, awkward
+//! widths, output poisoned with NaN first.
 
 mod common;
 
 use resgraph::epilogue::Epilogue;
 use resgraph::gpu::buffers::DeviceMatrix;
 use resgraph::gpu::context::GpuContext;
-use resgraph::kernels::gemv::{self, GemvOperands, TextureWeights, prepare_gemv};
+use resgraph::kernels::gemv::{
+    self, GemvOperands, GemvVariant, TextureWeights, prepare_gemv_variant,
+};
 use resgraph::reference::{LinearRef, linear_f64, to_f64};
 
 fn check_gemv(
     context: &GpuContext,
+    variant: GemvVariant,
     (m, n, k): (usize, usize, usize),
     epilogue: Epilogue,
     seed: u64,
 ) -> f64 {
-    let what = format!("gemv m={m} n={n} k={k} {epilogue}");
+    let what = format!("gemv {variant:?} m={m} n={n} k={k} {epilogue}");
     let mut rng = common::rng(seed);
     let scale = 1.0 / (k as f32).sqrt();
     let x = common::uniform(&mut rng, m * k, -1.0, 1.0);
@@ -27,7 +31,7 @@ fn check_gemv(
     let residual = DeviceMatrix::from_host(context, "r", m, n, &r).expect("r");
     let output = DeviceMatrix::new(context, "out", m, n).expect("out");
     output.fill(context, f32::NAN).expect("poison");
-    let gemv = prepare_gemv(
+    let gemv = prepare_gemv_variant(
         context,
         &GemvOperands {
             input: &input,
@@ -36,6 +40,7 @@ fn check_gemv(
             output: &output,
             activation: epilogue.activation,
         },
+        variant,
     )
     .unwrap_or_else(|error| panic!("{what}: {error}"));
     gemv.submit(context).expect("submit");
@@ -56,12 +61,13 @@ fn check_gemv(
     common::assert_close(&out, &reference, 1e-5, &what)
 }
 
-/// Fails the test unless preparing a GEMV on `context` is the typed `MissingFeature` error.
-fn assert_gemv_is_refused(backend: &str, context: &GpuContext) {
+/// Fails the test unless preparing the subgroup GEMV on `context` is the typed `MissingFeature`
+/// error.
+fn assert_subgroup_gemv_is_refused(backend: &str, context: &GpuContext) {
     let weights = TextureWeights::upload(context, 4, 4, &[0.0; 16], None).expect("weights");
     let input = DeviceMatrix::new(context, "x", 1, 4).expect("x");
     let output = DeviceMatrix::new(context, "y", 1, 4).expect("y");
-    let error = prepare_gemv(
+    let error = prepare_gemv_variant(
         context,
         &GemvOperands {
             input: &input,
@@ -70,8 +76,9 @@ fn assert_gemv_is_refused(backend: &str, context: &GpuContext) {
             output: &output,
             activation: resgraph::epilogue::Activation::Identity,
         },
+        GemvVariant::Subgroup,
     )
-    .expect_err("gemv without subgroups");
+    .expect_err("the subgroup gemv without subgroups");
     assert!(
         matches!(error, resgraph::Error::MissingFeature { .. }),
         "{backend}: {error}"
@@ -79,44 +86,67 @@ fn assert_gemv_is_refused(backend: &str, context: &GpuContext) {
 }
 
 #[test]
-fn the_gemv_runs_where_subgroups_exist_and_is_refused_elsewhere() {
-    // Each adapter runs the GEMV if it has subgroups and refuses it if not; and each adapter,
-    // opened without SUBGROUP, refuses it, so that the refusal is checked on every adapter, not
-    // only on one that happens to lack subgroups.
-    let mut adapters_that_ran_it = 0;
+fn the_subgroup_gemv_runs_where_subgroups_exist_and_the_staged_one_everywhere() {
+    // Each adapter runs the subgroup variant if it has subgroups of 8 and refuses it if not, and
+    // runs the staged variant in any case; each adapter opened without SUBGROUP refuses the first
+    // and still runs the second (which `prepare_gemv` then picks), so that both outcomes are
+    // checked on every adapter, not only on one that happens to lack subgroups.
+    let mut adapters_with_subgroups = 0;
     for (backend, context) in common::contexts() {
         let info = context.adapter_info();
         if info.name.contains("llvmpipe") && info.backend == wgpu::Backend::Vulkan {
-            assert!(gemv::supported_by(context), "lavapipe lost its subgroups");
+            assert!(
+                GemvVariant::Subgroup.supported_by(context),
+                "lavapipe lost its subgroups"
+            );
         }
-        if gemv::supported_by(context) {
-            check_gemv(context, (2, 9, 11), Epilogue::default(), 1);
-            adapters_that_ran_it += 1;
+        if GemvVariant::Subgroup.supported_by(context) {
+            check_gemv(
+                context,
+                GemvVariant::Subgroup,
+                (2, 9, 11),
+                Epilogue::default(),
+                1,
+            );
+            adapters_with_subgroups += 1;
         } else {
-            assert_gemv_is_refused(&backend, context);
+            assert_subgroup_gemv_is_refused(&backend, context);
         }
+        assert!(GemvVariant::Staged.supported_by(context), "{backend}");
+        check_gemv(
+            context,
+            GemvVariant::Staged,
+            (2, 9, 11),
+            Epilogue::default(),
+            2,
+        );
         let without_subgroups = common::context_without(&backend, wgpu::Features::SUBGROUP);
-        assert!(!gemv::supported_by(&without_subgroups), "{backend}");
-        assert_gemv_is_refused(&backend, &without_subgroups);
+        assert_eq!(
+            GemvVariant::for_device(&without_subgroups),
+            Some(GemvVariant::Staged),
+            "{backend}"
+        );
+        assert!(gemv::supported_by(&without_subgroups), "{backend}");
+        assert_subgroup_gemv_is_refused(&backend, &without_subgroups);
+        check_gemv(
+            &without_subgroups,
+            GemvVariant::Staged,
+            (3, 17, 5),
+            Epilogue::ALL[3],
+            3,
+        );
     }
     assert!(
-        adapters_that_ran_it > 0,
-        "no test adapter has subgroups of at least 8 invocations, so the GEMV never ran \
+        adapters_with_subgroups > 0,
+        "no test adapter has subgroups of at least 8 invocations, so the subgroup GEMV never ran \
          (lavapipe, on Vulkan, has subgroups of 8)"
     );
 }
 
-/// The first test context that has subgroups of at least 8 invocations (lavapipe in CI).
-fn subgroup_context() -> &'static GpuContext {
-    common::context_where(
-        "subgroups of at least 8 invocations, which the GEMV needs",
-        gemv::supported_by,
-    )
-}
-
 #[test]
-fn every_epilogue_and_small_batch_matches_the_reference() {
-    let context = subgroup_context();
+fn every_variant_epilogue_and_small_batch_matches_the_reference_on_every_backend() {
+    // K past one staging round (256) and not a multiple of 8, 1000 columns, 16 rows: every edge
+    // of both variants' loops.
     let shapes = [
         (1, 1, 1),
         (1, 3, 17),
@@ -126,17 +156,43 @@ fn every_epilogue_and_small_batch_matches_the_reference() {
         (16, 33, 65),
         (1, 512, 512),
         (7, 9, 8),
+        (4, 20, 257),
     ];
-    for (index, &shape) in shapes.iter().enumerate() {
-        for (number, epilogue) in Epilogue::ALL.into_iter().enumerate() {
-            check_gemv(context, shape, epilogue, (index * 4 + number) as u64);
+    for (backend, context) in common::contexts() {
+        for variant in GemvVariant::ALL {
+            if !variant.supported_by(context) {
+                continue;
+            }
+            let mut worst = 0.0f64;
+            for (index, &shape) in shapes.iter().enumerate() {
+                for (number, epilogue) in Epilogue::ALL.into_iter().enumerate() {
+                    let seed = (index * 4 + number) as u64;
+                    worst = worst.max(check_gemv(context, variant, shape, epilogue, seed));
+                }
+            }
+            println!("{backend} {variant:?}: worst relative error {worst:.2e}");
         }
     }
 }
 
+/// The first test context that has subgroups of at least 8 invocations (lavapipe in CI).
+fn subgroup_context() -> &'static GpuContext {
+    common::context_where(
+        "subgroups of at least 8 invocations, which the subgroup GEMV needs",
+        |context| GemvVariant::Subgroup.supported_by(context),
+    )
+}
+
 #[test]
 fn fewer_rows_than_prepared_compute_only_those_rows() {
+    // lavapipe runs both variants.
     let context = subgroup_context();
+    for variant in GemvVariant::ALL {
+        fewer_rows_than_prepared(context, variant);
+    }
+}
+
+fn fewer_rows_than_prepared(context: &GpuContext, variant: GemvVariant) {
     let (m, n, k) = (6, 20, 24);
     let mut rng = common::rng(9);
     let x = common::uniform(&mut rng, m * k, -1.0, 1.0);
@@ -145,7 +201,7 @@ fn fewer_rows_than_prepared_compute_only_those_rows() {
     let input = DeviceMatrix::from_host(context, "x", m, k, &x).expect("x");
     let output = DeviceMatrix::new(context, "out", m, n).expect("out");
     output.fill(context, f32::NAN).expect("poison");
-    let gemv = prepare_gemv(
+    let gemv = prepare_gemv_variant(
         context,
         &GemvOperands {
             input: &input,
@@ -154,6 +210,7 @@ fn fewer_rows_than_prepared_compute_only_those_rows() {
             output: &output,
             activation: resgraph::epilogue::Activation::Identity,
         },
+        variant,
     )
     .expect("prepare");
     gemv.set_rows(context, 3).expect("set rows");
@@ -181,7 +238,12 @@ fn fewer_rows_than_prepared_compute_only_those_rows() {
         None,
         Epilogue::default(),
     );
-    common::assert_close(&out[..3 * n], &reference, 1e-5, "first 3 rows");
+    common::assert_close(
+        &out[..3 * n],
+        &reference,
+        1e-5,
+        &format!("{variant:?} first 3 rows"),
+    );
     assert!(
         out[3 * n..].iter().all(|v| v.is_nan()),
         "rows past the batch were written"

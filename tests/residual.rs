@@ -260,10 +260,12 @@ fn inputs_that_do_not_fit_are_typed_errors() {
 #[test]
 fn every_kernel_path_of_the_executor_matches_the_reference() {
     // On every test adapter, and on each adapter opened without SUBGROUP: where the device has
-    // subgroups the executor's options must reach the subgroup GEMM and the texture GEMV as well
-    // as the portable GEMM, and where it has none only the portable GEMM. At least one test
-    // adapter must have subgroups, or their paths would never run here.
+    // subgroups the executor's options must reach the subgroup GEMM and the subgroup texture GEMV
+    // as well as the portable GEMM, and where it has none the portable GEMM and the staged
+    // texture GEMV. At least one test adapter must have subgroups, or their paths would never
+    // run here.
     use resgraph::kernels::gemm::GemmVariant;
+    use resgraph::kernels::gemv::GemvVariant;
     let shape = MlpShape {
         input_width: 21,
         width: 40,
@@ -299,7 +301,7 @@ fn every_kernel_path_of_the_executor_matches_the_reference() {
             }
             let subgroup_paths = ["gemm_subgroup", "gemv_texture"];
             assert!(seen.contains("gemm"), "{backend}: paths run: {seen:?}");
-            if resgraph::kernels::gemv::supported_by(&context) {
+            if GemvVariant::Subgroup.supported_by(&context) {
                 adapters_with_subgroups += 1;
                 assert!(
                     subgroup_paths.iter().all(|name| seen.contains(name)),
@@ -307,7 +309,8 @@ fn every_kernel_path_of_the_executor_matches_the_reference() {
                 );
             } else {
                 assert!(
-                    !subgroup_paths.iter().any(|name| seen.contains(name)),
+                    !subgroup_paths.iter().any(|name| seen.contains(name))
+                        && seen.contains("gemv_texture_staged"),
                     "{backend} without subgroups: paths run: {seen:?}"
                 );
             }

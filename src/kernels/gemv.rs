@@ -4,6 +4,11 @@
 //! With one or a few rows a GEMM has no weight reuse across rows, and the tiled GEMM kernels
 //! waste most of their 256-row workgroups; this kernel assigns one invocation to 4 output columns
 //! and loads weights as texels, the fastest load path on CPU adapters (see the shader).
+//!
+//! Two shaders share the layout, bindings, parameters and grid ([`GemvVariant`]): one shares the
+//! activations with subgroup broadcasts (subgroups of at least 8), the other stages them in
+//! workgroup memory, for adapters without such subgroups (a browser, GL). [`prepare_gemv`] takes
+//! the first the device supports.
 
 use crate::epilogue::Activation;
 use crate::error::{Error, Result};
@@ -36,6 +41,69 @@ pub const GEMV_TEXTURE_KERNEL: KernelSource = KernelSource {
     ],
 };
 
+/// The staged texture GEMV: the same bindings as [`GEMV_TEXTURE_KERNEL`], no subgroups.
+pub const GEMV_TEXTURE_STAGED_KERNEL: KernelSource = KernelSource {
+    name: "gemv_texture_staged",
+    body: include_str!("../../shaders/gemv_texture_staged.wgsl"),
+    ..GEMV_TEXTURE_KERNEL
+};
+
+/// Bytes of workgroup memory the staged GEMV uses (4 rows of 256 staged f32 activations).
+const STAGED_WORKGROUP_BYTES: u32 = 4 * 256 * 4;
+
+/// How the texture GEMV shares each row's activations among its invocations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GemvVariant {
+    /// Subgroup broadcasts (`shaders/gemv_texture.wgsl`): subgroups of at least 8.
+    Subgroup,
+    /// Staged in workgroup memory (`shaders/gemv_texture_staged.wgsl`): any adapter.
+    Staged,
+}
+
+impl GemvVariant {
+    /// Every variant, in the order [`GemvVariant::for_device`] prefers them.
+    pub const ALL: [GemvVariant; 2] = [GemvVariant::Subgroup, GemvVariant::Staged];
+
+    /// The variant's shader.
+    pub fn kernel(self) -> &'static KernelSource {
+        match self {
+            GemvVariant::Subgroup => &GEMV_TEXTURE_KERNEL,
+            GemvVariant::Staged => &GEMV_TEXTURE_STAGED_KERNEL,
+        }
+    }
+
+    /// Whether `context`'s device can run this variant.
+    pub fn supported_by(self, context: &GpuContext) -> bool {
+        match self {
+            GemvVariant::Subgroup => {
+                context.features().contains(wgpu::Features::SUBGROUP)
+                    && context.adapter_info().subgroup_min_size >= INNER_CHUNK as u32
+            }
+            GemvVariant::Staged => {
+                let limits = context.limits();
+                limits.max_compute_workgroup_storage_size >= STAGED_WORKGROUP_BYTES
+                    && limits.max_compute_invocations_per_workgroup >= GEMV_WORKGROUP_SIZE
+            }
+        }
+    }
+
+    /// The largest batch for which the rules prefer this variant to the tiled GEMM.
+    pub fn rule_max_batch(self) -> usize {
+        match self {
+            GemvVariant::Subgroup => GEMV_MAX_BATCH,
+            GemvVariant::Staged => STAGED_GEMV_MAX_BATCH,
+        }
+    }
+
+    /// The variant the texture GEMV runs on `context`: subgroup broadcasts where the device has
+    /// them, else staging; `None` where neither runs.
+    pub fn for_device(context: &GpuContext) -> Option<GemvVariant> {
+        GemvVariant::ALL
+            .into_iter()
+            .find(|variant| variant.supported_by(context))
+    }
+}
+
 /// Invocations per workgroup (`WORKGROUP_SIZE` in the shader).
 pub const GEMV_WORKGROUP_SIZE: u32 = 32;
 /// Rows per workgroup of the multi-row pipeline (`GEMV_ROWS`).
@@ -43,6 +111,9 @@ pub const GEMV_ROWS: u32 = 4;
 /// The largest batch for which kernel selection's rules (`Tuning::Heuristic`) prefer this
 /// kernel to the tiled GEMM; `Tuning::Measure` times both instead (see BENCHMARKS.md).
 pub const GEMV_MAX_BATCH: usize = 16;
+/// As [`GEMV_MAX_BATCH`], for the staged variant: on llvmpipe (GL) it is 6.6×, 3× and 1.7×
+/// faster than the portable GEMM at 1, 4 and 8 rows of width 512, and no faster at 16.
+pub const STAGED_GEMV_MAX_BATCH: usize = 8;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
@@ -78,15 +149,17 @@ impl LaunchShape for GemvLaunch {
     }
 }
 
-/// Whether `context` can run the texture GEMV at all (subgroups of at least 8 invocations).
+/// Whether `context` can run the texture GEMV at all, in some variant.
 pub fn supported_by(context: &GpuContext) -> bool {
-    context.features().contains(wgpu::Features::SUBGROUP)
-        && context.adapter_info().subgroup_min_size >= INNER_CHUNK as u32
+    GemvVariant::for_device(context).is_some()
 }
 
 /// Texels per texture row: one per invocation of a group of 8 (one SIMD chunk on lavapipe), so
 /// that each group streams through one contiguous layer.
 const LAYER_TEXELS: usize = 8;
+
+/// The fewest layers a weight texture is allocated with (see `upload_with_precision`).
+const MIN_TEXTURE_LAYERS: u32 = 2;
 
 /// Layers of the weight texture of a layer with `out_features` columns.
 fn texture_layers(out_features: usize) -> usize {
@@ -130,7 +203,8 @@ impl TextureWeights {
     pub fn fits(context: &GpuContext, out_features: usize, in_features: usize) -> bool {
         let limits = context.limits();
         in_features.next_multiple_of(INNER_CHUNK) <= limits.max_texture_dimension_2d as usize
-            && texture_layers(out_features) <= limits.max_texture_array_layers as usize
+            && texture_layers(out_features).max(MIN_TEXTURE_LAYERS as usize)
+                <= limits.max_texture_array_layers as usize
     }
 
     /// Uploads a layer given in PyTorch's layout (`weight` `[out, in]`, `bias` `[out]`) in f32.
@@ -184,10 +258,17 @@ impl TextureWeights {
             height: inner_padded,
             depth_or_array_layers: texture_layers(out_features) as u32,
         };
+        // wgpu's GL backend makes a texture of one layer a plain 2-D texture, which the shader's
+        // `texture_2d_array` then reads as garbage; a second, zero layer keeps it an array on
+        // every backend (the kernels never read it).
+        let allocated = wgpu::Extent3d {
+            depth_or_array_layers: size.depth_or_array_layers.max(MIN_TEXTURE_LAYERS),
+            ..size
+        };
         let (texture, view) = context.scoped(&format!("uploading {what} as a texture"), || {
             let texture = context.device().create_texture(&wgpu::TextureDescriptor {
                 label: Some(&what),
-                size,
+                size: allocated,
                 mip_level_count: 1,
                 sample_count: 1,
                 dimension: wgpu::TextureDimension::D2,
@@ -272,13 +353,29 @@ pub struct GemvOperands<'a> {
     pub activation: Activation,
 }
 
-/// Validates the operands and prepares one texture GEMV for `input.rows()` rows: a
-/// [`MissingFeature`](Error::MissingFeature) error on a device without subgroups of at least 8.
+/// Validates the operands and prepares one texture GEMV for `input.rows()` rows, in the variant
+/// [`GemvVariant::for_device`] picks: a [`MissingFeature`](Error::MissingFeature) error on a
+/// device that runs neither.
 pub fn prepare_gemv(context: &GpuContext, operands: &GemvOperands<'_>) -> Result<PreparedKernel> {
-    if !supported_by(context) {
+    let variant = GemvVariant::for_device(context).unwrap_or(GemvVariant::Staged);
+    prepare_gemv_variant(context, operands, variant)
+}
+
+/// As [`prepare_gemv`], in `variant`: a [`MissingFeature`](Error::MissingFeature) error on a
+/// device that cannot run it (subgroups narrower than 8 for [`GemvVariant::Subgroup`]).
+pub fn prepare_gemv_variant(
+    context: &GpuContext,
+    operands: &GemvOperands<'_>,
+    variant: GemvVariant,
+) -> Result<PreparedKernel> {
+    if !variant.supported_by(context) {
+        let feature = match variant {
+            GemvVariant::Subgroup => "SUBGROUP (with subgroups of at least 8 invocations)",
+            GemvVariant::Staged => "4 KiB of workgroup memory and 32 invocations per workgroup",
+        };
         return Err(Error::MissingFeature {
-            what: "the texture gemv kernel".to_string(),
-            feature: "SUBGROUP (with subgroups of at least 8 invocations)",
+            what: format!("the texture gemv kernel ({variant:?})"),
+            feature,
             adapter: context.adapter_info().name.clone(),
         });
     }
@@ -315,7 +412,7 @@ pub fn prepare_gemv(context: &GpuContext, operands: &GemvOperands<'_>) -> Result
         ],
         operands.output,
     )?;
-    let kernel = &GEMV_TEXTURE_KERNEL;
+    let kernel = variant.kernel();
     let rows_per_workgroup = if rows == 1 { 1 } else { GEMV_ROWS };
     let params = GemvParams {
         rows: to_u32(kernel.name, "gemv rows", rows)?,

@@ -26,6 +26,7 @@ pub const ALL_KERNELS: &[&source::KernelSource] = &[
     &gemm::GEMM_SMALL_BATCH_KERNEL,
     &gemm::GEMM_TILED_KERNEL,
     &gemv::GEMV_TEXTURE_KERNEL,
+    &gemv::GEMV_TEXTURE_STAGED_KERNEL,
     &elementwise::ELEMENTWISE_KERNEL,
     &residual_block::RESIDUAL_BLOCK_KERNEL,
     &conv2d::CONV2D_KERNEL,
