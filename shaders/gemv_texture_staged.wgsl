@@ -9,26 +9,8 @@
 // in workgroup memory, one barrier on each side, and every invocation reads them from there (the
 // same address for all, which a GPU serves as a broadcast).
 
-struct GemvParams {
-    rows: u32,
-    cols: u32,
-    inner: u32,
-    cols4: u32,
-}
-
-@group(0) @binding(0) var<uniform> params: GemvParams;
-@group(0) @binding(1) var<storage, read> activations: array<Scalar>;
-@group(0) @binding(2) var weights: texture_2d_array<f32>;
-@group(0) @binding(3) var<storage, read> bias: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read> residual: array<Scalar>;
-@group(0) @binding(5) var<storage, read_write> output: array<Scalar>;
-
-override APPLY_RELU: bool = false;
-override ADD_RESIDUAL: bool = false;
-// Rows per workgroup: 1 or 4. Fixed per pipeline, so unused rows cost nothing.
-override GEMV_ROWS: u32 = 4u;
-// Invocations per workgroup; a multiple of 8.
-override WORKGROUP_SIZE: u32 = 32u;
+// The parameter block, bindings and overrides are in gemv_bindings.wgsl, which the host appends
+// to this file, as it does fused_epilogue.wgsl.
 
 // Activations of each row staged per round: 4 rows x 256 x 4 bytes = 4 KiB of workgroup memory.
 const STAGE_K: u32 = 256u;

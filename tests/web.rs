@@ -394,6 +394,34 @@ async fn residual_mlps_from_onnx_bytes_match_onnxruntime() {
 }
 
 #[wasm_bindgen_test]
+async fn a_model_from_safetensors_bytes_runs_as_its_graph() {
+    let context = context().await;
+    let shape = MlpShape {
+        input_width: 13,
+        width: 17,
+        hidden_width: 9,
+        depth: 2,
+        output_width: 3,
+        residual: true,
+    };
+    let graph = mlp(shape, 1.0, 21).expect("graph");
+    let bytes = resgraph::export_safetensors(&graph).expect("export");
+    let loaded = parse_model_bytes("m.safetensors", &bytes, None).expect("from bytes");
+    let model =
+        CompiledModel::compile_async(Arc::clone(&context), &loaded, &CompileOptions::new(4))
+            .await
+            .expect("compile");
+    let input = random_input(4 * 13, 3);
+    let output = model.run_async(&input).await.expect("run");
+    assert_close(
+        &output,
+        &forward_f64(&graph, &input, 4),
+        1e-4,
+        "safetensors bytes",
+    );
+}
+
+#[wasm_bindgen_test]
 async fn external_data_that_is_missing_or_short_is_a_one_line_error() {
     let model = include_bytes!("data/onnx/external_data_w23_stem_head.onnx");
     let data = include_bytes!("data/onnx/external_data_w23_stem_head.onnx.data");

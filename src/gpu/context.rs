@@ -531,12 +531,7 @@ impl GpuContext {
     /// As [`Self::scoped`], awaiting the error scopes instead of blocking on them: for async
     /// callers, which pop the scopes where they wait for the result anyway.
     pub async fn scoped_async<T>(&self, operation: &str, work: impl FnOnce() -> T) -> Result<T> {
-        self.check_not_lost(operation)?;
-        let value = scope::capture_async(&self.device, operation, work)
-            .await
-            .map_err(|error| self.lost_error(operation).unwrap_or(error))?;
-        self.check_escaped(operation)?;
-        Ok(value)
+        self.scoped_future(operation, async { Ok(work()) }).await
     }
 
     /// As [`Self::scoped_async`] around a whole future, whose awaits happen inside the scopes:

@@ -32,10 +32,11 @@ pub(crate) fn capture<T>(
     Ok(work())
 }
 
-/// As [`capture_async`] around a whole future: the scopes stay open while `work` runs, across
-/// its awaits, so that an error raised anywhere in it (on the web, where [`capture`] opens no
-/// scopes of its own) becomes [`Error::Gpu`] naming `operation`. That error comes before `work`'s
-/// own, which is then most likely its consequence.
+/// As [`capture`] around a whole future, awaiting the scopes instead of blocking on them (on the
+/// web a pop resolves only through the browser's event loop): the scopes stay open while `work`
+/// runs, across its awaits, so that an error raised anywhere in it (on the web, where [`capture`]
+/// opens no scopes of its own) becomes [`Error::Gpu`] naming `operation`. That error comes before
+/// `work`'s own, which is then most likely its consequence.
 pub(crate) async fn capture_future<T>(
     device: &wgpu::Device,
     operation: &str,
@@ -50,24 +51,6 @@ pub(crate) async fn capture_future<T>(
     ];
     first_error(errors, operation)?;
     value
-}
-
-/// As [`capture`], without blocking the caller on the scopes: the pops are awaited, so that an
-/// async caller (and the web, where a pop resolves only through the browser's event loop) never
-/// blocks a thread on them.
-pub(crate) async fn capture_async<T>(
-    device: &wgpu::Device,
-    operation: &str,
-    work: impl FnOnce() -> T,
-) -> Result<T> {
-    let [validation, out_of_memory, internal] = push_scopes(device);
-    let value = work();
-    let errors = [
-        validation.pop().await,
-        out_of_memory.pop().await,
-        internal.pop().await,
-    ];
-    first_error(errors, operation).map(|()| value)
 }
 
 /// Pushes internal, out-of-memory and validation scopes, and returns them in the order they

@@ -45,16 +45,14 @@ pub fn model_input(
     shape: &[usize],
     data: Vec<f32>,
 ) -> std::result::Result<ModelInput, String> {
-    let (per_entry, image) = match input_shape {
-        ValueShape::Dense { width } => (vec![width], None),
+    let per_entry = input_shape.torch_dims();
+    let image = match input_shape {
+        ValueShape::Dense { .. } => None,
         ValueShape::Image {
             height,
             width,
             channels,
-        } => (
-            vec![channels, height, width],
-            Some((channels, height, width)),
-        ),
+        } => Some((channels, height, width)),
     };
     let (batch, squeeze) = if shape == per_entry.as_slice() {
         (1, true)
@@ -99,16 +97,14 @@ pub fn model_output(
     input: &ModelInput,
     output: Vec<f32>,
 ) -> (Vec<usize>, Vec<f32>) {
-    let (per_entry, output) = match output_shape {
+    let per_entry = output_shape.torch_dims();
+    let output = match output_shape {
         ValueShape::Image {
             height,
             width,
             channels,
-        } => (
-            vec![channels, height, width],
-            nhwc_to_nchw(&output, input.batch, (channels, height, width)),
-        ),
-        ValueShape::Dense { width } => (vec![width], output),
+        } => nhwc_to_nchw(&output, input.batch, (channels, height, width)),
+        ValueShape::Dense { .. } => output,
     };
     let shape = if input.squeeze {
         per_entry

@@ -167,6 +167,19 @@ impl ValueShape {
         }
     }
 
+    /// One batch entry's shape as PyTorch writes it: `[width]`, or `[channels, height, width]`
+    /// (NCHW) for an image.
+    pub fn torch_dims(&self) -> Vec<usize> {
+        match *self {
+            ValueShape::Dense { width } => vec![width],
+            ValueShape::Image {
+                height,
+                width,
+                channels,
+            } => vec![channels, height, width],
+        }
+    }
+
     /// Whether the shape holds no value (never true of a shape the builder accepted).
     pub fn is_empty(&self) -> bool {
         self.len() == 0

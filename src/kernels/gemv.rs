@@ -23,11 +23,14 @@ use crate::kernels::source::{ACTIVATION, FUSED_EPILOGUE, KernelSource, no_declar
 use crate::precision::Precision;
 use crate::shape::check_linear_shape;
 
+/// `shaders/gemv_bindings.wgsl`: the parameter block, bindings and overrides both variants share.
+const GEMV_BINDINGS: &str = include_str!("../../shaders/gemv_bindings.wgsl");
+
 /// The texture GEMV shader and its binding table.
 pub const GEMV_TEXTURE_KERNEL: KernelSource = KernelSource {
     name: "gemv_texture",
     body: include_str!("../../shaders/gemv_texture.wgsl"),
-    pieces: &[ACTIVATION, FUSED_EPILOGUE],
+    pieces: &[GEMV_BINDINGS, ACTIVATION, FUSED_EPILOGUE],
     extensions: &[],
     declarations: no_declarations,
     entry_point: "gemv",

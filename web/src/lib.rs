@@ -29,9 +29,9 @@ use js_sys::{Array, Float32Array, Function, Object, Promise, Reflect, Uint8Array
 use resgraph::bench::{BenchSetup, check_rows, measure_async, reference_error, report_json};
 use resgraph::exec::{CompileOptions, CompiledModel, Tuning};
 use resgraph::gpu::context::{AdapterOptions, GpuContext};
+use resgraph::graph::Graph;
 use resgraph::graph::layout::{model_input, model_output};
 use resgraph::graph::synthetic::{MlpShape, mlp, random_input};
-use resgraph::graph::{Graph, ValueShape};
 use resgraph::tune::TuningCache;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
@@ -247,31 +247,19 @@ impl Model {
     }
 }
 
-/// The shape of one batch entry: `[width]`, or `[channels, height, width]` for images.
-fn entry_shape(shape: ValueShape) -> Vec<usize> {
-    match shape {
-        ValueShape::Dense { width } => vec![width],
-        ValueShape::Image {
-            height,
-            width,
-            channels,
-        } => vec![channels, height, width],
-    }
-}
-
 #[wasm_bindgen]
 impl Model {
     /// The shape of one input entry: `[width]`, or `[channels, height, width]` for an image
     /// model (PyTorch's NCHW order).
     #[wasm_bindgen(getter, js_name = inputShape)]
     pub fn input_shape(&self) -> Vec<usize> {
-        entry_shape(self.loaded.graph.input_shape())
+        self.loaded.graph.input_shape().torch_dims()
     }
 
     /// The shape of one output entry.
     #[wasm_bindgen(getter, js_name = outputShape)]
     pub fn output_shape(&self) -> Vec<usize> {
-        entry_shape(self.loaded.graph.output_shape())
+        self.loaded.graph.output_shape().torch_dims()
     }
 
     /// The largest batch a run may have.
