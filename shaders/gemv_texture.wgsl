@@ -26,8 +26,8 @@
 // by the host's source generator (src/kernels/source.rs), which also adds `enable f16;` for f16.
 // Arithmetic is always f32.
 
-// The parameter block, bindings and overrides are in gemv_bindings.wgsl, which the host appends
-// to this file, as it does fused_epilogue.wgsl.
+// The parameter block, bindings, overrides and the final store are in gemv_bindings.wgsl, which
+// the host appends to this file, as it does fused_epilogue.wgsl.
 
 @compute @workgroup_size(WORKGROUP_SIZE, 1, 1)
 fn gemv(
@@ -140,18 +140,8 @@ fn gemv(
         }
     }
 
-    if (global.x >= params.cols4) {
-        return;
-    }
-    let col0 = global.x * 4u;
-    let b = bias[global.x];
-    store4(row0, col0, acc0 + b);
-    if (GEMV_ROWS > 1u) {
-        store4(row0 + 1u, col0, acc1 + b);
-        store4(row0 + 2u, col0, acc2 + b);
-        store4(row0 + 3u, col0, acc3 + b);
-    }
+    store_rows(global.x, row0, acc0, acc1, acc2, acc3);
 }
 
-// store4 (the residual, activation and bounds-checked store) is in fused_epilogue.wgsl, which
-// the host appends to this file.
+// store_rows is in gemv_bindings.wgsl, and store4 (the residual, activation and bounds-checked
+// store) in fused_epilogue.wgsl, which the host appends to this file.
