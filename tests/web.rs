@@ -6,10 +6,11 @@
 //! skips them.
 #![cfg(target_arch = "wasm32")]
 
+mod common;
+
 use std::sync::Arc;
 
-use rand::rngs::StdRng;
-use rand::{RngExt, SeedableRng};
+use common::{assert_close, uniform};
 use resgraph::epilogue::Epilogue;
 use resgraph::exec::{BlockFusion, CompileOptions, CompiledModel, Tuning};
 use resgraph::gpu::buffers::DeviceMatrix;
@@ -19,7 +20,7 @@ use resgraph::kernels::gemm::{GemmOperands, GemmVariant, LinearWeights, prepare_
 use resgraph::kernels::gemv::{GemvOperands, GemvVariant, TextureWeights, prepare_gemv_variant};
 use resgraph::model::npy::parse_npy;
 use resgraph::precision::Precision;
-use resgraph::reference::{LinearRef, forward_f64, linear_f64, relative_error, to_f64};
+use resgraph::reference::{LinearRef, forward_f64, linear_f64, to_f64};
 use resgraph::tune::TuningCache;
 use resgraph::{Error, parse_model_bytes};
 use wasm_bindgen_test::{wasm_bindgen_test, wasm_bindgen_test_configure};
@@ -55,25 +56,6 @@ async fn context() -> Arc<GpuContext> {
     }
 }
 
-fn uniform(rng: &mut StdRng, len: usize, low: f32, high: f32) -> Vec<f32> {
-    (0..len).map(|_| rng.random_range(low..high)).collect()
-}
-
-/// `out` against `reference`: finite everywhere (a NaN left by the poison never passes) and
-/// within `tolerance` relative error. Returns the error.
-fn assert_close(out: &[f32], reference: &[f64], tolerance: f64, what: &str) -> f64 {
-    assert_eq!(out.len(), reference.len(), "{what}: output length");
-    if let Some(index) = out.iter().position(|value| !value.is_finite()) {
-        panic!("{what}: output[{index}] is {}", out[index]);
-    }
-    let error = relative_error(out, reference);
-    assert!(
-        error <= tolerance,
-        "{what}: relative error {error:.3e} over {tolerance:.0e}"
-    );
-    error
-}
-
 /// Which kernel computes the layer in [`check_layer`].
 #[derive(Clone, Copy, Debug)]
 enum LayerKernel {
@@ -91,7 +73,7 @@ async fn check_layer(
     seed: u64,
 ) -> f64 {
     let what = format!("{kernel:?} m={m} n={n} k={k} {epilogue}");
-    let mut rng = StdRng::seed_from_u64(seed);
+    let mut rng = common::rng(seed);
     let scale = 1.0 / (k as f32).sqrt();
     let x = uniform(&mut rng, m * k, -1.0, 1.0);
     let w = uniform(&mut rng, n * k, -scale, scale);

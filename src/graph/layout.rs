@@ -38,13 +38,30 @@ pub struct ModelInput {
 
 /// Checks an input of `shape` (an `.npy` file's, or a page's) against the model's input shape: `[batch, width]` or `[width]` for a
 /// dense model, `[batch, channels, height, width]` or `[channels, height, width]` (PyTorch's
-/// NCHW) for an image model, which is converted to NHWC. `data` must hold the values `shape`
-/// says (the caller's reader checked that).
+/// NCHW) for an image model, which is converted to NHWC. `data` must hold exactly the values
+/// `shape` says.
 pub fn model_input(
     input_shape: ValueShape,
     shape: &[usize],
     data: Vec<f32>,
 ) -> std::result::Result<ModelInput, String> {
+    match shape
+        .iter()
+        .try_fold(1usize, |count, &dim| count.checked_mul(dim))
+    {
+        Some(declared) if declared == data.len() => {}
+        Some(declared) => {
+            return Err(format!(
+                "shape {shape:?} holds {declared} values, and {} were given",
+                data.len()
+            ));
+        }
+        None => {
+            return Err(format!(
+                "shape {shape:?} holds more values than can be counted"
+            ));
+        }
+    }
     let per_entry = input_shape.torch_dims();
     let image = match input_shape {
         ValueShape::Dense { .. } => None,

@@ -282,13 +282,6 @@ impl Model {
         let values = data.to_vec();
         future_to_promise(async move {
             let graph = &loaded.graph;
-            let declared: usize = shape.iter().product();
-            if declared != values.len() {
-                return Err(js_error(format!(
-                    "the input: shape {shape:?} holds {declared} values, and {} were given",
-                    values.len()
-                )));
-            }
             let input = model_input(graph.input_shape(), &shape, values)
                 .map_err(|reason| js_error(format!("the input: {reason}")))?;
             let started = web_time::Instant::now();

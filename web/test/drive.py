@@ -78,7 +78,9 @@ def wait_for(port, session, text, timeout, what):
         if value is not None:
             return value
         time.sleep(0.5)
-    raise SystemExit(f"the page did not {what} within {timeout:.0f} s")
+    log = script(port, session, "const log = document.getElementById('log');"
+                 " return log ? log.textContent : '';")
+    raise SystemExit(f"the page did not {what} within {timeout:.0f} s" + (f":\n{log}" if log else ""))
 
 
 def use_the_page(port, session, base, timeout, screenshot):
@@ -196,16 +198,8 @@ def main():
             print(json.dumps(outcome["report"]))
             return 0
         webdriver(port, "POST", f"/session/{session}/url", {"url": f"{base}/web/test/index.html"})
-        outcome = None
-        while outcome is None and time.monotonic() - started < args.timeout:
-            time.sleep(0.5)
-            outcome = webdriver(port, "POST", f"/session/{session}/execute/sync",
-                                {"script": "return window.testOutcome || null;", "args": []})
-        if outcome is None:
-            log = webdriver(port, "POST", f"/session/{session}/execute/sync",
-                            {"script": "return document.getElementById('log').textContent;",
-                             "args": []})
-            raise SystemExit(f"the page reported nothing in {args.timeout:.0f} s:\n{log}")
+        outcome = wait_for(port, session, "return window.testOutcome || null;", args.timeout,
+                           "report its outcome")
         page_checks = [] if "fatal" in outcome else use_the_page(
             port, session, base, args.timeout, args.screenshot)
     finally:
