@@ -1,5 +1,7 @@
 //! The residual MLP end to end: one `CompiledModel::run` (input upload, every dispatch in one
-//! pass, output readback) per iteration, on the default adapter.
+//! pass, output readback) per iteration, on the default adapter; and the same as `run_async`
+//! awaited, whose difference is the cost of waking the future from the context's polling
+//! thread (the `overhead` shape, whose kernels take almost nothing, shows it best).
 //!
 //! Throughput is in elements per second where one element is one floating-point operation, so
 //! criterion's `Gelem/s` reads as GFLOP/s. `RESGRAPH_BENCH_SMOKE=1` shrinks the shapes for CI.
@@ -15,6 +17,7 @@ use resgraph::graph::synthetic::{MlpShape, mlp, random_input};
 const SHAPES: &[(&str, usize, usize, usize)] = &[
     ("throughput_w1024_d8_b256", 1024, 8, 256),
     ("latency_w512_d8_b1", 512, 8, 1),
+    ("overhead_w16_d2_b1", 16, 2, 1),
 ];
 
 const SMOKE_SHAPES: &[(&str, usize, usize, usize)] = &[("smoke_w33_d3_b5", 33, 3, 5)];
@@ -41,6 +44,9 @@ fn bench_residual(criterion: &mut Criterion) {
         group.throughput(Throughput::Elements(graph.flops_per_row() * batch as u64));
         group.bench_function(BenchmarkId::new("run", name), |bencher| {
             bencher.iter(|| model.run(&input).expect("run"));
+        });
+        group.bench_function(BenchmarkId::new("run_async", name), |bencher| {
+            bencher.iter(|| pollster::block_on(model.run_async(&input)).expect("run_async"));
         });
     }
     group.finish();

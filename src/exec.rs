@@ -307,8 +307,8 @@ impl CompiledModel {
 
     /// As [`Self::run`], as a future that any executor can await. It does not spin: the
     /// readback's map callback wakes it. wgpu runs map callbacks only while the device is
-    /// polled, so a helper thread waits on the device for this run's submission (on the web the
-    /// browser does that). The error scopes are awaited, not blocked on.
+    /// polled, so one thread per context polls it while async runs wait (on the web the browser
+    /// does that). The error scopes are awaited, not blocked on.
     pub async fn run_async(&self, input: &[f32]) -> Result<Vec<f32>> {
         self.run_profiled_async(input)
             .await
@@ -329,37 +329,16 @@ impl CompiledModel {
         let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
         let sender = Arc::new(sender);
         self.request_maps(Arc::clone(&sender));
+        // wgpu runs the map callbacks only while the device is polled; on native the context's
+        // polling thread does that (on the web, the browser). If the poll fails, the callbacks
+        // may never run: fail the run rather than hang it.
         #[cfg(not(target_arch = "wasm32"))]
-        self.poll_on_a_helper_thread(sender)?;
+        self.context.poll_in_background(move || {
+            let _ = sender.send(Err(wgpu::BufferAsyncError));
+        })?;
         let mapped = receiver.receive().await;
         let (output, gpu) = self.finish_run(mapped, batch)?;
         Ok((output, RunProfile { encode, gpu }))
-    }
-
-    /// Waits on the device on a thread of its own until this run's submission is done, so that
-    /// wgpu runs the map callbacks that wake [`Self::run_async`].
-    #[cfg(not(target_arch = "wasm32"))]
-    fn poll_on_a_helper_thread(
-        &self,
-        sender: Arc<
-            futures_intrusive::channel::shared::OneshotSender<
-                std::result::Result<(), wgpu::BufferAsyncError>,
-            >,
-        >,
-    ) -> Result<()> {
-        let device = self.context.device().clone();
-        std::thread::Builder::new()
-            .name("resgraph device poll".to_string())
-            .spawn(move || {
-                if device.poll(wgpu::PollType::wait_indefinitely()).is_err() {
-                    // The map callbacks may never run now: fail the run rather than hang it.
-                    let _ = sender.send(Err(wgpu::BufferAsyncError));
-                }
-            })
-            .map(|_| ())
-            .map_err(|error| Error::DeviceWait {
-                reason: format!("starting the thread that polls the device: {error}"),
-            })
     }
 
     /// Records the inference into a host application's encoder: `input` (`batch × input_width`

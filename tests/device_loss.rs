@@ -9,17 +9,13 @@ use std::time::{Duration, Instant};
 
 use resgraph::Error;
 use resgraph::exec::{CompileOptions, CompiledModel};
-use resgraph::gpu::context::{AdapterOptions, GpuContext, parse_backends};
+use resgraph::gpu::context::GpuContext;
 use resgraph::graph::synthetic::{MlpShape, mlp, random_input};
 
 /// A context of its own on `backend`: destroying a shared one would break every other test in
 /// this binary.
 fn private_context(backend: &str) -> Arc<GpuContext> {
-    let options = AdapterOptions {
-        backends: parse_backends(backend).expect("backend"),
-        ..AdapterOptions::default()
-    };
-    Arc::new(GpuContext::new(&options).expect("context"))
+    Arc::new(common::new_context(backend, wgpu::Features::empty()))
 }
 
 fn assert_lost<T: std::fmt::Debug>(result: resgraph::Result<T>, what: &str) {

@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::LayerKernel;
 use proptest::prelude::*;
 use resgraph::epilogue::{Activation, Epilogue};
 use resgraph::gpu::buffers::DeviceMatrix;
@@ -12,14 +13,9 @@ use resgraph::kernels::gemm::{
     GemmOperands, GemmVariant, INNER_CHUNK, LinearWeights, TiledGemmConfig, cooperative_config,
     gemm_constants, prepare_gemm,
 };
-use resgraph::kernels::gemv::{GemvOperands, TextureWeights, prepare_gemv};
 use resgraph::kernels::source::generate;
 use resgraph::precision::Precision;
-use resgraph::reference::{LinearRef, linear_f64, to_f64};
 use resgraph::tune::KernelChoice;
-
-/// f32 accumulation over K ≤ a few thousand stays far inside this.
-const F32_TOLERANCE: f64 = 1e-5;
 
 /// The GEMM variants `context` can run: all of them are tested, not only the one it would pick.
 fn variants(context: &GpuContext) -> Vec<GemmVariant> {
@@ -58,75 +54,19 @@ fn check_gemm_variant(
 }
 
 /// As [`check_gemm_variant`], with any kernel the tuner may choose for a layer: a GEMM variant
-/// or the texture GEMV.
+/// or the texture GEMV (the variant a model would run on the device).
 fn check_kernel_choice(
     context: &GpuContext,
     choice: KernelChoice,
-    (m, n, k): (usize, usize, usize),
+    shape: (usize, usize, usize),
     epilogue: Epilogue,
     seed: u64,
 ) -> f64 {
-    let what = format!(
-        "{choice:?} m={m} n={n} k={k} {epilogue} on {}",
-        context.adapter_info().backend
-    );
-    let mut rng = common::rng(seed);
-    let scale = 1.0 / (k as f32).sqrt();
-    let x = common::uniform(&mut rng, m * k, -1.0, 1.0);
-    let w = common::uniform(&mut rng, n * k, -scale, scale);
-    let b = common::uniform(&mut rng, n, -scale, scale);
-    let r = common::uniform(&mut rng, m * n, -1.0, 1.0);
-
-    let input = DeviceMatrix::from_host(context, "x", m, k, &x).expect("upload x");
-    let residual = DeviceMatrix::from_host(context, "r", m, n, &r).expect("upload r");
-    let output = DeviceMatrix::new(context, "out", m, n).expect("allocate out");
-    output.fill(context, f32::NAN).expect("poison out");
-    let residual = epilogue.add_residual.then_some(&residual);
-    let submitted = match choice {
-        KernelChoice::Gemm(variant) => {
-            let weights =
-                LinearWeights::upload(context, n, k, &w, Some(&b)).expect("upload weights");
-            let operands = GemmOperands {
-                input: &input,
-                weights: &weights,
-                residual,
-                output: &output,
-                activation: epilogue.activation,
-            };
-            prepare_gemm(context, &operands, variant).and_then(|gemm| gemm.submit(context))
-        }
-        KernelChoice::GemvTexture => {
-            let weights =
-                TextureWeights::upload(context, n, k, &w, Some(&b)).expect("upload weights");
-            let operands = GemvOperands {
-                input: &input,
-                weights: &weights,
-                residual,
-                output: &output,
-                activation: epilogue.activation,
-            };
-            prepare_gemv(context, &operands).and_then(|gemv| gemv.submit(context))
-        }
+    let kernel = match choice {
+        KernelChoice::Gemm(variant) => LayerKernel::Gemm(variant),
+        KernelChoice::GemvTexture => LayerKernel::GemvForDevice,
     };
-    submitted
-        .and_then(|()| context.wait_idle())
-        .unwrap_or_else(|error| panic!("{what}: {error}"));
-    let out = output.read(context).expect("read out");
-
-    let r64 = to_f64(&r);
-    let reference = linear_f64(
-        &to_f64(&x),
-        m,
-        LinearRef {
-            weight: &w,
-            bias: &b,
-            in_features: k,
-            out_features: n,
-        },
-        Some(&r64),
-        epilogue,
-    );
-    common::assert_close(&out, &reference, F32_TOLERANCE, &what)
+    pollster::block_on(common::check_layer(context, kernel, shape, epilogue, seed))
 }
 
 /// Shapes that hit every edge: one row, one column, K of one, primes, and non-multiples of the

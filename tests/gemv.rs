@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::LayerKernel;
 use resgraph::epilogue::Epilogue;
 use resgraph::gpu::buffers::DeviceMatrix;
 use resgraph::gpu::context::GpuContext;
@@ -15,50 +16,12 @@ use resgraph::reference::{LinearRef, linear_f64, to_f64};
 fn check_gemv(
     context: &GpuContext,
     variant: GemvVariant,
-    (m, n, k): (usize, usize, usize),
+    shape: (usize, usize, usize),
     epilogue: Epilogue,
     seed: u64,
 ) -> f64 {
-    let what = format!("gemv {variant:?} m={m} n={n} k={k} {epilogue}");
-    let mut rng = common::rng(seed);
-    let scale = 1.0 / (k as f32).sqrt();
-    let x = common::uniform(&mut rng, m * k, -1.0, 1.0);
-    let w = common::uniform(&mut rng, n * k, -scale, scale);
-    let b = common::uniform(&mut rng, n, -scale, scale);
-    let r = common::uniform(&mut rng, m * n, -1.0, 1.0);
-    let weights = TextureWeights::upload(context, n, k, &w, Some(&b)).expect("weights");
-    let input = DeviceMatrix::from_host(context, "x", m, k, &x).expect("x");
-    let residual = DeviceMatrix::from_host(context, "r", m, n, &r).expect("r");
-    let output = DeviceMatrix::new(context, "out", m, n).expect("out");
-    output.fill(context, f32::NAN).expect("poison");
-    let gemv = prepare_gemv_variant(
-        context,
-        &GemvOperands {
-            input: &input,
-            weights: &weights,
-            residual: epilogue.add_residual.then_some(&residual),
-            output: &output,
-            activation: epilogue.activation,
-        },
-        variant,
-    )
-    .unwrap_or_else(|error| panic!("{what}: {error}"));
-    gemv.submit(context).expect("submit");
-    context.wait_idle().expect("wait");
-    let out = output.read(context).expect("read");
-    let reference = linear_f64(
-        &to_f64(&x),
-        m,
-        LinearRef {
-            weight: &w,
-            bias: &b,
-            in_features: k,
-            out_features: n,
-        },
-        Some(&to_f64(&r)),
-        epilogue,
-    );
-    common::assert_close(&out, &reference, 1e-5, &what)
+    let kernel = LayerKernel::Gemv(variant);
+    pollster::block_on(common::check_layer(context, kernel, shape, epilogue, seed))
 }
 
 /// Fails the test unless preparing the subgroup GEMV on `context` is the typed `MissingFeature`

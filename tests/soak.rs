@@ -1,6 +1,7 @@
 //! A compiled model run many times keeps host and device memory flat and gives the same bits
 //! every time; one model shared by eight threads running different batch sizes gives every
-//! thread its own right answer. `benches/soak.rs` runs the full 100,000-run soak; this is its
+//! thread its own right answer, and async runs from many threads at once share one thread that
+//! polls the device, which ends with the context. `benches/soak.rs` runs the full 100,000-run soak; this is its
 //! CI-sized version (`RESGRAPH_SOAK_RUNS` raises the count).
 
 mod common;
@@ -108,5 +109,67 @@ fn eight_threads_sharing_one_model_with_different_batches_each_get_their_answer(
                 });
             }
         });
+    }
+}
+
+/// The threads of this process that poll a device for async runs (Linux names them in
+/// `/proc/self/task/*/comm`, cut to 15 bytes).
+#[cfg(target_os = "linux")]
+fn polling_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .expect("/proc/self/task")
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|name| name.trim_end() == "resgraph device")
+        .count()
+}
+
+#[test]
+fn async_runs_from_many_threads_share_one_polling_thread_that_ends_with_the_context() {
+    let _alone = one_at_a_time();
+    let graph = Arc::new(mlp(MlpShape::square(24, 2), 1.0, 12).expect("graph"));
+    for backend in common::test_backends() {
+        // A context of its own, so that the test sees its polling thread end; the cached test
+        // contexts live as long as the process.
+        let context = Arc::new(common::new_context(&backend, wgpu::Features::empty()));
+        let model = Arc::new(
+            CompiledModel::compile(Arc::clone(&context), &graph, &CompileOptions::new(9))
+                .expect("compile"),
+        );
+        std::thread::scope(|scope| {
+            for thread in 0..4usize {
+                let (model, graph, backend) = (Arc::clone(&model), Arc::clone(&graph), &backend);
+                scope.spawn(move || {
+                    for run in 0..10usize {
+                        let batch = 1 + (thread * 3 + run) % 9;
+                        let input = random_input(batch * 24, (thread * 100 + run) as u64);
+                        let out = pollster::block_on(model.run_async(&input)).expect("run_async");
+                        let error = relative_error(&out, &forward_f64(&graph, &input, batch));
+                        assert!(
+                            error <= 1e-4,
+                            "{backend}: thread {thread} run {run} (batch {batch}): error \
+                             {error:.2e}"
+                        );
+                    }
+                });
+            }
+        });
+        #[cfg(target_os = "linux")]
+        {
+            assert_eq!(
+                polling_threads(),
+                1,
+                "{backend}: 40 async runs on one context should share one polling thread"
+            );
+            drop(model);
+            drop(context);
+            let started = std::time::Instant::now();
+            while polling_threads() > 0 {
+                assert!(
+                    started.elapsed() < std::time::Duration::from_secs(10),
+                    "{backend}: the polling thread outlived its context"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
     }
 }

@@ -10,25 +10,22 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{assert_close, uniform};
+use common::{LayerKernel, assert_close, check_layer};
 use resgraph::epilogue::Epilogue;
 use resgraph::exec::{BlockFusion, CompileOptions, CompiledModel, Tuning};
 use resgraph::gpu::buffers::DeviceMatrix;
 use resgraph::gpu::context::{AdapterOptions, GpuContext};
 use resgraph::graph::synthetic::{MlpShape, mlp, random_input};
-use resgraph::kernels::gemm::{GemmOperands, GemmVariant, LinearWeights, prepare_gemm};
+use resgraph::kernels::gemm::GemmVariant;
 use resgraph::kernels::gemv::{GemvOperands, GemvVariant, TextureWeights, prepare_gemv_variant};
 use resgraph::model::npy::parse_npy;
 use resgraph::precision::Precision;
-use resgraph::reference::{LinearRef, forward_f64, linear_f64, to_f64};
+use resgraph::reference::{forward_f64, to_f64};
 use resgraph::tune::TuningCache;
 use resgraph::{Error, parse_model_bytes};
 use wasm_bindgen_test::{wasm_bindgen_test, wasm_bindgen_test_configure};
 
 wasm_bindgen_test_configure!(run_in_browser);
-
-/// f32 accumulation over K of at most a few hundred stays far inside this.
-const F32_TOLERANCE: f64 = 1e-5;
 
 /// The browser's WebGPU adapter, or a failed test saying there is none.
 // resgraph's API shares a context as an `Arc` (threads share it on native); on the web wgpu's
@@ -54,74 +51,6 @@ async fn context() -> Arc<GpuContext> {
         }
         Err(error) => panic!("no WebGPU adapter: {error}"),
     }
-}
-
-/// Which kernel computes the layer in [`check_layer`].
-#[derive(Clone, Copy, Debug)]
-enum LayerKernel {
-    Gemm(GemmVariant),
-    Gemv(GemvVariant),
-}
-
-/// Runs `act(X·Wᵀ + b [+ R])` for an `m`×`k` input and an `n`×`k` weight with `kernel` into a
-/// NaN-poisoned output and checks it against the f64 reference.
-async fn check_layer(
-    context: &GpuContext,
-    kernel: LayerKernel,
-    (m, n, k): (usize, usize, usize),
-    epilogue: Epilogue,
-    seed: u64,
-) -> f64 {
-    let what = format!("{kernel:?} m={m} n={n} k={k} {epilogue}");
-    let mut rng = common::rng(seed);
-    let scale = 1.0 / (k as f32).sqrt();
-    let x = uniform(&mut rng, m * k, -1.0, 1.0);
-    let w = uniform(&mut rng, n * k, -scale, scale);
-    let b = uniform(&mut rng, n, -scale, scale);
-    let r = uniform(&mut rng, m * n, -1.0, 1.0);
-    let input = DeviceMatrix::from_host(context, "x", m, k, &x).expect("upload x");
-    let residual = DeviceMatrix::from_host(context, "r", m, n, &r).expect("upload r");
-    let output = DeviceMatrix::new(context, "out", m, n).expect("allocate out");
-    output.fill(context, f32::NAN).expect("poison out");
-    let residual = epilogue.add_residual.then_some(&residual);
-    let submitted = match kernel {
-        LayerKernel::Gemm(variant) => {
-            let weights = LinearWeights::upload(context, n, k, &w, Some(&b)).expect("weights");
-            let operands = GemmOperands {
-                input: &input,
-                weights: &weights,
-                residual,
-                output: &output,
-                activation: epilogue.activation,
-            };
-            prepare_gemm(context, &operands, variant).and_then(|gemm| gemm.submit(context))
-        }
-        LayerKernel::Gemv(variant) => {
-            let weights = TextureWeights::upload(context, n, k, &w, Some(&b)).expect("weights");
-            let operands = GemvOperands {
-                input: &input,
-                weights: &weights,
-                residual,
-                output: &output,
-                activation: epilogue.activation,
-            };
-            prepare_gemv_variant(context, &operands, variant).and_then(|gemv| gemv.submit(context))
-        }
-    };
-    submitted.unwrap_or_else(|error| panic!("{what}: {error}"));
-    let out = output
-        .read_async(context)
-        .await
-        .unwrap_or_else(|error| panic!("{what}: reading back: {error}"));
-    let r64 = to_f64(&r);
-    let layer = LinearRef {
-        weight: &w,
-        bias: &b,
-        in_features: k,
-        out_features: n,
-    };
-    let reference = linear_f64(&to_f64(&x), m, layer, Some(&r64), epilogue);
-    assert_close(&out, &reference, F32_TOLERANCE, &what)
 }
 
 /// (M, N, K): one row, one column, K of one, primes, and non-multiples of the kernels' 4- and

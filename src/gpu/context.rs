@@ -268,6 +268,9 @@ pub struct GpuContext {
     /// Why the device was lost, once it is, as its lost callback reported it (on devices that
     /// resgraph created itself; a host's device keeps the host's own callback).
     lost: Arc<Mutex<Option<String>>>,
+    /// The thread that polls the device for async runs, started by the first one.
+    #[cfg(not(target_arch = "wasm32"))]
+    poller: crate::gpu::poller::DevicePoller,
 }
 
 impl GpuContext {
@@ -442,6 +445,8 @@ impl GpuContext {
             placeholder_storage,
             cooperative_matrix_configs: Vec::new(),
             lost: Arc::new(Mutex::new(None)),
+            #[cfg(not(target_arch = "wasm32"))]
+            poller: Default::default(),
         }
     }
 
@@ -604,6 +609,18 @@ impl GpuContext {
             });
         }
         self.check_not_lost("waiting for the GPU")
+    }
+
+    /// Has the context's polling thread poll the device until all work submitted so far is
+    /// done, which runs the map callbacks of work submitted before this call; returns at once.
+    /// `on_failure` runs instead if the device cannot be polled (it was lost), so that whoever
+    /// waits on those callbacks can stop waiting.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub(crate) fn poll_in_background(
+        &self,
+        on_failure: impl FnOnce() + Send + 'static,
+    ) -> Result<()> {
+        self.poller.poll_until_done(&self.device, on_failure)
     }
 
     /// Blocks until the queue has finished all submitted work.

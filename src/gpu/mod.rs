@@ -4,4 +4,6 @@
 pub mod buffers;
 pub mod context;
 pub mod pipelines;
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) mod poller;
 pub(crate) mod scope;

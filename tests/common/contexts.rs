@@ -61,20 +61,7 @@ fn cached_context(backend: &str, withheld: wgpu::Features) -> &'static Arc<GpuCo
     if let Some(context) = contexts.get(&key) {
         return context;
     }
-    let mut options = AdapterOptions::from_env().expect("adapter options from the environment");
-    if backend != "default" {
-        options.backends = parse_backends(backend).expect("a known backend name");
-    }
-    options.withheld_features = withheld;
-    let context = match GpuContext::new(&options) {
-        Ok(context) => context,
-        Err(error) => panic!(
-            "GPU tests need a real adapter on backend {backend:?} and none could be opened: \
-             {error}. On Debian/Ubuntu `apt-get install mesa-vulkan-drivers` gives a software \
-             Vulkan adapter (lavapipe) and Mesa's GL gives llvmpipe; set RESGRAPH_TEST_BACKENDS \
-             to the backends this machine has."
-        ),
-    };
+    let context = new_context(backend, withheld);
     assert!(
         !context.features().intersects(withheld),
         "the context on {backend:?} was created with withheld features {:?}",
@@ -83,6 +70,26 @@ fn cached_context(backend: &str, withheld: wgpu::Features) -> &'static Arc<GpuCo
     let context: &'static Arc<GpuContext> = Box::leak(Box::new(Arc::new(context)));
     contexts.insert(key, context);
     context
+}
+
+/// Opens a device of its own on `backend`, created without the `withheld` features, for a test
+/// that must see a context end; every other test shares the cached ones. Panics, saying how to
+/// get one, when the backend has no adapter.
+pub fn new_context(backend: &str, withheld: wgpu::Features) -> GpuContext {
+    let mut options = AdapterOptions::from_env().expect("adapter options from the environment");
+    if backend != "default" {
+        options.backends = parse_backends(backend).expect("a known backend name");
+    }
+    options.withheld_features = withheld;
+    match GpuContext::new(&options) {
+        Ok(context) => context,
+        Err(error) => panic!(
+            "GPU tests need a real adapter on backend {backend:?} and none could be opened: \
+             {error}. On Debian/Ubuntu `apt-get install mesa-vulkan-drivers` gives a software \
+             Vulkan adapter (lavapipe) and Mesa's GL gives llvmpipe; set RESGRAPH_TEST_BACKENDS \
+             to the backends this machine has."
+        ),
+    }
 }
 
 /// Returns the context on `backend`, one per backend name, created on first use and kept for

@@ -11,8 +11,13 @@
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-// The contexts need the blocking API, which the web does not have; the data helpers below serve
-// `tests/web.rs` too. Each test binary uses a part of them, as `dead_code` above allows.
+// The contexts need the blocking API, which the web does not have; the layer check and the data
+// helpers below serve `tests/web.rs` too. Each test binary uses a part of them, as `dead_code`
+// above allows.
+mod layer;
+#[allow(unused_imports)]
+pub use layer::*;
+
 #[cfg(not(target_arch = "wasm32"))]
 mod contexts;
 #[cfg(not(target_arch = "wasm32"))]
