@@ -279,6 +279,15 @@ pub enum Error {
         node: String,
     },
 
+    /// An image file could not be decoded, or is not one a model can take.
+    #[error("{path}: {reason}")]
+    Image {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// An `.npy` file is malformed or holds something other than what was asked for.
     #[error("{path}: {reason}")]
     Npy {

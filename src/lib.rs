@@ -48,6 +48,7 @@ pub mod model;
 pub mod plan;
 #[doc(hidden)]
 pub mod precision;
+pub mod preprocess;
 #[doc(hidden)]
 pub mod reference;
 #[doc(hidden)]

@@ -44,6 +44,9 @@ enum Command {
     Bench(BenchArgs),
     /// Run a model (.onnx or .safetensors) on a float32 .npy input and write a float32 .npy output.
     Run(RunArgs),
+    /// Classify images (PNG, JPEG) with an image classifier such as a torchvision ResNet:
+    /// torchvision's ImageNet evaluation preprocessing, then each image's top classes.
+    Classify(ClassifyArgs),
     /// Describe a model: layers, shapes, parameter count, FLOPs per sample.
     Inspect {
         /// The model file (.onnx or .safetensors).
@@ -72,6 +75,37 @@ struct RunArgs {
     /// Where to write the float32 .npy output (replaced atomically).
     #[arg(long)]
     output: PathBuf,
+    /// Storage precision.
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    precision: Precision,
+}
+
+#[derive(clap::Args, Debug)]
+struct ClassifyArgs {
+    /// The model file (.onnx or .safetensors), taking [batch, 3, height, width] RGB images and
+    /// giving one logit per class.
+    model: PathBuf,
+    /// The images (PNG or JPEG; other colour types are converted to RGB, alpha dropped).
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+    /// How many classes to print for each image.
+    #[arg(long, default_value_t = 5, value_parser = at_least_one)]
+    top: usize,
+    /// The shorter side's length after resizing, before the centre crop to the model's input
+    /// size [default: torchvision's proportion, 256 for a 224 × 224 model].
+    #[arg(long, value_parser = at_least_one)]
+    resize: Option<usize>,
+    /// Class names, one a line, in the order of the model's outputs [default: ImageNet's 1000
+    /// classes for a model with 1000 outputs, else class numbers only].
+    #[arg(long)]
+    labels: Option<PathBuf>,
+    /// Images per run on the GPU.
+    #[arg(long, default_value_t = 8, value_parser = at_least_one)]
+    batch: usize,
+    /// Print one JSON object a line per image (image, classes with index, label and probability)
+    /// instead of the table.
+    #[arg(long)]
+    json: bool,
     /// Storage precision.
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     precision: Precision,
@@ -316,6 +350,7 @@ fn run(cli: &Cli) -> resgraph::Result<()> {
         Command::Bench(args) => bench(&options, args),
         Command::Tune(args) => tune(&options, args),
         Command::Run(args) => run_model(&options, args),
+        Command::Classify(args) => classify(&options, args),
         Command::Inspect { model } => inspect(model),
         Command::Convert { input, output } => convert(input, output),
     }
@@ -626,6 +661,133 @@ fn run_model(options: &AdapterOptions, args: &RunArgs) -> resgraph::Result<()> {
     let output = model.run(&input.values)?;
     let (shape, output) = model_output(graph.output_shape(), &input, output);
     resgraph::model::npy::write_npy_atomically(&args.output, &shape, &output)
+}
+
+fn classify(options: &AdapterOptions, args: &ClassifyArgs) -> resgraph::Result<()> {
+    use resgraph::preprocess::{ClassifierShape, softmax, top_k};
+
+    let graph = load_model(&args.model)?;
+    let model_error = |reason: String| resgraph::Error::Model {
+        path: args.model.display().to_string(),
+        reason,
+    };
+    let shape = ClassifierShape::of(&graph).map_err(model_error)?;
+    let (height, width, classes) = (shape.height, shape.width, shape.classes);
+    let labels = class_labels(args.labels.as_deref(), shape)?;
+    let mut transform = shape.transform();
+    if let Some(resize) = args.resize {
+        transform.resize = resize;
+    }
+
+    let context = Arc::new(GpuContext::new(options)?);
+    let batch = args.batch.min(args.images.len());
+    let compile = CompileOptions {
+        precision: args.precision.resolve(&context),
+        ..CompileOptions::new(batch)
+    };
+    let model = CompiledModel::compile(context, &graph, &compile)?;
+    // Images are decoded a batch at a time, so that a thousand photos never sit in memory at
+    // once; each batch's classes are printed before the next is read.
+    for paths in args.images.chunks(batch) {
+        let mut values = Vec::with_capacity(paths.len() * 3 * height * width);
+        for path in paths {
+            values.extend(transform.apply(&decode_image(path)?)?);
+        }
+        let input = model_input(
+            graph.input_shape(),
+            &[paths.len(), 3, height, width],
+            values,
+        )
+        .map_err(model_error)?;
+        let output = model.run(&input.values)?;
+        let (_, logits) = model_output(graph.output_shape(), &input, output);
+        for (path, logits) in paths.iter().zip(logits.chunks(classes)) {
+            let ranked = top_k(&softmax(logits), args.top);
+            let label = |class: usize| labels.as_ref().map(|labels| labels[class].as_str());
+            if args.json {
+                let classes: Vec<serde_json::Value> = ranked
+                    .iter()
+                    .map(|&(class, probability)| {
+                        serde_json::json!({
+                            "class": class,
+                            "label": label(class),
+                            "probability": probability,
+                        })
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::json!({ "image": path.display().to_string(), "classes": classes })
+                );
+            } else {
+                println!("{}", path.display());
+                for (class, probability) in ranked {
+                    let percent = format!("{:.2}%", probability * 100.0);
+                    match label(class) {
+                        Some(label) => println!("  {percent:>7}  {class:>4}  {label}"),
+                        None => println!("  {percent:>7}  {class:>4}"),
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The class names for a classifier of `shape`: the lines of `path`, which must be one per class;
+/// without a file, ImageNet's for a 1000-class model, else none.
+fn class_labels(
+    path: Option<&Path>,
+    shape: resgraph::preprocess::ClassifierShape,
+) -> resgraph::Result<Option<Vec<String>>> {
+    let classes = shape.classes;
+    let Some(path) = path else {
+        return Ok(shape
+            .default_labels()
+            .map(|labels| labels.into_iter().map(str::to_string).collect()));
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| resgraph::Error::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let labels: Vec<String> = text.lines().map(|line| line.trim().to_string()).collect();
+    if labels.len() != classes {
+        return Err(resgraph::Error::Model {
+            path: path.display().to_string(),
+            reason: format!(
+                "{} class names, one a line, where the model has {classes} classes",
+                labels.len()
+            ),
+        });
+    }
+    Ok(Some(labels))
+}
+
+/// The image at `path` as 8-bit RGB: PNG or JPEG by its contents, other colour types converted
+/// (grey repeated, alpha dropped, 16 bits rounded to 8), as Pillow's `convert("RGB")` does.
+fn decode_image(path: &Path) -> resgraph::Result<resgraph::preprocess::RgbImage> {
+    let image_error = |reason: String| resgraph::Error::Image {
+        path: path.display().to_string(),
+        reason,
+    };
+    let reader = image::ImageReader::open(path)
+        .and_then(|reader| reader.with_guessed_format())
+        .map_err(|source| resgraph::Error::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+    if reader.format().is_none() {
+        return Err(image_error(
+            "not a PNG or JPEG image (its first bytes are neither's signature)".to_string(),
+        ));
+    }
+    let rgb = reader
+        .decode()
+        .map_err(|error| image_error(format!("cannot be decoded: {error}")))?
+        .into_rgb8();
+    let (width, height) = (rgb.width() as usize, rgb.height() as usize);
+    resgraph::preprocess::RgbImage::new(width, height, rgb.into_raw())
+        .map_err(|error| image_error(error.to_string()))
 }
 
 fn inspect(path: &Path) -> resgraph::Result<()> {

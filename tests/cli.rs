@@ -500,3 +500,159 @@ fn an_interrupted_command_exits_130_and_leaves_no_folder_behind() {
     let left: Vec<_> = std::fs::read_dir(tmp.path()).expect("list").collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// The standard output of a command that must have succeeded; its standard error otherwise.
+fn succeeded(output: &std::process::Output) -> String {
+    assert!(
+        output.status.success(),
+        "resgraph failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).to_string()
+}
+
+/// The folder of `scripts/classify_reference.py`'s images and torchvision's answers for them:
+/// `RESGRAPH_CLASSIFY_CASES` (a fresh set `.ci/run` writes for an ImageNet-sized ResNet), else
+/// the committed one.
+fn classify_data() -> std::path::PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::env::var_os("RESGRAPH_CLASSIFY_CASES")
+        .map(|cases| root.join(cases))
+        .unwrap_or_else(|| root.join("tests/data/classify"))
+}
+
+/// The committed ResNet-18 of 29 × 32 images and 10 classes, for the tests of classify's options
+/// and errors.
+fn classify_model() -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/onnx_resnet/resnet18_torchscript_opset17_w4_29x32.onnx");
+    path.display().to_string()
+}
+
+#[test]
+fn classify_gives_torchvisions_probabilities_for_png_and_jpeg_images() {
+    let data = classify_data();
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(data.join("manifest.json")).expect("manifest"),
+    )
+    .expect("manifest json");
+    let cases = manifest["cases"].as_array().expect("cases");
+    let images: Vec<String> = cases
+        .iter()
+        .map(|case| {
+            data.join(case["image"].as_str().expect("image"))
+                .display()
+                .to_string()
+        })
+        .collect();
+    // The model the answers came from, named from the checkout.
+    let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(manifest["model"].as_str().expect("model"))
+        .display()
+        .to_string();
+    // Batches of 4: seven images or more run as a batch of four and a smaller one.
+    let mut args = vec!["classify".to_string(), model, "--json".into()];
+    args.extend(["--top", "10", "--batch", "4"].map(String::from));
+    args.extend(images.iter().cloned());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let stdout = succeeded(&resgraph(&args));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines.len(),
+        cases.len(),
+        "one JSON line per image: {stdout}"
+    );
+    for ((case, image), line) in cases.iter().zip(&images).zip(lines) {
+        let answer: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+        assert_eq!(answer["image"].as_str(), Some(image.as_str()));
+        let expected =
+            resgraph::read_npy(&data.join(case["probabilities"].as_str().expect("probabilities")))
+                .expect("expected probabilities");
+        let classes = answer["classes"].as_array().expect("classes");
+        assert_eq!(classes.len(), 10, "{line}");
+        let mut previous = f64::INFINITY;
+        for class in classes {
+            let index = class["class"].as_u64().expect("class") as usize;
+            let probability = class["probability"].as_f64().expect("probability");
+            assert!(probability <= previous, "{image}: not ranked: {line}");
+            previous = probability;
+            // ImageNet's names come with a 1000-class model only.
+            assert_eq!(
+                class["label"].is_string(),
+                expected.data.len() == 1000,
+                "{image}: {line}"
+            );
+            // A PNG's input is Pillow's to the bit (tests/preprocess.rs), so only the model's
+            // f32 arithmetic differs from onnxruntime's; a JPEG decoder may read a pixel a
+            // level differently from libjpeg.
+            let tolerance = if image.ends_with(".png") { 1e-5 } else { 3e-3 };
+            let reference = f64::from(expected.data[index]);
+            assert!(
+                (probability - reference).abs() <= tolerance,
+                "{image}: class {index} has probability {probability}, torchvision's {reference}"
+            );
+        }
+    }
+}
+
+#[test]
+fn classify_names_classes_from_a_labels_file_and_refuses_what_it_cannot_use_in_one_line() {
+    let committed = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/classify");
+    let image = committed.join("wide_61x47.png").display().to_string();
+    let model = classify_model();
+    let folder = tempfile::tempdir().expect("temp dir");
+    let labels = folder.path().join("labels.txt");
+    let names: Vec<String> = (0..10)
+        .map(|class| format!("thing number {class}"))
+        .collect();
+    std::fs::write(&labels, names.join("\n") + "\n").expect("labels");
+    let labels = labels.display().to_string();
+    let stdout = succeeded(&resgraph(&[
+        "classify", &model, &image, "--labels", &labels, "--top", "2",
+    ]));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert_eq!(lines[0], image);
+    // torchvision's top class for this image is 8 (14.6%).
+    assert!(lines[1].ends_with("8  thing number 8"), "{stdout}");
+    assert!(lines[1].contains('%'), "{stdout}");
+
+    let short = folder.path().join("short.txt");
+    std::fs::write(&short, "one\ntwo\n").expect("short labels");
+    let short = short.display().to_string();
+    let message = one_error_line(&resgraph(&["classify", &model, &image, "--labels", &short]));
+    assert!(
+        message.contains("2 class names") && message.contains("10 classes"),
+        "{message}"
+    );
+
+    let text = folder.path().join("notes.txt");
+    std::fs::write(&text, "not an image at all").expect("text");
+    let text = text.display().to_string();
+    let message = one_error_line(&resgraph(&["classify", &model, &text]));
+    assert!(message.contains("not a PNG or JPEG"), "{message}");
+    // Named as a PNG, it is read as one, and fails as one.
+    let named = folder.path().join("notes.png");
+    std::fs::write(&named, "not an image at all").expect("text");
+    let named = named.display().to_string();
+    let message = one_error_line(&resgraph(&["classify", &model, &named]));
+    assert!(message.contains("cannot be decoded"), "{message}");
+
+    let png = std::fs::read(committed.join("wide_61x47.png")).expect("png");
+    let truncated = folder.path().join("truncated.png");
+    std::fs::write(&truncated, &png[..png.len() / 2]).expect("truncated");
+    let truncated = truncated.display().to_string();
+    let message = one_error_line(&resgraph(&["classify", &model, &truncated]));
+    assert!(message.contains("cannot be decoded"), "{message}");
+
+    let missing = folder.path().join("missing.jpg").display().to_string();
+    let message = one_error_line(&resgraph(&["classify", &model, &missing]));
+    assert!(message.contains("missing.jpg"), "{message}");
+
+    let dense = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/onnx/external_data_w23_stem_head.onnx")
+        .display()
+        .to_string();
+    let message = one_error_line(&resgraph(&["classify", &dense, &image]));
+    assert!(message.contains("input is an RGB image"), "{message}");
+}

@@ -1,5 +1,5 @@
 // The page's logic: open the engine, run a model (a file or the built-in residual MLP) on a
-// random input, and run `resgraph bench` in the browser. Build the package first
+// random input or classify a photo with it, and run `resgraph bench` in the browser. Build the package first
 // (web/build.sh), then serve the repository's folder over HTTP and open /web/.
 import init, { Engine } from "./pkg/resgraph_web.js";
 
@@ -53,12 +53,39 @@ async function loadModel(engine, batch, tune) {
   return engine.loadModel(file.name, bytes, data, batch, tune);
 }
 
+// The photo's pixels as the file holds them (RGBA, no colour management), for `classify`.
+async function photoPixels(file) {
+  const bitmap = await createImageBitmap(file, { colorSpaceConversion: "none", premultiplyAlpha: "none" });
+  const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
+  const context = canvas.getContext("2d");
+  context.drawImage(bitmap, 0, 0);
+  return { pixels: context.getImageData(0, 0, bitmap.width, bitmap.height).data, width: bitmap.width, height: bitmap.height };
+}
+
+// Classifies the chosen photo with `model`, as `resgraph classify` does, and shows the top five.
+async function classify(model, file, target) {
+  target.textContent = "classifying…";
+  const { pixels, width, height } = await photoPixels(file);
+  const { classes, milliseconds } = await model.classify(pixels, width, height, 5);
+  target.innerHTML = "";
+  target.append(table([
+    ["photo", `${file.name} (${width} × ${height}, prepared as torchvision's ImageNet transform for [${model.inputShape.join(", ")}])`],
+    ...classes.map((c) => [`${(c.probability * 100).toFixed(2)}%`, c.label === null ? `class ${c.class}` : `${c.class} ${c.label}`]),
+    ["time of the run", `${milliseconds.toFixed(2)} ms`],
+  ]));
+}
+
 async function run(engine) {
   const target = $("run-result");
   target.textContent = "compiling…";
   try {
     const batch = number("run-batch");
     const model = await loadModel(engine, batch, $("run-tune").checked);
+    const photo = $("photo-file").files[0];
+    if (photo) {
+      await classify(model, photo, target);
+      return;
+    }
     const shape = [batch, ...model.inputShape];
     const input = randomInput(shape.reduce((a, b) => a * b, 1), 7);
     target.textContent = "running…";

@@ -7,6 +7,8 @@
 //! const model = await engine.loadModel("m.onnx", bytes, null, 8, false);
 //! const { data, shape } = await model.run(input, [3, model.inputShape[0]]);
 //! const report = JSON.parse(await engine.benchmark({ width: 256, depth: 4, batch: 32 }));
+//! const pixels = canvas.getContext("2d").getImageData(0, 0, w, h).data; // a photo, RGBA
+//! const { classes } = await resnet.classify(pixels, w, h, 5);   // [{ class, label, probability }]
 //! ```
 //!
 //! Models load from bytes (ONNX, with its external data as a second buffer, or resgraph's
@@ -32,6 +34,7 @@ use resgraph::gpu::context::{AdapterOptions, GpuContext};
 use resgraph::graph::Graph;
 use resgraph::graph::layout::{model_input, model_output};
 use resgraph::graph::synthetic::{MlpShape, mlp, random_input};
+use resgraph::preprocess::{ClassifierShape, RgbImage, softmax, top_k};
 use resgraph::tune::TuningCache;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
@@ -224,6 +227,16 @@ struct Loaded {
     model: CompiledModel,
 }
 
+impl Loaded {
+    /// Runs the model on `values` (in its own layout) and returns the output with the time of
+    /// the whole run in milliseconds (upload, dispatches, readback).
+    async fn timed_run(&self, values: &[f32]) -> Result<(Vec<f32>, f64), JsValue> {
+        let started = web_time::Instant::now();
+        let output = self.model.run_async(values).await.map_err(js_error)?;
+        Ok((output, started.elapsed().as_secs_f64() * 1e3))
+    }
+}
+
 /// A model compiled onto the engine's adapter.
 #[wasm_bindgen]
 pub struct Model {
@@ -274,6 +287,46 @@ impl Model {
         self.loaded.model.step_kernel_labels()
     }
 
+    /// Classifies one image, as `resgraph classify` does: `pixels` are its RGBA bytes (`width ×
+    /// height × 4`, as a canvas's `getImageData` gives them; alpha is dropped), prepared as
+    /// torchvision's ImageNet evaluation transform prepares a Pillow image, for this model's
+    /// input size. Resolves to `{ classes: [{ class, label, probability }], milliseconds }`: the
+    /// `top` most probable classes (softmax), labelled with ImageNet's names for a 1000-class
+    /// model (`label` is null otherwise), and the time of the run.
+    pub fn classify(&self, pixels: JsValue, width: usize, height: usize, top: usize) -> Promise {
+        let loaded = Rc::clone(&self.loaded);
+        let bytes = byte_vector(&pixels, "the image's pixels");
+        future_to_promise(async move {
+            let graph = &loaded.graph;
+            let shape = ClassifierShape::of(graph).map_err(js_error)?;
+            let image = RgbImage::from_rgba(width, height, &bytes?).map_err(js_error)?;
+            let values = shape.transform().apply(&image).map_err(js_error)?;
+            let input = model_input(
+                graph.input_shape(),
+                &[1, 3, shape.height, shape.width],
+                values,
+            )
+            .map_err(js_error)?;
+            let (logits, milliseconds) = loaded.timed_run(&input.values).await?;
+            let labels = shape.default_labels();
+            let classes = Array::new();
+            for (class, probability) in top_k(&softmax(&logits), top) {
+                let entry = Object::new();
+                Reflect::set(&entry, &"class".into(), &(class as f64).into())?;
+                let label = labels
+                    .as_ref()
+                    .map_or(JsValue::NULL, |labels| labels[class].into());
+                Reflect::set(&entry, &"label".into(), &label)?;
+                Reflect::set(&entry, &"probability".into(), &probability.into())?;
+                classes.push(&entry);
+            }
+            let result = Object::new();
+            Reflect::set(&result, &"classes".into(), &classes)?;
+            Reflect::set(&result, &"milliseconds".into(), &milliseconds.into())?;
+            Ok(result.into())
+        })
+    }
+
     /// Runs the model on `data`, of `shape` (`[batch, ...inputShape]`, or `inputShape` alone
     /// for one entry). Resolves to `{ data: Float32Array, shape: number[], milliseconds }`, the
     /// output in the same form and the time of the whole run (upload, dispatches, readback).
@@ -284,13 +337,7 @@ impl Model {
             let graph = &loaded.graph;
             let input = model_input(graph.input_shape(), &shape, values)
                 .map_err(|reason| js_error(format!("the input: {reason}")))?;
-            let started = web_time::Instant::now();
-            let output = loaded
-                .model
-                .run_async(&input.values)
-                .await
-                .map_err(js_error)?;
-            let milliseconds = started.elapsed().as_secs_f64() * 1e3;
+            let (output, milliseconds) = loaded.timed_run(&input.values).await?;
             let (shape, output) = model_output(graph.output_shape(), &input, output);
             let result = Object::new();
             let shape_array: Array = shape.iter().map(|&dim| JsValue::from(dim as f64)).collect();

@@ -83,6 +83,15 @@ def wait_for(port, session, text, timeout, what):
     raise SystemExit(f"the page did not {what} within {timeout:.0f} s" + (f":\n{log}" if log else ""))
 
 
+# The page's script that returns the run section's table cells, its error, or null while neither
+# is there yet.
+RUN_RESULT = """
+    const cells = document.querySelectorAll('#run-result td');
+    const error = document.querySelector('#run-result .error');
+    if (error) return {error: error.textContent};
+    return cells.length ? Array.from(cells, (cell) => cell.textContent) : null;"""
+
+
 def use_the_page(port, session, base, timeout, screenshot):
     """Clicks through web/index.html; returns the checks as (ok, name, detail)."""
     webdriver(port, "POST", f"/session/{session}/url", {"url": f"{base}/web/index.html"})
@@ -96,16 +105,29 @@ def use_the_page(port, session, base, timeout, screenshot):
         set('bench-width', 64); set('bench-depth', 2); set('bench-batch', 8);
         set('bench-iters', 4); set('bench-warmup', 1);
         document.getElementById('run').click();""")
-    run = wait_for(port, session, """
-        const cells = document.querySelectorAll('#run-result td');
-        const error = document.querySelector('#run-result .error');
-        if (error) return {error: error.textContent};
-        return cells.length ? Array.from(cells, (cell) => cell.textContent) : null;""",
-        timeout, "show a run's result")
+    run = wait_for(port, session, RUN_RESULT, timeout, "show a run's result")
     checks.append(("error" not in run and "[5, 48]" in run, "Run shows the output's shape",
                    run))
     checks.append(("error" not in run and any("ms (median of 3" in cell for cell in run),
                    "Run shows the time per inference", run))
+    # A photo classified by a ResNet file, both chosen in the page's file inputs, as a user would.
+    for element_id, path in (("model-file", "tests/data/onnx_resnet/"
+                              "resnet18_torchscript_opset17_w4_29x32.onnx"),
+                             ("photo-file", "tests/data/classify/wide_61x47.png")):
+        element = webdriver(port, "POST", f"/session/{session}/element",
+                            {"using": "css selector", "value": f"#{element_id}"})
+        element = next(iter(element.values()))
+        webdriver(port, "POST", f"/session/{session}/element/{element}/value",
+                  {"text": os.path.join(ROOT, path)})
+    script(port, session, """
+        document.getElementById('run-result').textContent = '';
+        document.querySelector('input[name=source][value=file]').checked = true;
+        document.getElementById('run-batch').value = 1;
+        document.getElementById('run').click();""")
+    photo = wait_for(port, session, RUN_RESULT, timeout, "show a photo's classes")
+    # torchvision's top class for this photo is 8, with 14.65% (tests/data/classify).
+    checks.append(("error" not in photo and "14.65%" in photo and "class 8" in photo,
+                   "Run classifies a photo with a ResNet file", photo))
     script(port, session, "document.getElementById('bench').click();")
     bench = wait_for(port, session, """
         const error = document.querySelector('#bench-result .error');

@@ -1,6 +1,7 @@
 // The JavaScript package as a page uses it, checked in a real browser: models from bytes
 // against onnxruntime's stored outputs (values and shapes), a side file as a second buffer, the
-// synthetic MLP, errors as exceptions, and the benchmark's report. The outcome goes to
+// synthetic MLP, a photo classified by a ResNet, errors as exceptions, and the benchmark's
+// report. The outcome goes to
 // `window.testOutcome`, which web/test/drive.py reads over WebDriver and compares with the CLI.
 import init, { Engine } from "../pkg/resgraph_web.js";
 
@@ -135,6 +136,34 @@ async function main() {
   const badOption = await rejection(engine.benchmark({ width: -3 }));
   check("a bad benchmark option rejects", badOption instanceof Error && badOption.message.includes("width"),
     badOption && badOption.message);
+
+  // A photo classified as `resgraph classify` does: the browser decodes the PNG (no colour
+  // management, so the pixels are the file's), the package prepares it as torchvision does
+  // (Pillow's resampling to the bit) and ranks the classes; the probabilities are onnxruntime's
+  // on Pillow's transform (scripts/classify_reference.py).
+  const photos = "../../tests/data/classify/";
+  const resnet = await engine.loadModel("resnet18.onnx", await fetchBytes(
+    "../../tests/data/onnx_resnet/resnet18_torchscript_opset17_w4_29x32.onnx"), undefined, 1, false);
+  const bitmap = await createImageBitmap(new Blob([await fetchBytes(photos + "wide_61x47.png")]),
+    { colorSpaceConversion: "none", premultiplyAlpha: "none" });
+  const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
+  const context = canvas.getContext("2d");
+  context.drawImage(bitmap, 0, 0);
+  const pixels = context.getImageData(0, 0, bitmap.width, bitmap.height).data;
+  const expected = parseNpy(await fetchBytes(photos + "wide_61x47_png.probabilities.npy")).data;
+  const { classes } = await resnet.classify(pixels, bitmap.width, bitmap.height, 10);
+  const worst = Math.max(...classes.map((c) => Math.abs(c.probability - expected[c.class])));
+  check("classify: ten classes, ranked", classes.length === 10
+    && classes.every((c, i) => i === 0 || classes[i - 1].probability >= c.probability),
+    JSON.stringify(classes.slice(0, 2)));
+  check("classify: torchvision's probabilities", worst <= 1e-5 && classes[0].label === null,
+    `largest difference ${worst.toExponential(2)}, top class ${classes[0].class}`);
+  const notImage = await rejection(mlp.classify(pixels, bitmap.width, bitmap.height, 5));
+  check("classify with a model that takes no images rejects", notImage instanceof Error
+    && notImage.message.includes("RGB image"), notImage && notImage.message);
+  const shortPixels = await rejection(resnet.classify(pixels.slice(0, 10), 61, 47, 5));
+  check("pixels that do not fill the image reject", shortPixels instanceof Error, shortPixels
+    && shortPixels.message);
 
   // The tuning cache the page keeps.
   const tuned = await rejection(engine.loadModel("pytorch_gemm_w17_stem_head.onnx",
