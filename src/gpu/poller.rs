@@ -4,8 +4,8 @@
 //! polls the device. A blocking run polls on its own thread; an async one must not block its
 //! executor, so the poll happens here instead. A single thread serves every async run of a
 //! context: it starts with the first one, sleeps while none waits, and ends with the context.
-//! (Starting a thread per run cost tens of microseconds each, a tenth of a small model's run on
-//! a fast GPU, and as many threads as runs in flight.)
+//! (A thread started per run, as before, cost a thread's creation on every run and as many
+//! threads as runs in flight.)
 //!
 //! On the web the browser drives the device itself, so nothing here exists there.
 
