@@ -102,44 +102,53 @@ impl RgbImage {
                 if width == 0 { "width" } else { "height" },
             ));
         }
-        let mut image = self.clone();
         // Pillow resamples rows first, then columns, each pass rounded to 8 bits; a pass whose
         // side keeps its size is skipped (it would copy the pixels unchanged anyway).
-        if width != image.width {
-            let taps = filter_taps(image.width, width);
-            let mut pixels = vec![0u8; width * image.height * 3];
-            for row in 0..image.height {
-                let source = &image.pixels[row * image.width * 3..(row + 1) * image.width * 3];
-                for (column, tap) in taps.iter().enumerate() {
-                    for channel in 0..3 {
-                        pixels[(row * width + column) * 3 + channel] =
-                            tap.apply(|index| source[index * 3 + channel]);
-                    }
-                }
-            }
-            image = RgbImage {
-                width,
-                height: image.height,
-                pixels,
-            };
-        }
-        if height != image.height {
-            let taps = filter_taps(image.height, height);
-            let stride = image.width * 3;
-            let mut pixels = vec![0u8; height * stride];
-            for (row, tap) in taps.iter().enumerate() {
-                for offset in 0..stride {
-                    pixels[row * stride + offset] =
-                        tap.apply(|index| image.pixels[index * stride + offset]);
-                }
-            }
-            image = RgbImage {
-                width: image.width,
-                height,
-                pixels,
-            };
-        }
+        let image = match (width != self.width, height != self.height) {
+            (true, true) => self.resample_rows(width).resample_columns(height),
+            (true, false) => self.resample_rows(width),
+            (false, true) => self.resample_columns(height),
+            (false, false) => self.clone(),
+        };
         Ok(image)
+    }
+
+    /// The horizontal pass: every row resampled to `width` pixels.
+    fn resample_rows(&self, width: usize) -> RgbImage {
+        let taps = filter_taps(self.width, width);
+        let mut pixels = vec![0u8; width * self.height * 3];
+        for row in 0..self.height {
+            let source = &self.pixels[row * self.width * 3..(row + 1) * self.width * 3];
+            for (column, tap) in taps.iter().enumerate() {
+                for channel in 0..3 {
+                    pixels[(row * width + column) * 3 + channel] =
+                        tap.apply(|index| source[index * 3 + channel]);
+                }
+            }
+        }
+        RgbImage {
+            width,
+            height: self.height,
+            pixels,
+        }
+    }
+
+    /// The vertical pass: every column resampled to `height` pixels.
+    fn resample_columns(&self, height: usize) -> RgbImage {
+        let taps = filter_taps(self.height, height);
+        let stride = self.width * 3;
+        let mut pixels = vec![0u8; height * stride];
+        for (row, tap) in taps.iter().enumerate() {
+            for offset in 0..stride {
+                pixels[row * stride + offset] =
+                    tap.apply(|index| self.pixels[index * stride + offset]);
+            }
+        }
+        RgbImage {
+            width: self.width,
+            height,
+            pixels,
+        }
     }
 }
 
