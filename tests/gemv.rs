@@ -24,30 +24,6 @@ fn check_gemv(
     pollster::block_on(common::check_layer(context, kernel, shape, epilogue, seed))
 }
 
-/// Fails the test unless preparing the subgroup GEMV on `context` is the typed `MissingFeature`
-/// error.
-fn assert_subgroup_gemv_is_refused(backend: &str, context: &GpuContext) {
-    let weights = TextureWeights::upload(context, 4, 4, &[0.0; 16], None).expect("weights");
-    let input = DeviceMatrix::new(context, "x", 1, 4).expect("x");
-    let output = DeviceMatrix::new(context, "y", 1, 4).expect("y");
-    let error = prepare_gemv_variant(
-        context,
-        &GemvOperands {
-            input: &input,
-            weights: &weights,
-            residual: None,
-            output: &output,
-            activation: resgraph::epilogue::Activation::Identity,
-        },
-        GemvVariant::Subgroup,
-    )
-    .expect_err("the subgroup gemv without subgroups");
-    assert!(
-        matches!(error, resgraph::Error::MissingFeature { .. }),
-        "{backend}: {error}"
-    );
-}
-
 #[test]
 fn the_subgroup_gemv_runs_where_subgroups_exist_and_the_staged_one_everywhere() {
     // Each adapter runs the subgroup variant if it has subgroups of 8 and refuses it if not, and
@@ -73,7 +49,7 @@ fn the_subgroup_gemv_runs_where_subgroups_exist_and_the_staged_one_everywhere() 
             );
             adapters_with_subgroups += 1;
         } else {
-            assert_subgroup_gemv_is_refused(&backend, context);
+            common::assert_subgroup_gemv_is_refused(context, &backend);
         }
         assert!(GemvVariant::Staged.supported_by(context), "{backend}");
         check_gemv(
@@ -90,7 +66,7 @@ fn the_subgroup_gemv_runs_where_subgroups_exist_and_the_staged_one_everywhere() 
             "{backend}"
         );
         assert!(gemv::supported_by(&without_subgroups), "{backend}");
-        assert_subgroup_gemv_is_refused(&backend, &without_subgroups);
+        common::assert_subgroup_gemv_is_refused(&without_subgroups, &backend);
         check_gemv(
             &without_subgroups,
             GemvVariant::Staged,

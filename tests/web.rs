@@ -13,11 +13,10 @@ use std::sync::Arc;
 use common::{LayerKernel, assert_close, check_layer};
 use resgraph::epilogue::Epilogue;
 use resgraph::exec::{BlockFusion, CompileOptions, CompiledModel, Tuning};
-use resgraph::gpu::buffers::DeviceMatrix;
 use resgraph::gpu::context::{AdapterOptions, GpuContext};
 use resgraph::graph::synthetic::{MlpShape, mlp, random_input};
 use resgraph::kernels::gemm::GemmVariant;
-use resgraph::kernels::gemv::{GemvOperands, GemvVariant, TextureWeights, prepare_gemv_variant};
+use resgraph::kernels::gemv::GemvVariant;
 use resgraph::model::npy::parse_npy;
 use resgraph::precision::Precision;
 use resgraph::reference::{forward_f64, to_f64};
@@ -106,19 +105,7 @@ async fn the_texture_gemv_matches_the_reference_on_awkward_shapes() {
     if GemvVariant::Subgroup.supported_by(&context) {
         variants.push(GemvVariant::Subgroup);
     } else {
-        let weights = TextureWeights::upload(&context, 3, 5, &[0.5; 15], None).expect("weights");
-        let input = DeviceMatrix::from_host(&context, "x", 1, 5, &[1.0; 5]).expect("x");
-        let output = DeviceMatrix::new(&context, "out", 1, 3).expect("out");
-        let operands = GemvOperands {
-            input: &input,
-            weights: &weights,
-            residual: None,
-            output: &output,
-            activation: resgraph::epilogue::Activation::Relu,
-        };
-        let error = prepare_gemv_variant(&context, &operands, GemvVariant::Subgroup)
-            .expect_err("no subgroups of 8");
-        assert!(matches!(error, Error::MissingFeature { .. }), "{error:?}");
+        common::assert_subgroup_gemv_is_refused(&context, "the browser's adapter");
     }
     for variant in variants {
         let mut worst = 0.0f64;

@@ -93,3 +93,24 @@ pub async fn check_layer(
     let reference = linear_f64(&to_f64(&x), m, layer, Some(&to_f64(&r)), epilogue);
     super::assert_close(&out, &reference, LAYER_F32_TOLERANCE, &what)
 }
+
+/// Fails the test unless preparing the subgroup GEMV on `context` is the typed `MissingFeature`
+/// error (on an adapter without subgroups of at least 8); `what` names the adapter.
+pub fn assert_subgroup_gemv_is_refused(context: &GpuContext, what: &str) {
+    let weights = TextureWeights::upload(context, 4, 4, &[0.0; 16], None).expect("weights");
+    let input = DeviceMatrix::new(context, "x", 1, 4).expect("x");
+    let output = DeviceMatrix::new(context, "y", 1, 4).expect("y");
+    let operands = GemvOperands {
+        input: &input,
+        weights: &weights,
+        residual: None,
+        output: &output,
+        activation: resgraph::epilogue::Activation::Identity,
+    };
+    let error = prepare_gemv_variant(context, &operands, GemvVariant::Subgroup)
+        .expect_err("the subgroup gemv without subgroups");
+    assert!(
+        matches!(error, resgraph::Error::MissingFeature { .. }),
+        "{what}: {error}"
+    );
+}
